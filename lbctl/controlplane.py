@@ -1,0 +1,211 @@
+"""A real, throwaway Kubernetes control plane: etcd + kube-apiserver with RBAC and token auth.
+
+Used by the integration tests (on loopback) and by `lbctl lab` (inside the control-plane namespace).
+The kube-apiserver binary is built once by tools/build-apiserver.sh and cached.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("LBCTL_CACHE", Path.home() / ".cache" / "lbctl"))
+APISERVER = Path(os.environ.get("LBCTL_APISERVER", CACHE / "bin" / "kube-apiserver"))
+DEPLOY = REPO / "deploy"
+SA_NS = "lbctl-system"
+# Identities the tests and the lab run as; the controller and speaker get only their RBAC roles.
+USERS = {
+    "admin": ("lbctl-admin", "system:masters"),
+    "controller": (f"system:serviceaccount:{SA_NS}:lbctl-controller", f"system:serviceaccounts,system:serviceaccounts:{SA_NS}"),
+    "speaker": (f"system:serviceaccount:{SA_NS}:lbctl-speaker", f"system:serviceaccounts,system:serviceaccounts:{SA_NS}"),
+}
+
+
+class ControlPlaneError(RuntimeError):
+    pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def ensure_apiserver() -> Path:
+    if not (APISERVER.exists() and os.access(APISERVER, os.X_OK)):
+        subprocess.run(["bash", str(REPO / "tools" / "build-apiserver.sh")], check=True)
+    return APISERVER
+
+
+@dataclass
+class ControlPlane:
+    host: str = "127.0.0.1"
+    port: int = 0
+    workdir: Path | None = None
+    netns: str | None = None  # run inside this network namespace (lab)
+    dual_stack: bool = True
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.host}:{self.port}"
+
+    def kubeconfig(self, user: str = "admin") -> Path:
+        assert self.workdir
+        return self.workdir / f"kubeconfig-{user}"
+
+    def _cmd(self, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.netns, *argv] if self.netns else argv
+
+    def start(self, timeout: float = 90.0) -> ControlPlane:
+        ensure_apiserver()
+        base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
+        self.workdir = self.workdir or Path(tempfile.mkdtemp(prefix="lbctl-cp-", dir=base))
+        wd = self.workdir
+        wd.mkdir(parents=True, exist_ok=True)
+        if not self.port:
+            self.port = free_port(self.host) if not self.netns else 6443
+        etcd_port, peer_port = (free_port(), free_port()) if not self.netns else (2379, 2380)
+        try:
+            self._write_credentials(wd)
+            self._spawn("etcd", [
+                "etcd", "--data-dir", str(wd / "etcd"), "--name", "lbctl",
+                "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
+                "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
+                "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
+                "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
+                "--initial-cluster", f"lbctl=http://127.0.0.1:{peer_port}",
+                "--log-level", "error",
+            ])
+            svc_range = "198.19.0.0/16" + (",2001:db8:ffff::/112" if self.dual_stack else "")
+            args = [
+                str(APISERVER), f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+                f"--bind-address={self.host}", f"--advertise-address={self.host}",
+                f"--secure-port={self.port}", "--insecure-port=0", f"--cert-dir={wd / 'certs'}",
+                f"--token-auth-file={wd / 'tokens.csv'}", "--authorization-mode=RBAC",
+                "--service-account-issuer=https://lbctl.invalid", f"--service-account-key-file={wd / 'sa.key'}",
+                f"--service-account-signing-key-file={wd / 'sa.key'}", f"--service-cluster-ip-range={svc_range}",
+                "--enable-priority-and-fairness=false", "--max-requests-inflight=2000",
+                "--max-mutating-requests-inflight=1000", "--event-ttl=10m", "-v=0",
+            ]
+            if self.dual_stack:
+                args.append("--feature-gates=IPv6DualStack=true")
+            self._spawn("kube-apiserver", args)
+            self._wait_ready(timeout)
+            self._write_kubeconfigs(wd)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        assert self.workdir
+        log = open(self.workdir / f"{name}.log", "wb")
+        # Own process group so stop() can kill children and nothing outlives a failed test run.
+        self.procs.append(subprocess.Popen(self._cmd(argv), stdout=log, stderr=subprocess.STDOUT,
+                                           start_new_session=True))
+
+    def _write_credentials(self, wd: Path) -> None:
+        subprocess.run(["openssl", "genrsa", "-out", str(wd / "sa.key"), "2048"], check=True,
+                       capture_output=True)
+        lines = []
+        for i, (role, (user, groups)) in enumerate(USERS.items()):
+            self.tokens[role] = secrets.token_hex(24)
+            lines.append(f'{self.tokens[role]},{user},uid-{i},"{groups}"')
+        (wd / "tokens.csv").write_text("\n".join(lines) + "\n")
+        (wd / "tokens.csv").chmod(0o600)
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        ctx = ssl._create_unverified_context()  # noqa: S323 - probing our own freshly made server
+        pending = ["/readyz", "/openapi/v2"]
+        while pending:
+            for p in self.procs:
+                if p.poll() is not None:
+                    raise ControlPlaneError(f"{p.args[0]} exited with {p.returncode}; logs in {self.workdir}")
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(f"API server not ready after {timeout}s; logs in {self.workdir}")
+            if self.netns:
+                ok = subprocess.run(self._cmd(["python3", "-c", _PROBE, self.url + pending[0],
+                                               self.tokens["admin"]]), capture_output=True).returncode == 0
+            else:
+                ok = _probe(self.url + pending[0], self.tokens["admin"], ctx)
+            if ok:
+                pending.pop(0)
+            else:
+                time.sleep(0.25)
+
+    def _write_kubeconfigs(self, wd: Path) -> None:
+        ca = (wd / "certs" / "apiserver.crt").read_text()
+        for role in USERS:
+            doc = {
+                "apiVersion": "v1", "kind": "Config", "current-context": "lbctl",
+                "clusters": [{"name": "lbctl", "cluster": {"server": self.url, "certificate-authority": "apiserver.crt"}}],
+                "users": [{"name": role, "user": {"token": self.tokens[role]}}],
+                "contexts": [{"name": "lbctl", "context": {"cluster": "lbctl", "user": role}}],
+            }
+            self.kubeconfig(role).write_text(yaml.safe_dump(doc))
+            self.kubeconfig(role).chmod(0o600)
+        (wd / "apiserver.crt").write_text(ca)
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for p in reversed(self.procs):
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        self.procs.clear()
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self.workdir and self.workdir.exists():
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+_PROBE = """
+import ssl, sys, urllib.request
+req = urllib.request.Request(sys.argv[1], headers={"Authorization": "Bearer " + sys.argv[2]})
+try:
+    sys.exit(0 if urllib.request.urlopen(req, context=ssl._create_unverified_context(), timeout=2).status == 200 else 1)
+except Exception:
+    sys.exit(1)
+"""
+
+
+def _probe(url: str, token: str, ctx: ssl.SSLContext) -> bool:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=2) as resp:
+            return resp.status == 200
+    except (OSError, ValueError):
+        return False
+
+
+def manifests(*names: str) -> list[dict]:
+    """Load YAML documents from deploy/ (CRDs, RBAC)."""
+    docs: list[dict] = []
+    for name in names:
+        for f in sorted((DEPLOY / name).glob("*.yaml")) if (DEPLOY / name).is_dir() else [DEPLOY / name]:
+            docs += [d for d in yaml.safe_load_all(f.read_text()) if d]
+    return docs

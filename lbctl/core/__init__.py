@@ -1,0 +1,1 @@
+"""Pure, sans-I/O core shared by the controller and the speaker."""

@@ -1,0 +1,311 @@
+"""The allocation table: which Service holds which LoadBalancer IP.
+
+Pure state machine. The Service status is the record: the controller feeds existing assignments in with
+`restore()` before anything is allocated, so a restart reproduces the same table.
+
+Policy for addresses that fall outside every usable pool (pool edited, deleted or marked Overlap):
+they are *retained* — the Service keeps its IP, nobody else can take it, and `Outcome.retained`
+lets the controller warn. Nothing ever moves an IP unless the Service's own request changed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from .pools import PoolSpec, PoolVerdict, judge_pools
+from .ranges import AddressRange, is_buggy, iter_free, make_ip
+from .service import ServiceRequest
+from .sharing import share_conflict
+
+Addr = tuple[int, int]  # (family, integer value)
+
+
+def to_addr(ip: str) -> Addr:
+    obj = ipaddress.ip_address(ip)
+    return obj.version, int(obj)
+
+
+def to_text(addr: Addr) -> str:
+    return str(make_ip(*addr))
+
+
+@dataclass
+class Outcome:
+    """What the Service's status should say, and why."""
+
+    ips: tuple[str, ...] = ()
+    error: str | None = None  # allocation impossible now; the Service stays as it is
+    changed: bool = False  # ips differ from what the Service's status shows
+    released: tuple[str, ...] = ()  # addresses this call freed
+    retained: tuple[str, ...] = ()  # kept although no usable pool contains them
+    pool: str | None = None
+
+
+@dataclass
+class PoolUsage:
+    capacity: dict[int, int] = field(default_factory=dict)
+    assigned: dict[int, int] = field(default_factory=dict)
+
+    def available(self, family: int) -> int:
+        return max(self.capacity.get(family, 0) - self.assigned.get(family, 0), 0)
+
+
+class Allocator:
+    def __init__(self) -> None:
+        self.pools: dict[str, PoolSpec] = {}
+        self.verdicts: dict[str, PoolVerdict] = {}
+        self._holders: dict[Addr, dict[str, ServiceRequest]] = {}
+        self._by_service: dict[str, tuple[Addr, ...]] = {}
+        # Lowest address of each range that might be free: everything below it is taken.
+        self._hint: dict[AddressRange, int] = {}
+
+    # ----- pools -------------------------------------------------------------------------
+    def set_pools(self, pools: Iterable[PoolSpec]) -> dict[str, PoolVerdict]:
+        self.pools = {p.name: p for p in pools}
+        self.verdicts = judge_pools(self.pools.values())
+        self._hint.clear()
+        return self.verdicts
+
+    def usable(self, name: str) -> bool:
+        v = self.verdicts.get(name)
+        return bool(v and v.ready)
+
+    def pool_of(self, addr: Addr) -> PoolSpec | None:
+        for pool in self.pools.values():
+            if self.usable(pool.name) and pool.range_of(*addr):
+                return pool
+        return None
+
+    def usage(self) -> dict[str, PoolUsage]:
+        out = {name: PoolUsage({f: p.capacity(f) for f in p.families}, {f: 0 for f in p.families})
+               for name, p in self.pools.items()}
+        for addr in self._holders:
+            pool = self.pool_of(addr)
+            if pool is not None:
+                out[pool.name].assigned[addr[0]] += 1
+        return out
+
+    # ----- queries -----------------------------------------------------------------------
+    def ips_of(self, key: str) -> tuple[str, ...]:
+        return tuple(to_text(a) for a in self._by_service.get(key, ()))
+
+    def holders(self, ip: str) -> list[str]:
+        return sorted(self._holders.get(to_addr(ip), {}))
+
+    def assignments(self) -> dict[str, tuple[str, ...]]:
+        return {k: self.ips_of(k) for k in self._by_service}
+
+    # ----- mutations ---------------------------------------------------------------------
+    def restore(self, req: ServiceRequest) -> Outcome:
+        """Record what the Service's status already says (startup). Never picks a new address."""
+        addrs: list[Addr] = []
+        for ip in req.current_ips:
+            try:
+                addr = to_addr(ip)
+            except ValueError:
+                continue
+            conflict = share_conflict(req, self._holders.get(addr, {}).values())
+            if conflict:
+                return Outcome(ips=req.current_ips, error=f"{ip} recorded in status is {conflict}")
+            addrs.append(addr)
+        self._claim(req, tuple(addrs))
+        return Outcome(ips=req.current_ips, retained=self._retained(addrs))
+
+    def release(self, key: str) -> tuple[str, ...]:
+        addrs = self._by_service.pop(key, ())
+        for addr in addrs:
+            users = self._holders.get(addr)
+            if users is None:
+                continue
+            users.pop(key, None)
+            if not users:
+                del self._holders[addr]
+                self._free_hint(addr)
+        return tuple(to_text(a) for a in addrs)
+
+    def sync(self, req: ServiceRequest, ns_labels: Mapping[str, str] | None, lb_class: str | None = None) -> Outcome:
+        """Bring the table in line with one Service and say what its status should be."""
+        if not req.wants(lb_class):
+            released = self.release(req.key)
+            return Outcome(ips=(), changed=bool(req.current_ips) and bool(released), released=released)
+        held = self._by_service.get(req.key, ())
+        if req.error:
+            return Outcome(ips=self.ips_of(req.key), error=req.error, changed=False)
+        if held:
+            keep = self._still_fits(req, held, ns_labels)
+            if keep is None:
+                self._claim(req, held)  # refresh ports/labels recorded for sharing checks
+                return self._settled(req, held)
+            # The Service's own request changed: try the new addresses first, keep the old on failure.
+            outcome = self._allocate(req, ns_labels, exclude_self=True)
+            if outcome.error:
+                outcome.error = f"{keep}; cannot move: {outcome.error}"
+                outcome.ips = self.ips_of(req.key)
+                return outcome
+            released = self.release(req.key)
+            self._claim(req, tuple(to_addr(ip) for ip in outcome.ips))
+            outcome.released = tuple(ip for ip in released if ip not in outcome.ips)
+            outcome.changed = tuple(outcome.ips) != tuple(req.current_ips)
+            return outcome
+        outcome = self._allocate(req, ns_labels, exclude_self=False)
+        if not outcome.error:
+            self._claim(req, tuple(to_addr(ip) for ip in outcome.ips))
+            outcome.changed = tuple(outcome.ips) != tuple(req.current_ips)
+        return outcome
+
+    # ----- internals ---------------------------------------------------------------------
+    def _settled(self, req: ServiceRequest, held: tuple[Addr, ...]) -> Outcome:
+        ips = tuple(to_text(a) for a in held)
+        pool = self.pool_of(held[0])
+        return Outcome(ips=ips, changed=ips != tuple(req.current_ips), retained=self._retained(held),
+                       pool=pool.name if pool else None)
+
+    def _retained(self, addrs: Iterable[Addr]) -> tuple[str, ...]:
+        return tuple(to_text(a) for a in addrs if self.pool_of(a) is None)
+
+    def _claim(self, req: ServiceRequest, addrs: tuple[Addr, ...]) -> None:
+        for old in self._by_service.get(req.key, ()):
+            if old not in addrs:
+                self._holders.get(old, {}).pop(req.key, None)
+        self._by_service[req.key] = addrs
+        for addr in addrs:
+            self._holders.setdefault(addr, {})[req.key] = req
+
+    def _free_hint(self, addr: Addr) -> None:
+        for r, low in self._hint.items():
+            if r.family == addr[0] and r.first <= addr[1] <= r.last and addr[1] < low:
+                self._hint[r] = addr[1]
+
+    def _still_fits(self, req: ServiceRequest, held: tuple[Addr, ...], ns_labels: Mapping[str, str] | None) -> str | None:
+        """None when the held addresses still answer the request; otherwise what changed."""
+        ips = [to_text(a) for a in held]
+        if req.requested_ips and set(req.requested_ips) != set(ips):
+            return f"requested {', '.join(req.requested_ips)} but holds {', '.join(ips)}"
+        fams = [a[0] for a in held]
+        if any(f not in req.families for f in fams):
+            return f"holds {', '.join(ips)} but ipFamilies are {'/'.join(f'IPv{f}' for f in req.families)}"
+        if req.require_all_families and set(fams) != set(req.families):
+            return "a required address family is missing"
+        for addr in held:
+            pool = self.pool_of(addr)
+            # Addresses outside every usable pool are retained, never moved (see module doc).
+            if pool is not None and req.pool and pool.name != req.pool:
+                return f"holds {to_text(addr)} from IPPool {pool.name} but asks for IPPool {req.pool}"
+            conflict = share_conflict(req, self._holders.get(addr, {}).values())
+            if conflict:
+                return f"{to_text(addr)} is {conflict}"
+        return None
+
+    def _allocate(self, req: ServiceRequest, ns_labels: Mapping[str, str] | None, exclude_self: bool) -> Outcome:
+        if req.requested_ips:
+            return self._allocate_requested(req, ns_labels)
+        pools, why = self._candidate_pools(req, ns_labels)
+        if not pools:
+            return Outcome(error=why)
+        reasons: list[str] = []
+        partial: Outcome | None = None
+        for pool in pools:
+            picks: list[Addr] = []
+            missing: list[str] = []
+            for fam in req.families:
+                addr, reason = self._pick(pool, fam, req)
+                if addr is None:
+                    missing.append(reason)
+                else:
+                    picks.append(addr)
+            if not missing:
+                return Outcome(ips=tuple(to_text(a) for a in picks), pool=pool.name)
+            reasons.append(f"IPPool {pool.name}: {'; '.join(missing)}")
+            primary_ok = picks and picks[0][0] == req.families[0]
+            if not req.require_all_families and primary_ok and partial is None:
+                partial = Outcome(ips=tuple(to_text(a) for a in picks), pool=pool.name)
+        if partial is not None:
+            return partial
+        return Outcome(error="no address available: " + " | ".join(reasons))
+
+    def _candidate_pools(self, req: ServiceRequest, ns_labels: Mapping[str, str] | None) -> tuple[list[PoolSpec], str]:
+        if req.pool:
+            pool = self.pools.get(req.pool)
+            if pool is None:
+                return [], f"IPPool {req.pool} does not exist"
+            if not self.usable(pool.name):
+                v = self.verdicts[pool.name]
+                return [], f"IPPool {pool.name} is not usable ({v.reason}: {v.message})"
+            if not pool.admits(req.namespace, ns_labels, req.labels):
+                return [], f"IPPool {pool.name} does not admit this Service (serviceAllocation rules)"
+            return [pool], ""
+        pools = [p for p in self.pools.values() if self.usable(p.name) and p.auto_assign
+                 and p.admits(req.namespace, ns_labels, req.labels)]
+        if not pools:
+            return [], "no usable IPPool with autoAssign admits this Service"
+        pools.sort(key=lambda p: (not p.has_allocation_rules,
+                                  p.priority if p.priority is not None else 1 << 31, p.created, p.name))
+        return pools, ""
+
+    def _pick(self, pool: PoolSpec, family: int, req: ServiceRequest) -> tuple[Addr | None, str]:
+        ranges = [r for r in pool.ranges if r.family == family]
+        if not ranges:
+            return None, f"has no IPv{family} addresses"
+        if req.sharing_key:  # join a compatible sharer first, lowest address wins
+            for addr in sorted(a for a in self._holders if a[0] == family and pool.range_of(*a)):
+                users = self._holders[addr]
+                if any(u.sharing_key == req.sharing_key for u in users.values()) \
+                        and share_conflict(req, users.values()) is None:
+                    return addr, ""
+        for r in ranges:
+            start = self._hint.get(r, r.first)
+            for value in iter_free(r, start, _UsedView(self._holders, family), pool.avoid_buggy_ips):
+                self._hint[r] = value
+                return (family, value), ""
+            self._hint[r] = r.last + 1
+        used = sum(1 for a in self._holders if a[0] == family and pool.range_of(*a))
+        return None, f"IPv{family} exhausted ({used} of {pool.capacity(family)} assigned)"
+
+    def _allocate_requested(self, req: ServiceRequest, ns_labels: Mapping[str, str] | None) -> Outcome:
+        addrs: list[Addr] = []
+        chosen: PoolSpec | None = None
+        for ip in req.requested_ips:
+            addr = to_addr(ip)
+            pool = self.pool_of(addr)
+            if pool is None:
+                owner = next((p for p in self.pools.values() if p.range_of(*addr)), None)
+                if owner is not None:
+                    v = self.verdicts[owner.name]
+                    return Outcome(error=f"requested {ip} is in IPPool {owner.name}, which is not usable ({v.reason}: {v.message})")
+                return Outcome(error=f"requested {ip} is not in any IPPool")
+            if req.pool and pool.name != req.pool:
+                return Outcome(error=f"requested {ip} is in IPPool {pool.name}, not in the requested IPPool {req.pool}")
+            if not pool.admits(req.namespace, ns_labels, req.labels):
+                return Outcome(error=f"IPPool {pool.name} does not admit this Service (serviceAllocation rules)")
+            if pool.avoid_buggy_ips and is_buggy(*addr):
+                return Outcome(error=f"requested {ip} ends in .0 or .255 and IPPool {pool.name} avoids those")
+            conflict = share_conflict(req, self._holders.get(addr, {}).values())
+            if conflict:
+                return Outcome(error=f"requested {ip} is {conflict}")
+            addrs.append(addr)
+            chosen = chosen or pool
+        # Families the Service needs but did not name come from the same pool if it can.
+        for fam in req.families:
+            if any(a[0] == fam for a in addrs):
+                continue
+            assert chosen is not None
+            addr, reason = self._pick(chosen, fam, req)
+            if addr is None and req.require_all_families:
+                return Outcome(error=f"IPPool {chosen.name}: {reason}")
+            if addr is not None:
+                addrs.append(addr)
+        return Outcome(ips=tuple(to_text(a) for a in addrs), pool=chosen.name if chosen else None)
+
+
+class _UsedView:
+    """`value in view` for one family, over the holders table, without building a set."""
+
+    __slots__ = ("_holders", "_family")
+
+    def __init__(self, holders: Mapping[Addr, object], family: int) -> None:
+        self._holders, self._family = holders, family
+
+    def __contains__(self, value: object) -> bool:
+        return (self._family, value) in self._holders

@@ -1,0 +1,158 @@
+"""A small async Kubernetes REST client on aiohttp, working in plain dicts.
+
+Why not the generated clients: they deserialize into models (kubernetes 37 fails on the Status a 1.20
+server returns for DELETE), weigh 40-70 MiB per process, and we only need a handful of verbs. kopf
+already brings aiohttp, so controller, speaker and CLI share one HTTP stack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp
+
+from .config import KubeConfig
+
+MERGE = "application/merge-patch+json"
+STRATEGIC = "application/strategic-merge-patch+json"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status, self.reason, self.message = status, reason, message
+
+
+class Gone(ApiError):
+    """410: the resourceVersion is too old; re-list."""
+
+
+class Kube:
+    def __init__(self, cfg: KubeConfig, *, user_agent: str = "lbctl", timeout: float = 30.0,
+                 concurrency: int = 32) -> None:
+        self.cfg = cfg
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=5)
+        self._user_agent = user_agent
+        self._limit = asyncio.Semaphore(concurrency)
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            conn = aiohttp.TCPConnector(ssl=self.cfg.ssl_context(), limit=64)
+            self._session = aiohttp.ClientSession(base_url=self.cfg.server, connector=conn,
+                                                  headers={"User-Agent": self._user_agent})
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def __aenter__(self) -> Kube:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _headers(self, content_type: str | None = None) -> dict[str, str]:
+        h = {"Accept": "application/json"}
+        token = self.cfg.bearer()
+        if token:
+            h["Authorization"] = f"Bearer {token}"
+        if content_type:
+            h["Content-Type"] = content_type
+        return h
+
+    async def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+                      body: Any = None, content_type: str = "application/json") -> dict[str, Any]:
+        data = json.dumps(body) if body is not None else None
+        async with self._limit:
+            async with self.session.request(method, path, params=_clean(params), data=data,
+                                            headers=self._headers(content_type if data else None),
+                                            timeout=self._timeout) as resp:
+                text = await resp.text()
+                if resp.status >= 400:
+                    raise _error(resp.status, text)
+                return json.loads(text) if text else {}
+
+    async def get(self, path: str, **params: Any) -> dict[str, Any]:
+        return await self.request("GET", path, params=params)
+
+    async def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        return await self.request("POST", path, body=body)
+
+    async def replace(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        return await self.request("PUT", path, body=body)
+
+    async def patch(self, path: str, body: Any, content_type: str = MERGE) -> dict[str, Any]:
+        return await self.request("PATCH", path, body=body, content_type=content_type)
+
+    async def delete(self, path: str, **params: Any) -> dict[str, Any]:
+        try:
+            return await self.request("DELETE", path, params=params)
+        except ApiError as exc:
+            if exc.status == 404:
+                return {}
+            raise
+
+    async def watch(self, path: str, resource_version: str, timeout_seconds: int = 300,
+                    **params: Any) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """One watch stream from `resource_version`; ends when the server closes it. Raises Gone on 410."""
+        q = dict(params, watch="true", resourceVersion=resource_version, allowWatchBookmarks="true",
+                 timeoutSeconds=str(timeout_seconds))
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=timeout_seconds + 30)
+        async with self.session.get(path, params=_clean(q), headers=self._headers(), timeout=timeout) as resp:
+            if resp.status >= 400:
+                raise _error(resp.status, await resp.text())
+            async for line in resp.content:
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                if event.get("type") == "ERROR":
+                    status = event.get("object") or {}
+                    err = _error(int(status.get("code") or 500), json.dumps(status))
+                    raise err
+                yield event["type"], event["object"]
+
+    async def informer(self, path: str, **params: Any) -> AsyncIterator[tuple[str, Any]]:
+        """LIST then WATCH forever. Yields ("SYNC", items) after every (re)list, then single events.
+
+        Relists on 410 and after connection errors (with backoff); never returns.
+        """
+        backoff = 0.2
+        while True:
+            try:
+                listing = await self.request("GET", path, params=params)
+                rv = listing["metadata"]["resourceVersion"]
+                yield "SYNC", listing.get("items") or []
+                backoff = 0.2
+                while True:
+                    async for kind, obj in self.watch(path, rv, **params):
+                        rv = (obj.get("metadata") or {}).get("resourceVersion", rv)
+                        if kind != "BOOKMARK":
+                            yield kind, obj
+            except Gone:
+                continue
+            except (aiohttp.ClientError, asyncio.TimeoutError, ApiError, ValueError) as exc:
+                yield "ERROR", exc
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+
+def _clean(params: Mapping[str, Any] | None) -> dict[str, str] | None:
+    if not params:
+        return None
+    return {k: ("true" if v is True else "false" if v is False else str(v)) for k, v in params.items() if v is not None}
+
+
+def _error(status: int, text: str) -> ApiError:
+    try:
+        doc = json.loads(text)
+        reason, message = doc.get("reason", ""), doc.get("message", text)
+    except ValueError:
+        reason, message = "", text[:500]
+    cls = Gone if status == 410 else ApiError
+    return cls(status, reason, message)

@@ -1,0 +1,234 @@
+"""ARP codec and BPF filter, checked against scapy as an independent encoder/decoder."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scapy.layers.l2 import ARP, Dot1Q, Ether
+from scapy.layers.inet import IP, UDP
+
+from lbctl.core import arp
+from lbctl.core.arp import (
+    ARP_REQUEST_BPF,
+    ArpRequest,
+    bpf_bytes,
+    build_arp_reply,
+    build_gratuitous,
+    mac_to_bytes,
+    mac_to_str,
+    parse_arp_request,
+)
+
+PEER_MAC = "02:00:00:00:00:01"
+OUR_MAC = "02:00:00:00:00:aa"
+PEER_IP = "192.0.2.10"
+VIP = "192.0.2.100"
+
+
+def ip4(s: str) -> bytes:
+    return bytes(int(x) for x in s.split("."))
+
+
+def scapy_request(**kw) -> bytes:
+    a = dict(op=1, hwsrc=PEER_MAC, psrc=PEER_IP, hwdst="00:00:00:00:00:00", pdst=VIP)
+    a.update(kw)
+    return bytes(Ether(dst="ff:ff:ff:ff:ff:ff", src=a["hwsrc"]) / ARP(**a))
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+def test_parse_scapy_request():
+    req = parse_arp_request(scapy_request())
+    assert req == ArpRequest(mac_to_bytes(PEER_MAC), ip4(PEER_IP), ip4(VIP))
+
+
+def test_parse_accepts_padded_frame_and_memoryview():
+    frame = scapy_request() + bytes(18)
+    assert parse_arp_request(memoryview(frame)) == parse_arp_request(frame) is not None
+
+
+def test_probe_is_parsed_and_answered_unicast_like_linux():
+    req = parse_arp_request(scapy_request(psrc="0.0.0.0"))
+    assert req is not None and req.is_probe
+    pkt = Ether(build_arp_reply(mac_to_bytes(OUR_MAC), ip4(VIP), req))
+    assert pkt.dst == PEER_MAC and pkt[ARP].pdst == "0.0.0.0" and pkt[ARP].op == 2
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        scapy_request(op=2),
+        scapy_request(op=3),
+        scapy_request(hwtype=6),
+        scapy_request(ptype=0x86DD),
+        scapy_request(hwlen=8),
+        scapy_request(plen=16),
+        scapy_request(hwsrc="ff:ff:ff:ff:ff:ff"),
+        scapy_request(hwsrc="01:00:5e:00:00:01"),
+        scapy_request(hwsrc="00:00:00:00:00:00"),
+        bytes(Ether(dst="ff:ff:ff:ff:ff:ff", src="01:00:5e:00:00:01") / ARP(hwsrc=PEER_MAC, pdst=VIP)),
+        bytes(Ether(src=PEER_MAC) / Dot1Q(vlan=10) / ARP(op=1, hwsrc=PEER_MAC, psrc=PEER_IP, pdst=VIP)),
+        bytes(Ether(src=PEER_MAC) / IP(src=PEER_IP, dst=VIP) / UDP()),
+        b"",
+        bytes(100),
+    ],
+    ids=lambda f: f"{len(f)}b",
+)
+def test_parse_rejects(frame):
+    assert parse_arp_request(frame) is None
+
+
+def test_every_truncation_is_rejected():
+    frame = scapy_request()
+    for n in range(len(frame)):
+        assert parse_arp_request(frame[:n]) is None
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=128))
+def test_garbage_never_raises(data):
+    parse_arp_request(data)
+    parse_arp_request(bytearray(data))
+
+
+@given(st.binary(min_size=42, max_size=42))
+def test_anything_accepted_is_a_real_request(data):
+    req = parse_arp_request(data)
+    if req is not None:
+        pkt = Ether(data)
+        assert pkt.type == 0x0806 and pkt[ARP].op == 1
+        assert req.sender_mac == mac_to_bytes(pkt[ARP].hwsrc)
+
+
+# --- building --------------------------------------------------------------------------------
+
+
+def test_reply_matches_scapy_byte_for_byte():
+    req = parse_arp_request(scapy_request())
+    ours = build_arp_reply(mac_to_bytes(OUR_MAC), ip4(VIP), req)
+    ref = Ether(dst=PEER_MAC, src=OUR_MAC) / ARP(op=2, hwsrc=OUR_MAC, psrc=VIP, hwdst=PEER_MAC, pdst=PEER_IP)
+    assert len(ours) == 60
+    assert ours == bytes(ref) + bytes(18)
+    pkt = Ether(ours)
+    assert (pkt.dst, pkt.src, pkt.type) == (PEER_MAC, OUR_MAC, 0x0806)
+    a = pkt[ARP]
+    assert (a.op, a.hwsrc, a.psrc, a.hwdst, a.pdst) == (2, OUR_MAC, VIP, PEER_MAC, PEER_IP)
+
+
+@pytest.mark.parametrize("reply", [False, True])
+def test_gratuitous_matches_scapy(reply):
+    ours = build_gratuitous(mac_to_bytes(OUR_MAC), ip4(VIP), reply=reply)
+    tha = OUR_MAC if reply else "00:00:00:00:00:00"
+    ref = Ether(dst="ff:ff:ff:ff:ff:ff", src=OUR_MAC) / ARP(
+        op=2 if reply else 1, hwsrc=OUR_MAC, psrc=VIP, hwdst=tha, pdst=VIP
+    )
+    assert ours == bytes(ref) + bytes(18)
+    assert len(ours) == 60
+
+
+def test_gratuitous_request_is_not_answered_by_ourselves_as_probe():
+    # Our own announcement parses as a request (the shell filters outgoing frames), never as a probe.
+    req = parse_arp_request(build_gratuitous(mac_to_bytes(OUR_MAC), ip4(VIP), reply=False))
+    assert req is not None and not req.is_probe and req.sender_ip == req.target_ip
+
+
+def test_build_rejects_wrong_sizes():
+    req = parse_arp_request(scapy_request())
+    with pytest.raises(ValueError):
+        build_arp_reply(b"\x02" * 5, ip4(VIP), req)
+    with pytest.raises(ValueError):
+        build_gratuitous(mac_to_bytes(OUR_MAC), b"\x00" * 16, reply=True)
+
+
+def test_mac_helpers():
+    assert mac_to_bytes("02:00:00:00:00:AA") == b"\x02\x00\x00\x00\x00\xaa"
+    assert mac_to_bytes("2-0-0-0-0-aa") == b"\x02\x00\x00\x00\x00\xaa"
+    assert mac_to_str(b"\x02\x00\x00\x00\x00\xaa") == "02:00:00:00:00:aa"
+    for bad in ["", "02:00:00:00:00", "02:00:00:00:00:0g", "02:00:00:00:00:+1", "02:00:00:00:00:100"]:
+        with pytest.raises(ValueError):
+            mac_to_bytes(bad)
+
+
+# --- BPF -------------------------------------------------------------------------------------
+
+SKF_AD_VLAN_TAG_PRESENT_K = (arp.SKF_AD_OFF + arp.SKF_AD_VLAN_TAG_PRESENT) & 0xFFFFFFFF
+
+
+def run_bpf(prog, pkt: bytes, vlan_tag_present: bool = False) -> int:
+    """Minimal classic-BPF interpreter: ld/ldh/ldb abs, jeq #k, ret #k, and the VLAN ancillary load."""
+    pc, acc = 0, 0
+    for _ in range(4096):
+        code, jt, jf, k = prog[pc]
+        if code in (0x20, 0x28, 0x30):  # ld{,h,b} [k]
+            if code == 0x20 and k == SKF_AD_VLAN_TAG_PRESENT_K:
+                acc = int(vlan_tag_present)
+            else:
+                size = {0x20: 4, 0x28: 2, 0x30: 1}[code]
+                if k + size > len(pkt):
+                    return 0  # out-of-bounds load aborts the program with "drop", as in the kernel
+                acc = int.from_bytes(pkt[k : k + size], "big")
+            pc += 1
+        elif code == 0x15:  # jeq #k
+            pc += 1 + (jt if acc == k else jf)
+        elif code == 0x06:  # ret #k
+            return k
+        else:
+            raise AssertionError(f"unsupported insn {code:#x}")
+    raise AssertionError("no ret reached")
+
+
+def test_bpf_accepts_requests_only():
+    accept = run_bpf(ARP_REQUEST_BPF, scapy_request())
+    assert accept == 0x40000
+    assert run_bpf(ARP_REQUEST_BPF, scapy_request(psrc="0.0.0.0")) == accept
+    for frame in [
+        scapy_request(op=2),
+        scapy_request(hwtype=6),
+        scapy_request(ptype=0x86DD),
+        scapy_request(hwlen=8),
+        bytes(Ether(src=PEER_MAC) / IP(src=PEER_IP, dst=VIP) / UDP()),
+        bytes(Ether(src=PEER_MAC) / Dot1Q(vlan=10) / ARP(op=1, hwsrc=PEER_MAC, psrc=PEER_IP, pdst=VIP)),
+        scapy_request()[:21],
+        b"",
+    ]:
+        assert run_bpf(ARP_REQUEST_BPF, frame) == 0
+
+
+def test_bpf_drops_offloaded_vlan_tag():
+    assert run_bpf(ARP_REQUEST_BPF, scapy_request(), vlan_tag_present=True) == 0
+
+
+@given(st.binary(max_size=64), st.booleans())
+def test_bpf_agrees_with_parser_on_op_and_types(data, tagged):
+    # Whatever the kernel passes, the parser is the stricter judge (MAC checks), never the looser one.
+    if run_bpf(ARP_REQUEST_BPF, data, tagged) == 0:
+        assert tagged or parse_arp_request(data) is None
+
+
+def test_bpf_program_is_well_formed():
+    n = len(ARP_REQUEST_BPF)
+    for pc, (code, jt, jf, k) in enumerate(ARP_REQUEST_BPF):
+        assert 0 <= k < 1 << 32 and 0 <= jt < 256 and 0 <= jf < 256
+        if code == 0x15:
+            assert pc + 1 + max(jt, jf) < n
+    assert ARP_REQUEST_BPF[-1] == (0x06, 0, 0, 0)
+    raw = bpf_bytes(ARP_REQUEST_BPF)
+    assert len(raw) == 8 * n
+    assert [struct.unpack_from("=HBBI", raw, 8 * i) for i in range(n)] == list(ARP_REQUEST_BPF)
+
+
+def test_bpf_matches_libpcap_when_available():
+    pytest.importorskip("scapy.arch.common")
+    from scapy.arch.common import compile_filter
+
+    try:
+        prog = compile_filter("arp and arp[6:2] = 1", linktype=1)
+    except Exception as e:  # libpcap missing in the image: optional oracle
+        pytest.skip(f"libpcap unavailable: {e}")
+    insns = [(i.code, i.jt, i.jf, i.k) for i in prog.bf_insns[: prog.bf_len]]
+    for frame in [scapy_request(), scapy_request(op=2), bytes(Ether() / IP())]:
+        assert bool(run_bpf(insns, frame)) == bool(run_bpf(ARP_REQUEST_BPF, frame))
