@@ -7,8 +7,8 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import ARP, Dot1Q, Ether
 
 from lbctl.core import arp
 from lbctl.core.arp import (

@@ -1,0 +1,212 @@
+"""The controller's single writer: turns watch events into allocator calls and API writes.
+
+One asyncio task owns the Allocator, so decisions are sequential and race-free; only the resulting
+status patches run concurrently. Inputs come from a `Sources` view (kopf indexes in production), which
+holds the complete picture before the first decision is made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from lbctl import log
+from lbctl.core.allocator import Allocator, Outcome, to_addr
+from lbctl.core.pools import PoolSpec
+from lbctl.core.service import ServiceRequest, ingress_status
+from lbctl.kube.client import ApiError, Kube
+from lbctl.kube.events import EventRecorder
+from lbctl.kube.resources import service_path
+
+from .metrics import Metrics
+from .pool_status import PoolStatusWriter
+
+logger = log.get(__name__)
+
+
+class Sources(Protocol):
+    def service(self, key: str) -> ServiceRequest | None: ...
+    def services(self) -> Iterable[ServiceRequest]: ...
+    def pools(self) -> Iterable[PoolSpec]: ...
+    def namespace_labels(self, name: str) -> Mapping[str, str] | None: ...
+
+
+@dataclass
+class _Notice:
+    reason: str
+    message: str
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, events: EventRecorder, metrics: Metrics, lb_class: str | None = None) -> None:
+        self.kube, self.events, self.metrics, self.lb_class = kube, events, metrics, lb_class
+        self.alloc = Allocator()
+        self.sources: Sources | None = None
+        self.ready = asyncio.Event()
+        self._dirty: set[str] = set()
+        self._pools_dirty = False
+        self._wake = asyncio.Event()
+        self._pending: dict[str, str] = {}  # key -> why it has no address
+        self._notices: dict[str, _Notice] = {}  # last warning per Service, to post each once
+        self._pool_status = PoolStatusWriter(kube, events, metrics)
+
+    # ----- inputs (called from watch handlers; cheap, never block) -------------------------
+    def attach(self, sources: Sources) -> None:
+        if self.sources is None:
+            self.sources = sources
+            self._wake.set()
+
+    def service_changed(self, key: str) -> None:
+        self._dirty.add(key)
+        self._wake.set()
+
+    def pools_changed(self) -> None:
+        self._pools_dirty = True
+        self._wake.set()
+
+    def namespace_changed(self, name: str) -> None:
+        self._dirty.update(k for k in self._pending if k.startswith(name + "/"))
+        self._wake.set()
+
+    # ----- the loop ----------------------------------------------------------------------
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self.sources is None:
+                continue
+            try:
+                if not self.ready.is_set():
+                    self._bootstrap()
+                if self._pools_dirty:
+                    self._pools_dirty = False
+                    self._apply_pools()
+                batch, self._dirty = self._dirty, set()
+                writes = [w for w in (self._decide(k) for k in sorted(batch)) if w is not None]
+                if writes:
+                    await asyncio.gather(*writes)
+                self.metrics.pending.set(len(self._pending))
+                self._pool_status.update(self.alloc)
+            except Exception:  # never let one bad object stop allocation for the cluster
+                logger.exception("reconcile_failed")
+                await asyncio.sleep(1)
+                self._wake.set()
+
+    def _bootstrap(self) -> None:
+        """Rebuild the table from Service statuses before deciding anything (restart safety)."""
+        assert self.sources is not None
+        started = time.monotonic()
+        self.alloc.set_pools(self.sources.pools())
+        restored = 0
+        for req in sorted(self.sources.services(), key=lambda r: (r.created, r.key)):
+            if req.wants(self.lb_class) and req.current_ips and not req.error:
+                outcome = self.alloc.restore(req)
+                if outcome.error:
+                    self._warn(req, "IPConflict", outcome.error + "; a new address will be allocated")
+                restored += 1
+            self._dirty.add(req.key)
+        self._pools_dirty = False
+        self.ready.set()
+        logger.info("bootstrapped", services=restored, pools=len(self.alloc.pools),
+                    seconds=round(time.monotonic() - started, 3))
+
+    def _apply_pools(self) -> None:
+        assert self.sources is not None
+        self.alloc.set_pools(self.sources.pools())
+        # New or freed capacity, or pools that stopped covering addresses: revisit everyone affected.
+        self._dirty.update(self._pending)
+        self._dirty.update(self.alloc.assignments())
+
+    def _decide(self, key: str) -> Any:
+        assert self.sources is not None
+        req = self.sources.service(key)
+        if req is None:  # deleted
+            released = self.alloc.release(key)
+            self._forget(key)
+            if released:
+                self.metrics.releases.inc()
+                logger.info("released", service=key, ips=list(released), why="deleted")
+                self._retry_pending()
+            return None
+        outcome = self.alloc.sync(req, self.sources.namespace_labels(req.namespace), self.lb_class)
+        if outcome.released:
+            self._retry_pending()
+        if not req.wants(self.lb_class):
+            self._forget(key)
+            if outcome.changed or (not req.is_lb and req.current_ips and self._ours(req.current_ips)):
+                self.metrics.releases.inc()
+                return self._write(req, outcome, "IPReleased",
+                                   f"Released {', '.join(req.current_ips)}: no longer a LoadBalancer of this class")
+            return None
+        if outcome.error and not outcome.ips:
+            self._pending[key] = outcome.error
+            self.metrics.failures.inc()
+            self._warn(req, "AllocationFailed", outcome.error)
+            return None
+        self._pending.pop(key, None)
+        if outcome.error:
+            self._warn(req, "AllocationFailed", outcome.error)
+        elif outcome.retained:
+            self._warn(req, "IPRetained", f"{', '.join(outcome.retained)} is no longer in any usable IPPool; "
+                       "the Service keeps it. Recreate the Service to move it to a pool address.")
+        else:
+            self._notices.pop(key, None)
+        if outcome.changed:
+            self.metrics.allocations.inc()
+            verb = "Moved to" if req.current_ips else "Assigned"
+            pool = f" from IPPool {outcome.pool}" if outcome.pool else ""
+            return self._write(req, outcome, "IPAllocated", f"{verb} {', '.join(outcome.ips)}{pool}")
+        return None
+
+    async def _write(self, req: ServiceRequest, outcome: Outcome, reason: str, message: str) -> None:
+        body = {"metadata": {"uid": req.uid},  # precondition: never write to a recreated namesake
+                "status": {"loadBalancer": ingress_status(outcome.ips) if outcome.ips else {"ingress": None}}}
+        ns, name = req.key.split("/", 1)
+        started = time.monotonic()
+        try:
+            await self.kube.patch(service_path(ns, name, "status"), body)
+        except (ApiError, OSError, asyncio.TimeoutError) as exc:
+            self.metrics.patch_errors.inc()
+            if isinstance(exc, ApiError) and exc.status in (404, 409):
+                return  # gone or replaced; its own events will follow
+            logger.warning("status_patch_failed", service=req.key, error=str(exc))
+            asyncio.get_running_loop().call_later(1.0, self.service_changed, req.key)
+            return
+        self.metrics.patch_seconds.observe(time.monotonic() - started)
+        logger.info("status_written", service=req.key, ips=list(outcome.ips), reason=reason)
+        self.events.emit(_service_ref(req), "Normal", reason, message)
+
+    def _warn(self, req: ServiceRequest, reason: str, message: str) -> None:
+        notice = _Notice(reason, message)
+        if self._notices.get(req.key) == notice:
+            return
+        self._notices[req.key] = notice
+        logger.warning(reason, service=req.key, message=message)
+        self.events.emit(_service_ref(req), "Warning", reason, message)
+
+    def _forget(self, key: str) -> None:
+        self._pending.pop(key, None)
+        self._notices.pop(key, None)
+
+    def _retry_pending(self) -> None:
+        self._dirty.update(self._pending)
+        self._wake.set()
+
+    def _ours(self, ips: Iterable[str]) -> bool:
+        for ip in ips:
+            try:
+                if self.alloc.pool_of(to_addr(ip)):
+                    return True
+            except ValueError:
+                continue
+        return False
+
+    def pending(self) -> dict[str, str]:
+        return dict(self._pending)
+
+
+def _service_ref(req: ServiceRequest) -> dict[str, str]:
+    return {"apiVersion": "v1", "kind": "Service", "namespace": req.namespace, "name": req.name, "uid": req.uid}
