@@ -1,0 +1,219 @@
+"""What the L2 speakers announce and who announces it, from watched cluster objects (plain dicts).
+
+`ClusterModel` is fed Services, EndpointSlices, Nodes and IPPools; `intents()` turns them into one
+`IpIntent` per assigned address (Services sharing an address collapse into one), and `owners()`
+elects a node per address. Every speaker computes the same answer from the same inputs: no API
+writes are needed to agree. `static_intents()` reads the test/debug `--static-config` file into the
+same shapes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .election import NodeInfo, elect
+from .endpoints import ready_nodes, slice_key, slice_service
+from .pools import PoolSpec, parse_pool
+from .service import ServiceRequest, read_service
+
+
+@dataclass(frozen=True, order=True)
+class ServiceRef:
+    namespace: str
+    name: str
+    uid: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class IpIntent:
+    ip: str  # canonical text form
+    services: tuple[ServiceRef, ...] = ()
+    pool: str | None = None
+    node_selectors: tuple[Mapping[str, Any], ...] = ()
+    interfaces: tuple[str, ...] = ()  # pool layer2.interfaces; empty = by subnet
+    etp_local: bool = False
+    ready_nodes: frozenset[str] = field(default_factory=frozenset)
+
+
+def canonical_ip(ip: str) -> str | None:
+    try:
+        return ipaddress.ip_address(ip.strip()).compressed
+    except (ValueError, AttributeError):
+        return None
+
+
+def node_info(obj: Mapping[str, Any]) -> NodeInfo:
+    meta = obj.get("metadata") or {}
+    conds = (obj.get("status") or {}).get("conditions") or []
+    unavailable = any(isinstance(c, Mapping) and c.get("type") == "NetworkUnavailable" and c.get("status") == "True"
+                      for c in conds)
+    labels = meta.get("labels")
+    return NodeInfo(str(meta.get("name", "")), dict(labels) if isinstance(labels, Mapping) else {}, unavailable)
+
+
+def layer2_of(layer2: Any) -> tuple[tuple[Mapping[str, Any], ...], tuple[str, ...]]:
+    """(nodeSelectors, interfaces) of a pool's spec.layer2; nodeSelector may be one selector or a list."""
+    if not isinstance(layer2, Mapping):
+        return (), ()
+    sel = layer2.get("nodeSelector", layer2.get("nodeSelectors"))
+    sels = tuple(s for s in (sel if isinstance(sel, list) else [sel]) if isinstance(s, Mapping))
+    ifs = layer2.get("interfaces")
+    return sels, tuple(str(i) for i in ifs) if isinstance(ifs, list) else ()
+
+
+def _name(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("name", ""))
+
+
+class ClusterModel:
+    """Last known cluster state. Kept as is when the API server is unreachable."""
+
+    def __init__(self) -> None:
+        self.services: dict[str, ServiceRequest] = {}
+        self.slices: dict[str, tuple[str | None, frozenset[str]]] = {}
+        self.nodes: dict[str, NodeInfo] = {}
+        self.pools: dict[str, PoolSpec] = {}
+
+    # Each apply returns True when something election-relevant may have changed.
+    def apply(self, kind: str, event: str, obj: Any) -> bool:
+        handler = {"Service": self._service, "EndpointSlice": self._slice, "Node": self._node,
+                   "IPPool": self._pool}[kind]
+        if event == "SYNC":
+            self._store(kind).clear()
+            for item in obj if isinstance(obj, list) else []:
+                if isinstance(item, Mapping):
+                    handler(item, False)
+            return True
+        if not isinstance(obj, Mapping):
+            return False
+        return handler(obj, event == "DELETED")
+
+    def _store(self, kind: str) -> dict[str, Any]:
+        return {"Service": self.services, "EndpointSlice": self.slices, "Node": self.nodes,
+                "IPPool": self.pools}[kind]  # type: ignore[return-value]
+
+    def _service(self, obj: Mapping[str, Any], deleted: bool) -> bool:
+        try:
+            svc = read_service(obj)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return False
+        old = self.services.pop(svc.key, None)
+        if not deleted:
+            self.services[svc.key] = svc
+        return old != self.services.get(svc.key)
+
+    def _slice(self, obj: Mapping[str, Any], deleted: bool) -> bool:
+        key = slice_key(obj)
+        old = self.slices.pop(key, None)
+        if not deleted:
+            self.slices[key] = (slice_service(obj), ready_nodes(obj))
+        return old != self.slices.get(key)
+
+    def _node(self, obj: Mapping[str, Any], deleted: bool) -> bool:
+        info = node_info(obj)
+        old = self.nodes.pop(info.name, None)
+        if not deleted and info.name:
+            self.nodes[info.name] = info
+        return old != self.nodes.get(info.name)
+
+    def _pool(self, obj: Mapping[str, Any], deleted: bool) -> bool:
+        name = _name(obj)
+        old = self.pools.pop(name, None)
+        if not deleted and name:
+            spec = obj.get("spec")
+            self.pools[name] = parse_pool(name, spec if isinstance(spec, Mapping) else None,
+                                          str((obj.get("metadata") or {}).get("creationTimestamp") or ""))
+        return old != self.pools.get(name)
+
+    def ready_by_service(self) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for svc, nodes in self.slices.values():
+            if svc:
+                out.setdefault(svc, set()).update(nodes)
+        return out
+
+    def pool_for(self, ip: str) -> PoolSpec | None:
+        """The pool whose range holds `ip`; the oldest wins an overlap, as in the controller."""
+        addr = ipaddress.ip_address(ip)
+        for pool in sorted(self.pools.values(), key=lambda p: (p.created, p.name)):
+            if pool.range_of(addr.version, int(addr)) is not None:
+                return pool
+        return None
+
+    def intents(self, lb_class: str | None) -> dict[str, IpIntent]:
+        ready = self.ready_by_service()
+        by_ip: dict[str, list[ServiceRequest]] = {}
+        for svc in self.services.values():
+            if not svc.wants(lb_class):
+                continue
+            for raw in svc.current_ips:
+                ip = canonical_ip(raw)
+                if ip:
+                    by_ip.setdefault(ip, []).append(svc)
+        out: dict[str, IpIntent] = {}
+        for ip, svcs in by_ip.items():
+            pool = self.pool_for(ip)
+            sels, ifs = layer2_of(pool.layer2) if pool else ((), ())
+            nodes: set[str] = set()
+            for s in svcs:
+                nodes |= ready.get(s.key, set())
+            out[ip] = IpIntent(
+                ip=ip, services=tuple(sorted(ServiceRef(s.namespace, s.name, s.uid) for s in svcs)),
+                pool=pool.name if pool else None, node_selectors=sels, interfaces=ifs,
+                # Shared addresses: Local on any sharer confines the owner to nodes serving one of them.
+                etp_local=any(s.etp_local for s in svcs), ready_nodes=frozenset(nodes),
+            )
+        return out
+
+
+def owners(intents: Mapping[str, IpIntent], live: set[str], nodes: Mapping[str, NodeInfo]) -> dict[str, str | None]:
+    return {ip: elect(ip, live, nodes, i.node_selectors, i.etp_local, set(i.ready_nodes)) for ip, i in intents.items()}
+
+
+class StaticConfigError(ValueError):
+    pass
+
+
+def static_intents(doc: Any) -> tuple[dict[str, IpIntent], dict[str, NodeInfo]]:
+    """Parse the --static-config document (see speaker/static.py for the format)."""
+    if not isinstance(doc, Mapping):
+        raise StaticConfigError("static config must be a JSON object")
+    nodes: dict[str, NodeInfo] = {}
+    for n in doc.get("nodes") or []:
+        if isinstance(n, str):
+            nodes[n] = NodeInfo(n)
+        elif isinstance(n, Mapping) and isinstance(n.get("name"), str):
+            nodes[n["name"]] = NodeInfo(n["name"], dict(n.get("labels") or {}), bool(n.get("networkUnavailable")))
+        else:
+            raise StaticConfigError(f"bad node entry {n!r}")
+    intents: dict[str, IpIntent] = {}
+    ips = doc.get("ips") or {}
+    if not isinstance(ips, Mapping):
+        raise StaticConfigError("'ips' must map addresses to objects")
+    for raw, spec in ips.items():
+        ip = canonical_ip(str(raw))
+        if ip is None:
+            raise StaticConfigError(f"not an IP address: {raw!r}")
+        spec = spec or {}
+        if not isinstance(spec, Mapping):
+            raise StaticConfigError(f"entry for {raw} must be an object")
+        sels, ifs = layer2_of({"nodeSelector": spec.get("node_selector"), "interfaces": spec.get("interfaces")})
+        refs = []
+        for s in spec.get("services") or []:
+            ns, _, name = str(s).rpartition("/")
+            refs.append(ServiceRef(ns or "default", name))
+        intents[ip] = IpIntent(ip=ip, services=tuple(refs), pool=spec.get("pool"), node_selectors=sels,
+                               interfaces=ifs, etp_local=bool(spec.get("etp_local")),
+                               ready_nodes=frozenset(_strings(spec.get("ready_nodes"))))
+    return intents, nodes
+
+
+def _strings(v: Any) -> Iterable[str]:
+    return [str(x) for x in v] if isinstance(v, list) else []

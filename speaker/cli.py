@@ -1,0 +1,62 @@
+"""Command line of `lbctl-speaker`. Flag names are an interface: launchers and manifests rely on them."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from lbctl.core.heartbeat import DEFAULT_DEAD_AFTER, DEFAULT_INTERVAL
+
+
+def _interfaces(value: str) -> frozenset[str]:
+    return frozenset(p.strip() for p in value.split(",") if p.strip())
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="lbctl-speaker",
+                                description="Announces LoadBalancer IPs on the local L2 segment (ARP/NDP).")
+    p.add_argument("--node-name", default=os.environ.get("NODE_NAME"), help="this node's name (default: $NODE_NAME)")
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, then in-cluster)")
+    p.add_argument("--lb-class", default=os.environ.get("LBCTL_LB_CLASS") or None,
+                   help="also handle Services with this spec.loadBalancerClass (unset ones are always handled)")
+    p.add_argument("--heartbeat-key-file", metavar="PATH",
+                   help="file with the shared heartbeat HMAC key (default: $LBCTL_HEARTBEAT_KEY)")
+    p.add_argument("--heartbeat-port", type=int, default=7946, help="UDP port for speaker heartbeats")
+    p.add_argument("--heartbeat-interval", type=float, default=DEFAULT_INTERVAL, help="seconds between heartbeats")
+    p.add_argument("--dead-after", type=float, default=DEFAULT_DEAD_AFTER,
+                   help="seconds without a heartbeat before a peer is considered dead")
+    p.add_argument("--interfaces", type=_interfaces, default=None,
+                   help="comma-separated interfaces that may announce (default: all suitable ones)")
+    p.add_argument("--http-host", default="0.0.0.0", help="address for /healthz, /readyz, /metrics")
+    p.add_argument("--http-port", type=int, default=7473)
+    p.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--garp-count", type=int, default=3, help="gratuitous ARP/NA bursts after taking over an IP")
+    p.add_argument("--garp-refresh", type=float, default=0.0,
+                   help="re-announce owned IPs every this many seconds (0 = off)")
+    p.add_argument("--static-config", metavar="FILE",
+                   help="TEST/DEBUG ONLY: read IPs and nodes from this JSON file instead of Kubernetes "
+                        "(no watches, no status, no events); SIGHUP reloads it")
+    args = p.parse_args(argv)
+    if not args.node_name:
+        p.error("--node-name (or $NODE_NAME) is required")
+    if args.heartbeat_interval <= 0 or args.dead_after <= args.heartbeat_interval:
+        p.error("need 0 < --heartbeat-interval < --dead-after")
+    if args.garp_count < 0 or args.garp_refresh < 0:
+        p.error("--garp-count and --garp-refresh must not be negative")
+    return args
+
+
+def read_key(args: argparse.Namespace) -> bytes:
+    """The heartbeat HMAC key; ValueError with a message for the user when missing or empty."""
+    if args.heartbeat_key_file:
+        try:
+            key = open(args.heartbeat_key_file, "rb").read().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read --heartbeat-key-file: {exc}") from None
+    else:
+        key = os.environ.get("LBCTL_HEARTBEAT_KEY", "").strip().encode()
+    if len(key) < 16:
+        raise ValueError("a heartbeat key of at least 16 bytes is required "
+                         "(--heartbeat-key-file or $LBCTL_HEARTBEAT_KEY)")
+    return key

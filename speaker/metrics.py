@@ -1,0 +1,25 @@
+"""Prometheus metrics of the speaker (own registry, so tests and embedding stay isolated)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.announced = Gauge("lbctl_speaker_announced_ips", "IPs this node currently announces", registry=r)
+        self.arp_seen = Counter("lbctl_speaker_arp_requests_total", "ARP requests received", ["interface"], registry=r)
+        self.arp_answered = Counter("lbctl_speaker_arp_replies_total", "ARP requests answered", ["interface"],
+                                    registry=r)
+        self.ndp_answered = Counter("lbctl_speaker_ndp_replies_total", "Neighbor solicitations answered",
+                                    ["interface"], registry=r)
+        self.garps = Counter("lbctl_speaker_gratuitous_sent_total", "Gratuitous ARPs and unsolicited NAs sent",
+                             ["interface"], registry=r)
+        self.live_peers = Gauge("lbctl_speaker_live_peers", "Speakers heard recently, this one included", registry=r)
+        self.ownership_changes = Counter("lbctl_speaker_ownership_changes_total",
+                                         "IPs this node started or stopped announcing", ["change"], registry=r)
+        self.heartbeats_rejected = Counter("lbctl_speaker_heartbeats_rejected_total",
+                                           "Heartbeats dropped: bad signature, malformed or replayed", registry=r)
+        self.socket_errors = Counter("lbctl_speaker_socket_errors_total", "Send/receive errors on raw sockets",
+                                     ["interface"], registry=r)
