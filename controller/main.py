@@ -16,6 +16,7 @@ from lbctl.kube import config
 from lbctl.kube.client import Kube
 from lbctl.kube.events import EventRecorder
 
+from .informer import watch_services
 from .metrics import Metrics
 from .operator import build_registry
 from .reconciler import Reconciler
@@ -50,12 +51,13 @@ async def run(args: argparse.Namespace) -> None:
                                       ready=reconciler.ready.is_set)
         logger.info("starting", server=cfg.server, lb_class=args.lb_class, http_port=args.http_port)
         worker = asyncio.create_task(reconciler.run(), name="reconciler")
+        informer = asyncio.create_task(watch_services(kube, reconciler), name="services")
         operator = asyncio.create_task(kopf.operator(registry=registry, standalone=True, clusterwide=True,
                                                      stop_flag=stop), name="kopf")
         done, _ = await asyncio.wait({worker, operator, asyncio.create_task(stop.wait())},
                                      return_when=asyncio.FIRST_COMPLETED)
         stop.set()
-        for task in (worker, operator):
+        for task in (worker, informer, operator):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task

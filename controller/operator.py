@@ -1,7 +1,8 @@
-"""The kopf shell: indexes hold the cluster's picture, event handlers poke the reconciler.
+"""The kopf shell: IPPools and Namespaces through kopf indexes, event handlers poke the reconciler.
 
-Only stateless kopf handlers are used (index + on.event), so kopf writes no bookkeeping annotations
-and no finalizers to Services.
+Services are not handled by kopf: its per-object workers and index-readiness toggles made startup
+quadratic (12 s for 2000 Services); the reconciler runs one list-watch for them instead (see
+ServiceInformer). Only stateless kopf handlers are used, so nothing is written onto watched objects.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from typing import Any
 import kopf
 
 from lbctl.core.pools import PoolSpec, parse_pool
-from lbctl.core.service import ServiceRequest, read_service
 from lbctl.kube.config import KubeConfig
 from lbctl.kube.resources import GROUP, VERSION
 
@@ -22,15 +22,8 @@ from .reconciler import Reconciler
 class IndexSources:
     """Read access to kopf's indexes in the shape the reconciler wants."""
 
-    def __init__(self, services: kopf.Index, pools: kopf.Index, namespaces: kopf.Index) -> None:
-        self._s, self._p, self._n = services, pools, namespaces
-
-    def service(self, key: str) -> ServiceRequest | None:
-        store = self._s.get(key)
-        return next(iter(store), None) if store else None
-
-    def services(self) -> Iterable[ServiceRequest]:
-        return [v for store in self._s.values() for v in store]
+    def __init__(self, pools: kopf.Index, namespaces: kopf.Index) -> None:
+        self._p, self._n = pools, namespaces
 
     def pools(self) -> Iterable[PoolSpec]:
         return [v for store in self._p.values() for v in store]
@@ -57,10 +50,6 @@ def build_registry(reconciler: Reconciler, cfg: KubeConfig) -> kopf.OperatorRegi
             certificate_path=cfg.cert_file, private_key_path=cfg.key_file, scheme="Bearer" if cfg.bearer() else None,
         )
 
-    @kopf.index("v1", "services", id="services_idx", registry=registry)
-    async def services_idx(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[str, ServiceRequest]:
-        return {f"{namespace}/{name}": read_service(body)}
-
     @kopf.index(GROUP, VERSION, "ippools", id="pools_idx", registry=registry)
     async def pools_idx(body: kopf.Body, name: str, **_: Any) -> dict[str, PoolSpec]:
         return {name: parse_pool(name, body.get("spec"), body.metadata.get("creationTimestamp") or "")}
@@ -70,12 +59,7 @@ def build_registry(reconciler: Reconciler, cfg: KubeConfig) -> kopf.OperatorRegi
         return {name: dict(labels)}
 
     def sources(kw: Mapping[str, Any]) -> IndexSources:
-        return IndexSources(kw["services_idx"], kw["pools_idx"], kw["namespaces_idx"])
-
-    @kopf.on.event("v1", "services", registry=registry)
-    async def service_event(namespace: str, name: str, **kw: Any) -> None:
-        reconciler.attach(sources(kw))
-        reconciler.service_changed(f"{namespace}/{name}")
+        return IndexSources(kw["pools_idx"], kw["namespaces_idx"])
 
     @kopf.on.event(GROUP, VERSION, "ippools", registry=registry)
     async def pool_event(**kw: Any) -> None:

@@ -1,8 +1,8 @@
 """The controller's single writer: turns watch events into allocator calls and API writes.
 
 One asyncio task owns the Allocator, so decisions are sequential and race-free; only the resulting
-status patches run concurrently. Inputs come from a `Sources` view (kopf indexes in production), which
-holds the complete picture before the first decision is made.
+status patches run concurrently. Pools and namespaces come from a `Sources` view (kopf indexes), Services
+from a list-watch of our own; nothing is decided before both hold the complete picture.
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ logger = log.get(__name__)
 
 
 class Sources(Protocol):
-    def service(self, key: str) -> ServiceRequest | None: ...
-    def services(self) -> Iterable[ServiceRequest]: ...
     def pools(self) -> Iterable[PoolSpec]: ...
     def namespace_labels(self, name: str) -> Mapping[str, str] | None: ...
 
@@ -45,6 +43,8 @@ class Reconciler:
         self.kube, self.events, self.metrics, self.lb_class = kube, events, metrics, lb_class
         self.alloc = Allocator()
         self.sources: Sources | None = None
+        self.services: dict[str, ServiceRequest] = {}
+        self._services_synced = False
         self.ready = asyncio.Event()
         self._dirty: set[str] = set()
         self._pools_dirty = False
@@ -58,6 +58,23 @@ class Reconciler:
         if self.sources is None:
             self.sources = sources
             self._wake.set()
+
+    def services_listed(self, items: Iterable[ServiceRequest]) -> None:
+        """A full (re)list: replace the cache; everything present or vanished gets a look."""
+        fresh = {r.key: r for r in items}
+        self._dirty.update(self.services.keys() - fresh.keys())
+        self._dirty.update(fresh)
+        self.services = fresh
+        self._services_synced = True
+        self._wake.set()
+
+    def service_seen(self, req: ServiceRequest) -> None:
+        self.services[req.key] = req
+        self.service_changed(req.key)
+
+    def service_gone(self, key: str) -> None:
+        self.services.pop(key, None)
+        self.service_changed(key)
 
     def service_changed(self, key: str) -> None:
         self._dirty.add(key)
@@ -76,7 +93,7 @@ class Reconciler:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self.sources is None:
+            if self.sources is None or not self._services_synced:
                 continue
             try:
                 if not self.ready.is_set():
@@ -101,7 +118,7 @@ class Reconciler:
         started = time.monotonic()
         self.alloc.set_pools(self.sources.pools())
         restored = 0
-        for req in sorted(self.sources.services(), key=lambda r: (r.created, r.key)):
+        for req in sorted(self.services.values(), key=lambda r: (r.created, r.key)):
             if req.wants(self.lb_class) and req.current_ips and not req.error:
                 outcome = self.alloc.restore(req)
                 if outcome.error:
@@ -122,7 +139,7 @@ class Reconciler:
 
     def _decide(self, key: str) -> Any:
         assert self.sources is not None
-        req = self.sources.service(key)
+        req = self.services.get(key)
         if req is None:  # deleted
             released = self.alloc.release(key)
             self._forget(key)

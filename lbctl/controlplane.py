@@ -99,6 +99,7 @@ class ControlPlane:
                 f"--token-auth-file={wd / 'tokens.csv'}", "--authorization-mode=RBAC",
                 "--service-account-issuer=https://lbctl.invalid", f"--service-account-key-file={wd / 'sa.key'}",
                 f"--service-account-signing-key-file={wd / 'sa.key'}", f"--service-cluster-ip-range={svc_range}",
+                "--service-node-port-range=20000-32767",  # room for the 5000-Service benchmark
                 "--enable-priority-and-fairness=false", "--max-requests-inflight=2000",
                 "--max-mutating-requests-inflight=1000", "--event-ttl=10m", "-v=0",
             ]

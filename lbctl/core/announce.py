@@ -49,9 +49,14 @@ def canonical_ip(ip: str) -> str | None:
         return None
 
 
+def _map(v: Any) -> Mapping[str, Any]:
+    return v if isinstance(v, Mapping) else {}
+
+
 def node_info(obj: Mapping[str, Any]) -> NodeInfo:
-    meta = obj.get("metadata") or {}
-    conds = (obj.get("status") or {}).get("conditions") or []
+    meta = _map(obj.get("metadata"))
+    conds = _map(obj.get("status")).get("conditions")
+    conds = conds if isinstance(conds, list) else []
     unavailable = any(isinstance(c, Mapping) and c.get("type") == "NetworkUnavailable" and c.get("status") == "True"
                       for c in conds)
     labels = meta.get("labels")
@@ -88,12 +93,19 @@ class ClusterModel:
         if event == "SYNC":
             self._store(kind).clear()
             for item in obj if isinstance(obj, list) else []:
-                if isinstance(item, Mapping):
-                    handler(item, False)
+                self._safe(handler, item, False)
             return True
+        return self._safe(handler, obj, event == "DELETED")
+
+    @staticmethod
+    def _safe(handler: Any, obj: Any, deleted: bool) -> bool:
+        # Odd objects (a broken CR, a future API shape) are skipped, never allowed to stop a watch.
         if not isinstance(obj, Mapping):
             return False
-        return handler(obj, event == "DELETED")
+        try:
+            return bool(handler(obj, deleted))
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return False
 
     def _store(self, kind: str) -> dict[str, Any]:
         return {"Service": self.services, "EndpointSlice": self.slices, "Node": self.nodes,
@@ -194,7 +206,7 @@ def static_intents(doc: Any) -> tuple[dict[str, IpIntent], dict[str, NodeInfo]]:
         else:
             raise StaticConfigError(f"bad node entry {n!r}")
     intents: dict[str, IpIntent] = {}
-    ips = doc.get("ips") or {}
+    ips = doc.get("ips", {})
     if not isinstance(ips, Mapping):
         raise StaticConfigError("'ips' must map addresses to objects")
     for raw, spec in ips.items():

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .arp import mac_to_bytes
+
 SKIP_NAMES = frozenset({"lo", "kube-ipvs0"})
 SKIP_PREFIXES = ("veth", "cali", "flannel", "cni", "docker", "virbr", "lxc")
 
@@ -67,7 +69,7 @@ def skip_reason(iface: Interface, bridge_ports: Iterable[str] = ()) -> str | Non
         return "reserved"
     if iface.name.startswith(SKIP_PREFIXES):
         return "container plumbing"
-    if iface.link_type != "ether" or len(iface.mac.split(":")) != 6:
+    if iface.link_type != "ether" or not _is_mac(iface.mac):
         return "not ethernet"
     if "NOARP" in iface.flags:
         return "NOARP"
@@ -105,3 +107,11 @@ def heartbeat_targets(candidates: Sequence[Interface]) -> dict[str, tuple[str, .
 
 def by_name(ifaces: Iterable[Interface]) -> Mapping[str, Interface]:
     return {i.name: i for i in ifaces}
+
+
+def _is_mac(mac: str) -> bool:
+    try:
+        mac_to_bytes(mac)
+    except ValueError:
+        return False
+    return True

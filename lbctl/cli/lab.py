@@ -1,0 +1,61 @@
+"""`lbctl lab up|down|demo|status`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from lbctl.lab import lifecycle
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _up(args: argparse.Namespace) -> int:
+    _, warnings = lifecycle.up(args.nodes, args.ipv6, args.speakers)
+    return 0
+
+
+def _down(_: argparse.Namespace) -> int:
+    lifecycle.down()
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from lbctl.lab import demo
+    return demo.run(nodes=args.nodes, ipv6=args.ipv6, keep=args.keep, mode=args.failure)
+
+
+def _status(_: argparse.Namespace) -> int:
+    from lbctl.lab import status
+    return status.run()
+
+
+def _topology_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nodes", type=int, default=3, help="number of worker nodes (default 3)")
+    p.add_argument("--ipv6", action=argparse.BooleanOptionalAction, default=True, help="dual-stack (default on)")
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="lab_command", metavar="ACTION", required=True)
+    up = sub.add_parser("up", help="build the lab: namespaces, control plane, controller, speakers")
+    _topology_args(up)
+    up.add_argument("--speakers", action=argparse.BooleanOptionalAction, default=True,
+                    help="start a speaker per node (--no-speakers: to run one by hand)")
+    sub.add_parser("down", help="stop every lab process and delete its namespaces (safe to repeat)")
+    demo = sub.add_parser("demo", help="allocate an IP, serve traffic, break the owner node, watch failover")
+    _topology_args(demo)
+    demo.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    demo.add_argument("--failure", choices=["link", "kill"], default="link",
+                      help="how to break the owner: cut its link (default) or SIGKILL its speaker")
+    sub.add_parser("status", help="namespaces, processes and Services of the running lab")
+    handlers: dict[str, Handler] = {"up": _up, "down": _down, "demo": _demo, "status": _status}
+    p.set_defaults(func=lambda args: _guarded(handlers[args.lab_command], args))
+
+
+def _guarded(handler: Handler, args: argparse.Namespace) -> int:
+    try:
+        return handler(args)
+    except (lifecycle.LabError, RuntimeError, TimeoutError, ValueError) as exc:
+        print(f"lbctl lab {args.lab_command}: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,55 @@
+"""`lbctl`: the command-line entry point. Each subcommand registers itself in SUBCOMMANDS.
+
+A subcommand is a function that adds its arguments to a sub-parser and sets `func` (args -> exit code),
+so new commands (status, explain, preflight, probe) plug in without touching the dispatcher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from . import lab
+
+Register = Callable[[argparse.ArgumentParser], None]
+
+
+def not_implemented(name: str) -> Register:
+    def register(p: argparse.ArgumentParser) -> None:
+        def run(_: argparse.Namespace) -> int:
+            print(f"lbctl {name}: not implemented yet", file=sys.stderr)
+            return 2
+        p.set_defaults(func=run)
+    return register
+
+
+# name -> (one-line help, register)
+SUBCOMMANDS: dict[str, tuple[str, Register]] = {
+    "lab": ("run the whole system on this machine in network namespaces", lab.register),
+    "status": ("show pools, Services and their announcing nodes", not_implemented("status")),
+    "explain": ("explain why a Service has (or lacks) an IP and who announces it", not_implemented("explain")),
+    "preflight": ("check a cluster's prerequisites (strict ARP, kube-proxy mode, ...)", not_implemented("preflight")),
+    "probe": ("ARP/NDP-probe an address and report who answers", not_implemented("probe")),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lbctl", description="Bare-metal LoadBalancer provider for Kubernetes.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (help_, register) in SUBCOMMANDS.items():
+        register(sub.add_parser(name, help=help_, description=help_))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""`lbctl lab demo`: the README's tour. Allocate an IP, serve traffic, break the owner, time the failover."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from typing import Any
+
+from . import cluster, lifecycle, processes, probes, prober, tables
+from .api import LabApi, wait_for
+from .topology import BRIDGE_NS, CLIENT_NS, Topology, sh
+
+SERVICES = "/api/v1/namespaces/default/services"
+FAILOVER_OK_S = 3.0  # the target is ~1 s; fail the demo only when clearly broken
+
+
+def step(title: str) -> None:
+    print(f"\n== {title}", flush=True)
+
+
+def say(line: str) -> None:
+    print(f"   {line}", flush=True)
+
+
+def demo_service(ipv6: bool) -> dict[str, Any]:
+    spec: dict[str, Any] = {"type": "LoadBalancer", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}
+    if ipv6:
+        spec["ipFamilyPolicy"] = "PreferDualStack"
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "demo", "namespace": "default"}, "spec": spec}
+
+
+def run(nodes: int = 3, ipv6: bool = True, keep: bool = False, mode: str = "link") -> int:
+    lifecycle.require_root()
+    started_here = not lifecycle.is_up()
+    try:
+        return _run(nodes, ipv6, keep, mode, started_here)
+    finally:
+        if started_here and not keep:
+            step("Tearing the lab down (--keep leaves it up)")
+            lifecycle.down(say=say)
+
+
+def _run(nodes: int, ipv6: bool, keep: bool, mode: str, started_here: bool) -> int:
+    step("Lab: network namespaces on one bridge, a real kube-apiserver, controller and speakers")
+    if started_here:
+        topo, _ = lifecycle.up(nodes, ipv6, say=say)
+    else:
+        topo = lifecycle.load_topology()
+        say("already up; using it")
+    if not processes.pid_of(f"speaker-{topo.node_hosts[0].name}"):
+        print("lbctl lab demo: the lab has no speakers, so nothing can answer ARP; see the warnings above",
+              file=sys.stderr)
+        return 1
+    api = LabApi()
+
+    step("Service `demo`: type LoadBalancer, port 80")
+    api.apply(SERVICES, demo_service(topo.ipv6))
+    svc = wait_for(lambda: _with_ip(api.get(f"{SERVICES}/demo")), 30, "EXTERNAL-IP of Service demo")
+    print(tables.services([svc]))
+    ips = [i["ip"] for i in svc["status"]["loadBalancer"]["ingress"]]
+    ip4 = next((ip for ip in ips if ":" not in ip), None)
+    ip6 = next((ip for ip in ips if ":" in ip), None)
+    if not ip4:
+        print("lbctl lab demo: no IPv4 address allocated", file=sys.stderr)
+        return 1
+
+    step(f"Traffic from the client ({topo.host('client').ip4}, namespace {CLIENT_NS})")
+    answers = [wait_for(lambda: probes.curl(ip4), 10, f"an HTTP reply from {ip4}") for _ in range(5)]
+    for a in answers:
+        say(f"curl {probes.url_for(ip4)}  ->  {a}")
+    owner = _arp_owner(topo, ip4)
+    if not owner:
+        print(f"lbctl lab demo: the client has no ARP entry for {ip4}", file=sys.stderr)
+        return 1
+    if ip6:
+        body = probes.curl(ip6, timeout=2)
+        entry = probes.neigh(ip6)
+        who = topo.node_by_mac(entry.mac) if entry and entry.mac else None
+        say(f"curl {probes.url_for(ip6)}  ->  {body or 'no answer'}   (NDP: {entry.mac if entry else '?'} = {who})")
+
+    return _failover(topo, ip4, owner, mode, keep)
+
+
+def _with_ip(svc: dict[str, Any]) -> dict[str, Any] | None:
+    return svc if ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") else None
+
+
+def _arp_owner(topo: Topology, ip: str) -> str | None:
+    entry = probes.neigh(ip)
+    if not entry or not entry.mac:
+        return None
+    node = topo.node_by_mac(entry.mac) or "an unknown host"
+    say(f"ip neigh: {ip} is at {entry.mac}  =  {node}   ({'/'.join(entry.state)})")
+    return topo.node_by_mac(entry.mac)
+
+
+def _failover(topo: Topology, ip4: str, owner: str, mode: str, keep: bool) -> int:
+    host = topo.host(owner)
+    how = (f"cutting {owner}'s link (its switch port {host.port} down)" if mode == "link"
+           else f"SIGKILL to {owner}'s speaker")
+    step(f"Failover: {how}, while the client sends a request every 20 ms")
+    probe = probes.prober(ip4, interval=0.02, duration=5.0)
+    time.sleep(1.0)
+    t_break = time.monotonic()
+    if mode == "link":
+        sh("ip", "-n", BRIDGE_NS, "link", "set", host.port, "down")
+    else:
+        processes.kill(f"speaker-{owner}", signal.SIGKILL)
+    out, err = probe.communicate(timeout=30)
+    if probe.returncode:
+        print(f"lbctl lab demo: prober failed: {err.strip()}", file=sys.stderr)
+        return 1
+    result = prober.analyse(prober.read_probes(out), t_break)
+    say(f"before: every reply from {result.before}")
+    if result.after is None or result.switch_s is None:
+        say(f"after:  no other node answered within {5.0 - 1.0:.0f} s")
+        return 1
+    say(f"after:  {result.after} answers, {result.switch_s * 1000:.0f} ms after the {mode} failure")
+    say(f"longest gap without a reply: {result.gap_s * 1000:.0f} ms; "
+        f"{result.failures} of {result.total} requests failed")
+    _arp_owner(topo, ip4)
+    if keep:
+        _repair(topo, owner, mode)
+    if result.switch_s > FAILOVER_OK_S:
+        print(f"lbctl lab demo: failover took {result.switch_s:.1f}s (> {FAILOVER_OK_S:.0f}s)", file=sys.stderr)
+        return 1
+    step(f"OK: {ip4} moved from {owner} to {result.after} in {result.switch_s:.2f} s")
+    return 0
+
+
+def _repair(topo: Topology, owner: str, mode: str) -> None:
+    """With --keep, leave a whole lab behind: re-plug the link or restart the speaker."""
+    host = topo.host(owner)
+    if mode == "link":
+        sh("ip", "-n", BRIDGE_NS, "link", "set", host.port, "up")
+        say(f"re-plugged {owner}'s link")
+    else:
+        processes.spawn(f"speaker-{owner}", host.netns, cluster.speaker_argv(owner, host.ip4))
+        say(f"restarted {owner}'s speaker")

@@ -1,0 +1,26 @@
+"""kubectl-style plain-text tables for the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
+    return "\n".join("   ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [headers, *rows])
+
+
+def service_row(svc: Mapping[str, Any]) -> list[str]:
+    spec, meta = svc.get("spec") or {}, svc.get("metadata") or {}
+    ingress = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    external = ",".join(i.get("ip", "") for i in ingress) or ("<pending>" if spec.get("type") == "LoadBalancer"
+                                                             else "<none>")
+    ports = ",".join(f"{p['port']}" + (f":{p['nodePort']}" if p.get("nodePort") else "") + f"/{p.get('protocol', 'TCP')}"
+                     for p in spec.get("ports") or [])
+    cluster_ip = ",".join(spec.get("clusterIPs") or [spec.get("clusterIP") or "<none>"])
+    return [meta.get("name", ""), spec.get("type", ""), cluster_ip, external, ports]
+
+
+def services(items: Sequence[Mapping[str, Any]]) -> str:
+    return table(["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)"], [service_row(s) for s in items])

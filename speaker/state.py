@@ -1,0 +1,113 @@
+"""Cluster state for the election, fed by informers (or a static file in test/debug mode).
+
+When the API server is unreachable the informers yield ERROR and retry; the model keeps the last
+known state, so speakers keep electing among live peers through an outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+from lbctl import log
+from lbctl.core.announce import ClusterModel, IpIntent, static_intents
+from lbctl.core.election import NodeInfo
+from lbctl.kube.client import ApiError, Kube
+from lbctl.kube.resources import IPPOOLS, NODES, SERVICES
+
+logger = log.get(__name__)
+SLICES_V1 = "/apis/discovery.k8s.io/v1/endpointslices"
+SLICES_V1BETA1 = "/apis/discovery.k8s.io/v1beta1/endpointslices"
+
+
+class KubeState:
+    def __init__(self, kube: Kube, lb_class: str | None, on_change: Callable[[], None]) -> None:
+        self.kube, self.lb_class, self.on_change = kube, lb_class, on_change
+        self.model = ClusterModel()
+        self._synced: set[str] = set()
+        self._intents: dict[str, IpIntent] | None = None
+
+    @property
+    def synced(self) -> bool:
+        return len(self._synced) == 4
+
+    def intents(self) -> dict[str, IpIntent]:
+        if self._intents is None:
+            self._intents = self.model.intents(self.lb_class)
+        return self._intents
+
+    def nodes(self) -> dict[str, NodeInfo]:
+        return self.model.nodes
+
+    def tasks(self) -> list[asyncio.Task[None]]:
+        return [asyncio.create_task(self._watch("Service", SERVICES), name="watch-services"),
+                asyncio.create_task(self._watch("Node", NODES), name="watch-nodes"),
+                asyncio.create_task(self._watch("IPPool", IPPOOLS), name="watch-ippools"),
+                asyncio.create_task(self._slices(), name="watch-endpointslices")]
+
+    async def _slices(self) -> None:
+        try:
+            await self._watch("EndpointSlice", SLICES_V1, fallback_on_404=True)
+        except _NotServed:
+            logger.info("endpointslices_v1beta1", reason="discovery.k8s.io/v1 is not served (Kubernetes < 1.21)")
+            await self._watch("EndpointSlice", SLICES_V1BETA1)
+
+    async def _watch(self, kind: str, path: str, fallback_on_404: bool = False) -> None:
+        failing = False
+        async for event, obj in self.kube.informer(path):
+            if event == "ERROR":
+                if fallback_on_404 and isinstance(obj, ApiError) and obj.status == 404:
+                    raise _NotServed()
+                if not failing:  # once per outage, not per retry
+                    logger.warning("watch_failed", kind=kind, error=str(obj), keeping="last known state")
+                failing = True
+                continue
+            if failing:
+                logger.info("watch_recovered", kind=kind)
+                failing = False
+            try:
+                changed = self.model.apply(kind, event, obj)
+            except Exception as exc:  # an odd object must not end the watch
+                logger.warning("object_ignored", kind=kind, error=repr(exc))
+                continue
+            if event == "SYNC":
+                self._synced.add(kind)
+            if changed:
+                self._intents = None
+                self.on_change()
+
+
+class _NotServed(Exception):
+    pass
+
+
+class StaticState:
+    """--static-config: a JSON file instead of the cluster. For tests and debugging only.
+
+    {"nodes": ["node1", {"name": "node2", "labels": {...}, "networkUnavailable": false}],
+     "ips": {"198.18.0.50": {"services": ["default/web"], "pool": "p", "etp_local": false,
+                             "ready_nodes": ["node1"], "node_selector": {...} | [...],
+                             "interfaces": ["eth0"]}}}
+    """
+
+    synced = True
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._intents: dict[str, IpIntent] = {}
+        self._nodes: dict[str, NodeInfo] = {}
+        self.load()
+
+    def load(self) -> None:
+        """Raises OSError/ValueError on a bad file; the previous state stays in place then."""
+        with open(self.path) as f:
+            doc: Any = json.load(f)
+        self._intents, self._nodes = static_intents(doc)
+
+    def intents(self) -> dict[str, IpIntent]:
+        return self._intents
+
+    def nodes(self) -> dict[str, NodeInfo]:
+        return self._nodes

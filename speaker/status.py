@@ -1,0 +1,111 @@
+"""Visibility: the node's SpeakerStatus object and Events on Services this node takes over.
+
+The status object is written at most once a second and only when its content changed; failures are
+logged and retried on the next change, never fatal. Events fire on ownership transitions only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from lbctl import log
+from lbctl.core.announce import IpIntent
+from lbctl.kube.client import ApiError, Kube
+from lbctl.kube.events import EventRecorder
+
+from .announcer import Announcement
+
+logger = log.get(__name__)
+GROUP_VERSION = "lbctl.io/v1alpha1"
+COLLECTION = f"/apis/{GROUP_VERSION}/speakerstatuses"
+MIN_GAP = 1.0
+
+
+def status_body(node: str, announcements: Iterable[Announcement], live: Iterable[str]) -> dict[str, Any]:
+    anns = sorted(announcements, key=lambda a: (a.ip, a.interface))
+    peers = sorted(live)
+    return {
+        "node": node,
+        "announcedCount": len({a.ip for a in anns}),
+        "announced": [{"ip": a.ip, "interface": a.interface, "mac": a.mac, "since": a.since,
+                       "lastGARP": a.last_garp, "services": list(a.services)} for a in anns],
+        "livePeerCount": len(peers),
+        "livePeers": peers,
+    }
+
+
+class StatusWriter:
+    def __init__(self, kube: Kube, node: str) -> None:
+        self.kube, self.node = kube, node
+        self._want: dict[str, Any] | None = None
+        self._written: dict[str, Any] | None = None
+        self._wake = asyncio.Event()
+        self._exists = False
+
+    def update(self, body: dict[str, Any]) -> None:
+        if body != self._want:
+            self._want = body
+            self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            started = time.monotonic()
+            await self.flush()
+            await asyncio.sleep(max(0.0, MIN_GAP - (time.monotonic() - started)))
+
+    async def flush(self) -> None:
+        want = self._want
+        if want is None or want == self._written:
+            return
+        try:
+            if not self._exists:
+                await self._ensure()
+            await self.kube.patch(f"{COLLECTION}/{self.node}/status", {"status": want})
+            self._written = want
+        except (ApiError, OSError, asyncio.TimeoutError) as exc:
+            if isinstance(exc, ApiError) and exc.status == 404:
+                self._exists = False
+            logger.warning("status_write_failed", error=str(exc))
+            self._wake.set()  # retry after the gap
+        except Exception as exc:  # aiohttp errors not derived from OSError; visibility must never kill us
+            logger.warning("status_write_failed", error=repr(exc))
+            self._wake.set()
+
+    async def _ensure(self) -> None:
+        try:
+            await self.kube.create(COLLECTION, {"apiVersion": GROUP_VERSION, "kind": "SpeakerStatus",
+                                                "metadata": {"name": self.node}, "spec": {"node": self.node}})
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+        self._exists = True
+
+
+class TakeoverEvents:
+    """Posts "announcing IP from NODE" on each Service whose address moved to this node."""
+
+    def __init__(self, recorder: EventRecorder, node: str) -> None:
+        self.recorder, self.node = recorder, node
+        self._owned: set[tuple[str, str]] = set()  # (ip, service key)
+
+    def update(self, mine: dict[str, IpIntent], announcements: Iterable[Announcement]) -> None:
+        where: dict[str, Announcement] = {}
+        for a in announcements:
+            where.setdefault(a.ip, a)
+        now: set[tuple[str, str]] = set()
+        for ip, intent in mine.items():
+            ann = where.get(ip)
+            if ann is None:
+                continue  # not actually announced (no interface): no claim
+            for ref in intent.services:
+                now.add((ip, ref.key))
+                if (ip, ref.key) not in self._owned:
+                    self.recorder.emit({"apiVersion": "v1", "kind": "Service", "name": ref.name,
+                                        "namespace": ref.namespace, "uid": ref.uid}, "Normal", "Announcing",
+                                       f"announcing {ip} from {self.node} ({ann.interface}, {ann.mac})")
+        self._owned = now
