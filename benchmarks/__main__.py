@@ -1,0 +1,23 @@
+"""`python -m benchmarks [codec|controller|lab ...]`: run the benchmarks in one go (all by default)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+ALL = ["codec", "controller", "lab"]
+
+
+def main() -> None:
+    names = sys.argv[1:] or ALL
+    for name in names:
+        if name not in ALL:
+            raise SystemExit(f"unknown benchmark {name!r}; choose from {', '.join(ALL)}")
+        print(f"\n=== {name} ===", flush=True)
+        module = importlib.import_module(f"benchmarks.{name}_bench")
+        sys.argv = [f"benchmarks.{name}_bench"]
+        module.main()
+
+
+if __name__ == "__main__":
+    main()
