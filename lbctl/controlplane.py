@@ -59,6 +59,7 @@ class ControlPlane:
     dual_stack: bool = True
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     tokens: dict[str, str] = field(default_factory=dict)
+    _argv: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -115,10 +116,21 @@ class ControlPlane:
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         assert self.workdir
-        log = open(self.workdir / f"{name}.log", "wb")
+        log = open(self.workdir / f"{name}.log", "ab")
         # Own process group so stop() can kill children and nothing outlives a failed test run.
         self.procs.append(subprocess.Popen(self._cmd(argv), stdout=log, stderr=subprocess.STDOUT,
                                            start_new_session=True))
+        self._argv[name] = argv
+
+    def outage(self, seconds: float) -> None:
+        """Stop kube-apiserver (etcd keeps the data) for `seconds`, then start it again and wait until ready."""
+        proc = next(p for p in self.procs if str(APISERVER) in p.args or str(APISERVER) in " ".join(map(str, p.args)))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        self.procs.remove(proc)
+        time.sleep(seconds)
+        self._spawn("kube-apiserver", self._argv["kube-apiserver"])
+        self._wait_ready(90)
 
     def _write_credentials(self, wd: Path) -> None:
         subprocess.run(["openssl", "genrsa", "-out", str(wd / "sa.key"), "2048"], check=True,
