@@ -12,7 +12,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _up(args: argparse.Namespace) -> int:
-    _, warnings = lifecycle.up(args.nodes, args.ipv6, args.speakers)
+    lifecycle.up(args.nodes, args.ipv6, args.speakers)
     return 0
 
 

@@ -51,10 +51,6 @@ class LabApi:
     def get(self, path: str, **params: Any) -> Any:
         return self.call("GET", path, params=params or None)
 
-    def get_or_none(self, path: str) -> Any:
-        body = self.call("GET", path, ok=(404,))
-        return None if body.get("code") == 404 or body.get("kind") == "Status" else body
-
     def create(self, path: str, body: dict[str, Any]) -> Any:
         return self.call("POST", path, body)
 

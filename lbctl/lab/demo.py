@@ -116,7 +116,7 @@ def _failover(topo: Topology, ip4: str, owner: str, mode: str, keep: bool) -> in
     if result.after is None or result.switch_s is None:
         say(f"after:  no other node answered within {5.0 - 1.0:.0f} s")
         return 1
-    say(f"after:  {result.after} answers, {result.switch_s * 1000:.0f} ms after the {mode} failure")
+    say(f"after:  {result.after} answers, {result.switch_s * 1000:.0f} ms after the {'link cut' if mode == 'link' else 'SIGKILL'}")
     say(f"longest gap without a reply: {result.gap_s * 1000:.0f} ms; "
         f"{result.failures} of {result.total} requests failed")
     _arp_owner(topo, ip4)

@@ -26,9 +26,9 @@ def require_root() -> None:
 
 
 def is_up() -> bool:
-    """A lab is up when its topology was recorded and every daemon it started is alive."""
-    pids = processes.pidfiles()
-    return TOPOLOGY_FILE.exists() and bool(pids) and all(processes.alive(p) for p in pids.values())
+    """A lab is up when its topology was recorded and any daemon it started still runs. A lab with a
+    dead speaker (a failover test, a benchmark) is degraded, not stale: never clean it from under them."""
+    return TOPOLOGY_FILE.exists() and any(processes.alive(p) for p in processes.pidfiles().values())
 
 
 def leftovers() -> bool:
@@ -62,19 +62,20 @@ def up(nodes: int = 3, ipv6: bool = True, speakers: bool = True, say: Say = prin
         cluster.wait_ready(topo, say=say)
     except BaseException:
         say("lab up failed; tearing down")
-        _keep_logs_hint()
+        _show_failed_logs(say)
         down(say=lambda _: None, keep_logs=True)
         raise
     say(f"lab up in {time.monotonic() - started:.1f}s (state in {STATE})")
     return topo, warnings
 
 
-def _keep_logs_hint() -> None:
+def _show_failed_logs(say: Say) -> None:
+    """The daemon logs go with the state dir; show the ones that complain before they do."""
     if processes.LOGS.exists():
         for log in sorted(processes.LOGS.glob("*.log")):
             text = log.read_text(errors="replace").strip()
             if text and ("Traceback" in text or "error" in text.lower()):
-                print(f"--- {log.name} (last lines)\n{cluster.tail(log.stem, 10)}")
+                say(f"--- {log.name} (last lines)\n{cluster.tail(log.stem, 10)}")
 
 
 def down(say: Say = print, keep_logs: bool = False) -> None:
@@ -82,7 +83,7 @@ def down(say: Say = print, keep_logs: bool = False) -> None:
     require_root()
     killed = processes.kill_all()
     if killed:
-        say(f"stopped {len(killed)} processes")
+        say(f"stopped {killed} processes")
     gone = topology.destroy()
     if gone:
         say(f"deleted namespaces: {', '.join(gone)}")

@@ -82,22 +82,19 @@ def netns_pids() -> list[int]:
     return pids
 
 
-def kill_all(grace: float = 5.0) -> list[str]:
-    """SIGTERM every lab process group, SIGKILL what is left after `grace`. Returns names signalled."""
-    named = {name: pid for name, pid in pidfiles().items() if alive(pid)}
-    for pid in named.values():
-        signal_group(pid, signal.SIGTERM)  # type: ignore[arg-type]
-    for pid in netns_pids():
+def kill_all(grace: float = 5.0) -> int:
+    """SIGTERM every lab process (pidfiles, then whatever else runs in a lab namespace, e.g. daemons
+    started before a crash could record them), SIGKILL what is left after `grace`. Returns how many."""
+    targets = {pid for pid in pidfiles().values() if pid and alive(pid)} | set(netns_pids())
+    for pid in targets:
         signal_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not any(alive(p) for p in [*named.values(), *netns_pids()]):
-            break
+    while time.monotonic() < deadline and any(alive(p) for p in targets | set(netns_pids())):
         time.sleep(0.1)
-    for pid in [*named.values(), *netns_pids()]:
+    for pid in targets | set(netns_pids()):
         if alive(pid):
-            signal_group(pid, signal.SIGKILL)  # type: ignore[arg-type]
+            signal_group(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(alive(p) for p in [*named.values(), *netns_pids()]):
+    while time.monotonic() < deadline and any(alive(p) for p in targets | set(netns_pids())):
         time.sleep(0.05)
-    return sorted(named)
+    return len(targets)

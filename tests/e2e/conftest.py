@@ -152,14 +152,15 @@ def ipv6_of(svc: dict[str, Any]) -> str | None:
 
 _NDP_PROBE = r"""
 import json, socket, sys
-from scapy.all import ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, IPv6, Ether, conf, in6_getnsma, in6_getnsmac, sniff, sendp, AsyncSniffer
+import time
+from scapy.all import AsyncSniffer, Ether, ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, IPv6, in6_getnsma, in6_getnsmac, sendp
 target, src, mac, timeout = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 nsma = socket.inet_ntop(socket.AF_INET6, in6_getnsma(socket.inet_pton(socket.AF_INET6, target)))
 dst = in6_getnsmac(socket.inet_pton(socket.AF_INET6, nsma))
 pkt = Ether(src=mac, dst=dst) / IPv6(src=src, dst=nsma, hlim=255) / ICMPv6ND_NS(tgt=target) / ICMPv6NDOptSrcLLAddr(lladdr=mac)
 sn = AsyncSniffer(iface="eth0", filter="icmp6", store=True)
 sn.start()
-import time; time.sleep(0.3)
+time.sleep(0.3)  # let the capture attach before asking
 sendp(pkt, iface="eth0", verbose=0)
 time.sleep(timeout)
 sn.stop()

@@ -1,0 +1,93 @@
+"""The lab itself: it comes up, Services get IPs, the client reaches them, one node answers ARP/NDP."""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+import sys
+
+from lbctl.lab import probes, processes
+from lbctl.lab.api import wait_for
+from lbctl.lab.topology import IPVS_DEV, Topology
+
+from .conftest import Lab, ipv4_of, ipv6_of
+
+POOL4 = ipaddress.ip_network("198.18.0.0/24")
+
+
+def ns_sysctl(netns: str, key: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-n", key], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def ipvs_addresses(netns: str) -> str:
+    return subprocess.run(["ip", "-n", netns, "addr", "show", "dev", IPVS_DEV], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def test_lab_is_up(fresh: Lab) -> None:
+    pids = processes.pidfiles()
+    for name in ["etcd", "kube-apiserver", "controller"] + [f"{d}-{h.name}" for h in fresh.topo.node_hosts
+                                                            for d in ("speaker", "httpd", "kubeproxy")]:
+        assert processes.alive(pids.get(name)), f"{name} is not running"
+    for h in fresh.topo.node_hosts:  # kube-proxy IPVS mode with strictARP
+        assert ns_sysctl(h.netns, "net.ipv4.conf.all.arp_ignore") == "1"
+        assert ns_sysctl(h.netns, "net.ipv4.conf.all.arp_announce") == "2"
+        assert ns_sysctl(h.netns, "net.ipv6.conf.all.proxy_ndp") == "0"
+
+
+def test_service_gets_ip_and_every_node_holds_it(fresh: Lab) -> None:
+    svc = fresh.service("basic")
+    ip = ipv4_of(svc)
+    assert ipaddress.ip_address(ip) in POOL4 and 50 <= int(ip.rsplit(".", 1)[1]) <= 99
+    for h in fresh.topo.node_hosts:  # the kube-proxy stand-in put it on kube-ipvs0
+        wait_for(lambda: f"{ip}/32" in ipvs_addresses(h.netns), 10, f"{ip} on {h.name}'s {IPVS_DEV}")
+    fresh.delete_service("basic")
+    for h in fresh.topo.node_hosts:
+        wait_for(lambda: f"{ip}/32" not in ipvs_addresses(h.netns), 10, f"{ip} gone from {h.name}")
+
+
+def test_client_reaches_service(fresh: Lab) -> None:
+    ip = ipv4_of(fresh.service("web"))
+    body = wait_for(lambda: probes.curl(ip), 10, f"HTTP from {ip}")
+    assert body in {h.name for h in fresh.topo.node_hosts}
+    # Every request lands on the node that answers ARP.
+    assert {probes.curl(ip) for _ in range(5)} == {body}
+    assert fresh.arp_owners(ip) == {body}
+
+
+def test_exactly_one_mac_answers_arp(fresh: Lab) -> None:
+    ip = ipv4_of(fresh.service("one-mac"))
+    fresh.wait_arp_owner(ip)
+    macs: list[str] = []
+    for _ in range(4):
+        macs += probes.arping(ip, count=3)
+    assert len(macs) >= 10, f"too few ARP replies: {macs}"  # 12 requests, allow a lost one or two
+    assert len(set(macs)) == 1, f"more than one MAC answers ARP for {ip}: {sorted(set(macs))}"
+    assert fresh.node_of(macs[0]) in {h.name for h in fresh.topo.node_hosts}
+
+
+def test_ipv6_ndp_answered_by_one_node(fresh: Lab) -> None:
+    fresh.service("dual", wait_ip=False, ipFamilyPolicy="PreferDualStack")
+    svc = fresh.wait_ips("dual", count=2)
+    ip6 = ipv6_of(svc)
+    assert ip6, f"no IPv6 ingress: {svc['status']}"
+    body = wait_for(lambda: probes.curl(ip6), 10, f"HTTP from [{ip6}]")
+    entry = probes.neigh(ip6)
+    assert entry and fresh.node_of(entry.mac) == body
+    macs = fresh.ndp_macs(ip6)
+    assert len(macs) == 1 and fresh.node_of(macs.pop()) == body
+
+
+def test_status_command(fresh: Lab) -> None:
+    ip = ipv4_of(fresh.service("shown"))
+    res = subprocess.run([sys.executable, "-m", "lbctl.cli", "lab", "status"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "shown" in res.stdout and ip in res.stdout and "DEAD" not in res.stdout
+
+
+def test_topology_matches_course_layout(lab: Lab) -> None:
+    # The seed cluster (192.168.56.0/24) renumbered: control plane .11, nodes .21+, client .100.
+    topo: Topology = lab.topo
+    assert topo.host("cp").ip4 == "198.18.0.11"
+    assert [h.ip4 for h in topo.node_hosts] == ["198.18.0.21", "198.18.0.22", "198.18.0.23"]
