@@ -10,27 +10,19 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from . import lab
+from . import explain, lab, preflight, probe, status
 
 Register = Callable[[argparse.ArgumentParser], None]
-
-
-def not_implemented(name: str) -> Register:
-    def register(p: argparse.ArgumentParser) -> None:
-        def run(_: argparse.Namespace) -> int:
-            print(f"lbctl {name}: not implemented yet", file=sys.stderr)
-            return 2
-        p.set_defaults(func=run)
-    return register
 
 
 # name -> (one-line help, register)
 SUBCOMMANDS: dict[str, tuple[str, Register]] = {
     "lab": ("run the whole system on this machine in network namespaces", lab.register),
-    "status": ("show pools, Services and their announcing nodes", not_implemented("status")),
-    "explain": ("explain why a Service has (or lacks) an IP and who announces it", not_implemented("explain")),
-    "preflight": ("check a cluster's prerequisites (strict ARP, kube-proxy mode, ...)", not_implemented("preflight")),
-    "probe": ("ARP/NDP-probe an address and report who answers", not_implemented("probe")),
+    "status": ("show pools, Services and their announcing nodes", status.register),
+    "explain": ("explain why a Service has (or lacks) an IP and who announces it", explain.register),
+    "preflight": ("check a node's and the cluster's prerequisites (strict ARP, raw sockets, CRDs, kube-proxy)",
+                  preflight.register),
+    "probe": ("ARP/NDP-probe an address and report which MACs answer", probe.register),
 }
 
 

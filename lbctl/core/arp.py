@@ -146,3 +146,20 @@ def mac_to_bytes(mac: str) -> bytes:
 
 def mac_to_str(mac: bytes) -> str:
     return ":".join(f"{b:02x}" for b in mac)
+
+
+# --- probing (lbctl probe): ask who answers for an address -----------------------------------
+
+_REPLY_HEAD = struct.pack("!HHHBBH", ETH_P_ARP, ARPHRD_ETHER, ETH_P_IP, 6, 4, ARPOP_REPLY)
+
+
+def build_arp_request(our_mac: bytes, our_ip: bytes, target_ip: bytes) -> bytes:
+    """Broadcast who-has request, as a client on the segment would send it."""
+    return _frame(BROADCAST_MAC, our_mac, ARPOP_REQUEST, our_mac, our_ip, ZERO_MAC, target_ip)
+
+
+def parse_arp_reply(frame: bytes | bytearray | memoryview) -> tuple[bytes, bytes] | None:
+    """(sender MAC, sender IP) of an Ethernet ARP reply, or None; never raises."""
+    if len(frame) < ARP_FRAME_LEN or bytes(frame[12:22]) != _REPLY_HEAD:
+        return None
+    return bytes(frame[22:28]), bytes(frame[28:32])

@@ -95,3 +95,29 @@ def icmp6_filter_only(*types: int) -> bytes:
             raise ValueError(f"ICMPv6 type out of range: {t}")
         words[t >> 5] &= ~(1 << (t & 31)) & 0xFFFFFFFF
     return struct.pack("=8I", *words)  # native order: the kernel indexes __u32 data[8]
+
+
+_NS = struct.Struct("!BBHI16sBB6s")
+
+
+def build_neighbor_solicitation(target: bytes, our_mac: bytes) -> bytes:
+    """NS for `target` with our source link-layer option (checksum left to the kernel)."""
+    if len(target) != 16 or len(our_mac) != 6:
+        raise ValueError("need a 16-byte IPv6 target and a 6-byte MAC")
+    return _NS.pack(ICMPV6_NS, 0, 0, 0, target, OPT_SOURCE_LLADDR, 1, our_mac)
+
+
+def parse_neighbor_advertisement(payload: bytes | bytearray | memoryview) -> tuple[bytes, bytes | None] | None:
+    """(target, target link-layer address or None) of an NA; None for anything else. Never raises."""
+    if len(payload) < _HEAD.size or payload[0] != ICMPV6_NA or payload[1] != 0:
+        return None
+    target = bytes(payload[8:24])
+    i = _HEAD.size
+    while i + 2 <= len(payload):
+        kind, length = payload[i], payload[i + 1] * 8
+        if length == 0 or i + length > len(payload):
+            return None
+        if kind == OPT_TARGET_LLADDR and length >= 8:
+            return target, bytes(payload[i + 2:i + 8])
+        i += length
+    return target, None

@@ -232,3 +232,17 @@ def test_bpf_matches_libpcap_when_available():
     insns = [(i.code, i.jt, i.jf, i.k) for i in prog.bf_insns[: prog.bf_len]]
     for frame in [scapy_request(), scapy_request(op=2), bytes(Ether() / IP())]:
         assert bool(run_bpf(insns, frame)) == bool(run_bpf(ARP_REQUEST_BPF, frame))
+
+
+def test_probe_request_and_reply_match_scapy():
+    from scapy.layers.l2 import ARP, Ether
+
+    from lbctl.core.arp import build_arp_request, parse_arp_reply
+    frame = build_arp_request(bytes.fromhex("020000000001"), bytes([198, 18, 0, 100]), bytes([198, 18, 0, 50]))
+    pkt = Ether(frame)
+    assert pkt.dst == "ff:ff:ff:ff:ff:ff" and pkt[ARP].op == 1 and pkt[ARP].pdst == "198.18.0.50"
+    reply = bytes(Ether(src="02:00:00:00:00:22", dst="02:00:00:00:00:01") /
+                  ARP(op=2, hwsrc="02:00:00:00:00:22", psrc="198.18.0.50", pdst="198.18.0.100"))
+    assert parse_arp_reply(reply) == (bytes.fromhex("020000000022"), bytes([198, 18, 0, 50]))
+    assert parse_arp_reply(frame) is None
+    assert all(parse_arp_reply(reply[:n]) is None for n in range(28))

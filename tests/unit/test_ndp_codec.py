@@ -146,3 +146,18 @@ def test_icmp6_filter():
     assert icmp6_filter_only() == b"\xff" * 32
     with pytest.raises(ValueError):
         icmp6_filter_only(256)
+
+
+def test_probe_solicitation_and_advertisement_match_scapy():
+    import ipaddress
+
+    from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6NDOptDstLLAddr, ICMPv6NDOptSrcLLAddr
+
+    from lbctl.core.ndp import build_neighbor_solicitation, parse_neighbor_advertisement
+    target = ipaddress.IPv6Address("2001:db8:18::50").packed
+    ns = ICMPv6ND_NS(build_neighbor_solicitation(target, bytes.fromhex("020000000001")))
+    assert ns.tgt == "2001:db8:18::50" and ns[ICMPv6NDOptSrcLLAddr].lladdr == "02:00:00:00:00:01"
+    na = bytes(ICMPv6ND_NA(tgt="2001:db8:18::50", S=1, O=1) / ICMPv6NDOptDstLLAddr(lladdr="02:00:00:00:00:22"))
+    assert parse_neighbor_advertisement(na) == (target, bytes.fromhex("020000000022"))
+    assert all(parse_neighbor_advertisement(na[:n]) in (None, (target, None)) for n in range(len(na)))
+    assert parse_neighbor_advertisement(bytes(ns)) is None
