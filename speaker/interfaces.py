@@ -1,10 +1,15 @@
-"""The node's interfaces, refreshed from `ip -j addr` every 10 s and on demand."""
+"""The node's interfaces, re-read from `ip -j addr` when netlink says links or addresses changed.
+
+A link that comes back must rejoin the election at once, not at the next poll; the slow poll stays
+as a safety net for missed notifications (netlink multicast can overflow).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 
@@ -13,8 +18,10 @@ from lbctl.core import netifs
 from lbctl.core.netifs import Interface
 
 logger = log.get(__name__)
-REFRESH_EVERY = 10.0
+REFRESH_EVERY = 30.0
 ON_DEMAND_MIN_GAP = 1.0  # an unplaceable IP asks for a refresh; don't fork `ip` in a tight loop
+NETLINK_COALESCE = 0.05  # kube-proxy adds hundreds of addresses in a burst: one re-read per burst
+RTMGRP_LINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR = 0x1, 0x10, 0x100
 
 
 def bridge_ports() -> set[str]:
@@ -31,6 +38,7 @@ class InterfaceTable:
         self.candidates: list[Interface] = []
         self._last_refresh = 0.0
         self._pending: asyncio.Task[None] | None = None
+        self._again = False
 
     async def refresh(self) -> bool:
         """Re-read interfaces; True (and on_change) when the usable set changed."""
@@ -57,8 +65,43 @@ class InterfaceTable:
                 self._pending = asyncio.create_task(self.refresh())
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(REFRESH_EVERY)
+        nl = self._netlink()
+        try:
+            while True:
+                await asyncio.sleep(REFRESH_EVERY)
+                await self.refresh()
+        finally:
+            if nl is not None:
+                asyncio.get_running_loop().remove_reader(nl.fileno())
+                nl.close()
+
+    def _netlink(self) -> socket.socket | None:
+        try:
+            nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+            nl.bind((0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))
+            nl.setblocking(False)
+        except OSError as exc:
+            logger.warning("netlink_unavailable", error=str(exc), fallback=f"polling every {REFRESH_EVERY}s")
+            return None
+        loop = asyncio.get_running_loop()
+
+        def readable() -> None:
+            try:
+                while nl.recv(65536):
+                    pass
+            except OSError:  # EAGAIN when drained; ENOBUFS on overflow: re-read anyway
+                pass
+            self._again = True  # a re-read already running may have missed this change
+            if self._pending is None or self._pending.done():
+                self._pending = asyncio.ensure_future(self._coalesced())
+        loop.add_reader(nl.fileno(), readable)
+        return nl
+
+    async def _coalesced(self) -> None:
+        self._again = True
+        while self._again:
+            self._again = False
+            await asyncio.sleep(NETLINK_COALESCE)
             await self.refresh()
 
     def for_ip(self, ip: str, pool_interfaces: Sequence[str]) -> list[Interface]:
