@@ -16,7 +16,7 @@ import threading
 import time
 
 from lbctl.core.arp import (ARP_REQUEST_BPF, ETH_P_ARP, PACKET_IGNORE_OUTGOING, SO_ATTACH_FILTER, SOL_PACKET,
-                            bpf_bytes, build_arp_reply, build_gratuitous, parse_arp_request)
+                            answer_arp, bpf_bytes, build_gratuitous)
 
 from .metrics import Metrics
 
@@ -79,11 +79,10 @@ class ArpResponder:
                     continue
                 if frame:
                     seen += 1
-                    req = parse_arp_request(frame)
-                    # An announcement (sender == target) is not a question; someone else's GARP is not ours.
-                    if req is not None and req.target_ip in self.owned and req.sender_ip != req.target_ip:
+                    reply = answer_arp(frame, self.owned, mac)
+                    if reply is not None:
                         try:
-                            sock.send(build_arp_reply(mac, req.target_ip, req))
+                            sock.send(reply)
                             answered += 1
                         except OSError:
                             errors += 1

@@ -1,14 +1,23 @@
 """Speaker-to-speaker liveness: signed UDP broadcasts on every announcing interface's IPv4 subnet.
 
 One socket per interface (SO_BINDTODEVICE, SO_BROADCAST, shared port via SO_REUSEADDR) both sends and
-receives. A peer is live only while we keep hearing it; we are always live ourselves. Only liveness
-*changes* wake the election, not every beacon.
+receives. A peer is live only while we keep hearing it; we are always live ourselves.
+
+Beacons are sent and received by one dedicated thread that wakes once per interval: it drains what
+arrived (dated by kernel receive timestamps, so deadlines stay exact), sends its own beacon, and
+also wakes at the next peer's deadline. The event loop is only woken when the live set *changes* (a
+new peer, a goodbye, an expiry), so an idle speaker costs one thread wake-up per interval, whatever
+the number of peers. A goodbye is noticed within one interval; the leaver keeps answering longer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import select
 import socket
+import struct
+import threading
 import time
 from collections.abc import Callable, Mapping
 
@@ -20,6 +29,11 @@ from .metrics import Metrics
 logger = log.get(__name__)
 LEAVE_REPEAT = 3
 LEAVE_GAP = 0.02
+EXPIRY_SLACK = 0.001  # PeerTable counts a peer live *at* its deadline; look just after
+RX_AGE_SLACK = 0.01
+SO_TIMESTAMPNS = 35  # asm-generic; SCM_TIMESTAMPNS has the same value
+_TIMESPEC = struct.Struct("@qq")
+_CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
 
 
 def open_heartbeat_socket(ifname: str, port: int) -> socket.socket:
@@ -28,6 +42,7 @@ def open_heartbeat_socket(ifname: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         sock.bind(("", port))
         sock.setblocking(False)
     except BaseException:
@@ -41,100 +56,176 @@ class Heartbeats:
                  on_change: Callable[[], None], metrics: Metrics) -> None:
         self.node, self.key, self.port, self.interval = node, key, port, interval
         self.peers = PeerTable(node, dead_after)
-        self.on_change = on_change
+        self.on_change = on_change  # called on the event loop's thread
         self.metrics = metrics
         self.incarnation = time.time_ns()  # a restart starts a new sequence space
         self._seq = 0
+        self._lock = threading.Lock()  # guards peers, _socks, _seq
         self._socks: dict[str, tuple[socket.socket, tuple[str, ...]]] = {}
-        self._live: set[str] = {node}
         self._sending = True
+        self._stop = False
         self._warned_alone = False
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._loop = asyncio.get_running_loop()
+        self._thread: threading.Thread | None = None
+        self.ended: asyncio.Future[None] = self._loop.create_future()  # done if the thread dies early
 
-    # --- interfaces ---------------------------------------------------------------------------
+    # --- interfaces (event loop thread) -------------------------------------------------------
     def set_targets(self, targets: Mapping[str, tuple[str, ...]]) -> None:
         """Interface -> broadcast addresses; opens and closes sockets to match."""
-        for name in list(self._socks):
-            if name not in targets:
-                self._close(name)
-        for name, brds in targets.items():
-            if name in self._socks:
-                self._socks[name] = (self._socks[name][0], brds)
-                continue
-            try:
-                sock = open_heartbeat_socket(name, self.port)
-            except OSError as exc:
-                logger.warning("heartbeat_socket_failed", interface=name, error=str(exc))
-                continue
-            self._socks[name] = (sock, brds)
-            self._warned_alone = False
-            self._loop.add_reader(sock.fileno(), self._on_readable, sock)
-        if not self._socks and not self._warned_alone:
+        with self._lock:
+            for name in list(self._socks):
+                if name not in targets:
+                    self._socks.pop(name)[0].close()
+            for name, brds in targets.items():
+                if name in self._socks:
+                    self._socks[name] = (self._socks[name][0], brds)
+                    continue
+                try:
+                    sock = open_heartbeat_socket(name, self.port)
+                except OSError as exc:
+                    logger.warning("heartbeat_socket_failed", interface=name, error=str(exc))
+                    continue
+                self._socks[name] = (sock, brds)
+                self._warned_alone = False
+            empty = not self._socks
+        if empty and not self._warned_alone:
             self._warned_alone = True
             logger.warning("no_heartbeat_interface", hint="no usable interface with an IPv4 broadcast address; "
                                                           "this speaker cannot see its peers")
 
-    def _close(self, name: str) -> None:
-        sock, _ = self._socks.pop(name)
-        try:
-            self._loop.remove_reader(sock.fileno())
-        except (ValueError, OSError):
-            pass
-        sock.close()
-
-    def close(self) -> None:
-        for name in list(self._socks):
-            self._close(name)
-
-    # --- receive ------------------------------------------------------------------------------
-    def _on_readable(self, sock: socket.socket) -> None:
-        changed = False
-        for _ in range(256):
-            try:
-                data = sock.recv(2048)
-            except BlockingIOError:
-                break
-            except OSError:
-                break
-            hb = decode(data, self.key)
-            if hb is None:
-                self.metrics.heartbeats_rejected.inc()
-                continue
-            if hb.node == self.node:
-                continue  # our own broadcast, looped back (or a forgery of our name, which changes nothing)
-            if not self.peers.observe(hb, time.monotonic()):
-                continue  # a replay, or the same beacon heard on a second interface
-            if (hb.node in self._live) == hb.leaving:
-                changed = True  # a new peer, or a live one saying goodbye
-        if changed:
-            self.on_change()
-
     def live(self, now: float) -> set[str]:
-        """Live speakers now; the election calls this and it becomes the "before" for change detection."""
-        self._live = self.peers.live(now)
-        self.metrics.live_peers.set(len(self._live))
-        return self._live
+        """Live speakers now, ourselves included."""
+        with self._lock:
+            live = self.peers.live(now)
+        self.metrics.live_peers.set(len(live))
+        return live
 
-    # --- send ---------------------------------------------------------------------------------
+    # --- the thread -----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._serve, name="heartbeats", daemon=True)
+        self._thread.start()
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _poke(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass  # pipe full: a wake-up is pending anyway
+
+    def _serve(self) -> None:
+        try:
+            self._beat()
+        except BaseException as exc:  # silence towards peers while still announcing would be worst
+            if not self._stop:
+                logger.exception("heartbeat_thread_died")
+                self._loop.call_soon_threadsafe(self._ended, exc)
+            raise
+
+    def _ended(self, exc: BaseException) -> None:
+        if not self.ended.done():
+            self.ended.set_exception(exc)
+
+    def _beat(self) -> None:
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        now = next_send = last_drain = time.monotonic()
+        with self._lock:
+            last_live = self.peers.live(now)
+        while not self._stop:
+            with self._lock:
+                expiry = self.peers.next_expiry(now)
+            times = [t for t in (next_send if self._sending else None, expiry) if t is not None]
+            wake_at = min(times, default=now + 1.0)
+            timeout_ms = max(0, int((wake_at - now + EXPIRY_SLACK) * 1000) + 1)
+            try:
+                if poller.poll(timeout_ms):
+                    os.read(self._wake_r, 512)
+            except (InterruptedError, BlockingIOError):
+                pass
+            # Drain every beacon queued since the last tick in one go, dated by the kernel's receive
+            # timestamp: one wake-up per interval however many peers there are, and the liveness
+            # deadlines stay exact.
+            now = time.monotonic()
+            self._drain(now, last_drain)
+            last_drain = now
+            if self._sending and now >= next_send:
+                self._send(False)
+                # Keep the cadence; after a stall (suspend, CPU starvation) resume rather than burst.
+                next_send = max(next_send + self.interval, now)
+            with self._lock:
+                live = self.peers.live(now)
+            if live != last_live:
+                last_live = live
+                try:
+                    self._loop.call_soon_threadsafe(self.on_change)
+                except RuntimeError:  # loop closed during shutdown
+                    return
+
+    def _drain(self, now: float, last_drain: float) -> None:
+        with self._lock:
+            socks = [s for s, _ in self._socks.values()]
+        wall = time.time()
+        oldest = now - last_drain + RX_AGE_SLACK  # no beacon can be older than our last drain
+        for sock in socks:
+            for _ in range(1024):
+                try:
+                    data, anc, _flags, _addr = sock.recvmsg(2048, _CMSG_SPACE)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:  # closed by set_targets meanwhile, or the link went away
+                    break
+                hb = decode(data, self.key)
+                if hb is None:
+                    self.metrics.heartbeats_rejected.inc()
+                    continue
+                if hb.node == self.node:
+                    continue  # our own broadcast, looped back (or a forgery of our name, which changes nothing)
+                # Kernel timestamps are wall-clock: turn them into an age, bounded so a clock step
+                # can neither date a beacon in the future nor before our previous drain.
+                age = oldest
+                for level, kind, value in anc:
+                    if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= _TIMESPEC.size:
+                        sec, nsec = _TIMESPEC.unpack_from(value)
+                        age = min(max(wall - (sec + nsec / 1e9), 0.0), oldest)
+                with self._lock:
+                    self.peers.observe(hb, now - age)  # replays and duplicates are refused inside
+
     def _send(self, leaving: bool) -> None:
-        self._seq += 1
-        data = encode(Heartbeat(self.node, self.incarnation, self._seq, int(self.interval * 1000), leaving),
-                      self.key)
-        for sock, brds in list(self._socks.values()):
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+            targets = list(self._socks.values())
+        data = encode(Heartbeat(self.node, self.incarnation, seq, int(self.interval * 1000), leaving), self.key)
+        for sock, brds in targets:
             for brd in brds:
                 try:
                     sock.sendto(data, (brd, self.port))
                 except OSError:
-                    pass  # link down or no route right now; the next beat retries
+                    pass  # link down, no route right now, or closed meanwhile; the next beat retries
 
-    async def run(self) -> None:
-        while self._sending:
-            self._send(False)
-            await asyncio.sleep(self.interval)
-
+    # --- shutdown (event loop thread) -----------------------------------------------------------
     async def leave(self) -> None:
         """Tell peers we are going so they take over now rather than after dead_after."""
         self._sending = False
+        self._poke()
         for _ in range(LEAVE_REPEAT):
             self._send(True)
             await asyncio.sleep(LEAVE_GAP)
+
+    def close(self) -> None:
+        self._stop = True
+        self._poke()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        with self._lock:
+            for sock, _ in self._socks.values():
+                sock.close()
+            self._socks.clear()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass

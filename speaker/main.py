@@ -30,7 +30,6 @@ from .status import StatusWriter, TakeoverEvents, status_body
 
 logger = log.get("speaker")
 HANDOVER_GRACE = 1.0  # keep answering after LEAVING: the new owner has announced by then
-EXPIRY_SLACK = 0.001  # PeerTable counts a peer live *at* its deadline; wake just after
 
 
 def check_sysctls() -> None:
@@ -72,23 +71,16 @@ class Speaker:
         # speaker grab (and GARP) every IP for a moment.
         await asyncio.sleep(self.args.dead_after)
         self.warm = True
-        last_live: set[str] | None = None
         while True:
-            # Woken by a peer's expiry timer, most times nobody actually expired: then skip the full
-            # reconcile (500 IPs cost milliseconds, several times a second otherwise).
-            live = self.heartbeats.peers.live(time.monotonic())
-            if self.dirty.is_set() or live != last_live:
-                self.dirty.clear()
-                self.heartbeats.set_targets(self.interfaces.heartbeat_targets())
-                try:
-                    self.reconcile(time.monotonic())
-                except Exception:  # a bug on one input must not stop announcing for the rest
-                    logger.exception("reconcile_failed")
-                last_live = live
-            expiry = self.heartbeats.peers.next_expiry(time.monotonic())
-            timeout = None if expiry is None else max(0.0, expiry - time.monotonic()) + EXPIRY_SLACK
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.dirty.wait(), timeout)
+            # The heartbeat thread wakes us only when the live set changes; so do the informers and
+            # the interface table. An idle speaker does no work here at all.
+            self.dirty.clear()
+            self.heartbeats.set_targets(self.interfaces.heartbeat_targets())
+            try:
+                self.reconcile(time.monotonic())
+            except Exception:  # a bug on one input must not stop announcing for the rest
+                logger.exception("reconcile_failed")
+            await self.dirty.wait()
 
     def reconcile(self, now: float) -> None:
         assert self.source is not None
@@ -151,7 +143,8 @@ async def run(args: argparse.Namespace, key: bytes) -> None:
     http = await httpserver.serve(args.http_host, args.http_port, metrics.registry, ready=sp.ready)
     logger.info("starting", node=args.node_name, interfaces=[i.name for i in sp.interfaces.candidates],
                 heartbeat_port=args.heartbeat_port, http_port=args.http_port)
-    beat = asyncio.create_task(sp.heartbeats.run(), name="heartbeats")
+    sp.heartbeats.start()
+    beat = sp.heartbeats.ended
     tasks += [asyncio.create_task(sp.elect_forever(), name="election"),
               asyncio.create_task(sp.interfaces.run(), name="interfaces")]
     if args.garp_refresh > 0:
@@ -161,13 +154,13 @@ async def run(args: argparse.Namespace, key: bytes) -> None:
     for task in done:  # every task runs forever; one ending early is a bug worth a loud log
         if task is not stopper:
             exc = None if task.cancelled() else task.exception()
-            logger.error("task_ended", task=task.get_name(), error=repr(exc))
+            name = task.get_name() if isinstance(task, asyncio.Task) else "heartbeats"
+            logger.error("task_ended", task=name, error=repr(exc))
     try:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         # Graceful handover: peers drop us at once, while we keep answering until they have announced.
-        beat.cancel()
         await sp.heartbeats.leave()
         logger.info("leaving", grace_s=HANDOVER_GRACE, announced=sorted(sp.announcer.owned_ips()))
         await asyncio.sleep(HANDOVER_GRACE)

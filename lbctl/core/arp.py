@@ -28,6 +28,7 @@ SNAP_LEN = 0x40000  # "accept, whole packet": modern libpcap's snaplen (older on
 _FRAME = struct.Struct("!6s6sHHHBBH6s4s6s4s")
 ARP_FRAME_LEN = _FRAME.size  # 42
 _REQUEST_HEAD = struct.pack("!HHHBBH", ETH_P_ARP, ARPHRD_ETHER, ETH_P_IP, 6, 4, ARPOP_REQUEST)
+_REPLY_HEAD = struct.pack("!HHHBBH", ETH_P_ARP, ARPHRD_ETHER, ETH_P_IP, 6, 4, ARPOP_REPLY)
 _REQ_FIELDS = struct.Struct("!6x6s10x6s4s6x4s")  # eth src, sha, spa, tpa
 
 # --- classic BPF (linux/filter.h) -------------------------------------------------------------
@@ -114,6 +115,35 @@ def parse_arp_request(frame: bytes | bytearray | memoryview) -> ArpRequest | Non
 _PAD = bytes(ETH_MIN_FRAME - ARP_FRAME_LEN)
 
 
+_REPLY_FRAME = struct.Struct("!6s6s10s6s4s6s4s18x")  # dst src head sha spa tha tpa, zero-padded to 60
+_TPA = slice(38, 42)
+
+
+def answer_arp(frame: bytes, owned: frozenset[bytes] | set[bytes], our_mac: bytes) -> bytes | None:
+    """The responder's hot path: the reply to send for `frame`, or None.
+
+    Same rules as parse_arp_request + build_arp_reply, fused and reordered: the owned-set lookup
+    comes first because nearly every ARP request on a LAN is for somebody else, and no object is
+    built for a frame we drop. Announcements (sender IP == target IP) are never answered. Never raises.
+    """
+    if type(frame) is not bytes:  # slices of bytes are hashable; other buffers are copied once
+        try:
+            frame = bytes(frame)
+        except TypeError:
+            return None
+    if len(frame) < ARP_FRAME_LEN:
+        return None
+    tpa = frame[_TPA]
+    if tpa not in owned or frame[12:22] != _REQUEST_HEAD:
+        return None
+    sha, spa = frame[22:28], frame[28:32]
+    if sha[0] & 1 or frame[6] & 1 or sha == ZERO_MAC or spa == tpa:
+        return None
+    return _REPLY_FRAME.pack(sha, our_mac, _REPLY_HEAD, our_mac, tpa, sha, spa)
+
+
+
+
 def _frame(dst: bytes, src: bytes, op: int, sha: bytes, spa: bytes, tha: bytes, tpa: bytes) -> bytes:
     if len(src) != 6 or len(spa) != 4:  # struct would silently pad/truncate a wrong-sized field
         raise ValueError("need a 6-byte MAC and a 4-byte IPv4 address")
@@ -149,9 +179,6 @@ def mac_to_str(mac: bytes) -> str:
 
 
 # --- probing (lbctl probe): ask who answers for an address -----------------------------------
-
-_REPLY_HEAD = struct.pack("!HHHBBH", ETH_P_ARP, ARPHRD_ETHER, ETH_P_IP, 6, 4, ARPOP_REPLY)
-
 
 def build_arp_request(our_mac: bytes, our_ip: bytes, target_ip: bytes) -> bytes:
     """Broadcast who-has request, as a client on the segment would send it."""
