@@ -136,10 +136,7 @@ class Announcer:
                         logger.error("responder_failed", kind=kind, interface=name, error=str(exc))
                         self._broken[(kind, name)] = str(exc)
                     continue
-            if isinstance(r, ArpResponder):
-                r.owned = frozenset(ips)
-            else:
-                r.set_owned(frozenset(ips))
+            r.set_owned(frozenset(ips))
 
     def _announce_once(self, key: Key) -> None:
         ann = self.current.get(key)

@@ -16,6 +16,7 @@ import ctypes
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -235,6 +236,24 @@ def test_exactly_one_mac_answers_each_owned_ip(lab: Lab) -> None:
     assert lab.arp_who_has("198.18.0.200") == set()  # not assigned: nobody answers
     metrics = lab.http("node1", "/metrics")
     assert "lbctl_speaker_arp_replies_total" in metrics and "lbctl_speaker_live_peers 2.0" in metrics
+
+
+def arp_requests_seen(lab: Lab, node: str) -> float:
+    found = re.findall(r'^lbctl_speaker_arp_requests_total\{[^}]*\} ([0-9.e+]+)$', lab.http(node, "/metrics"), re.M)
+    return sum(float(v) for v in found)
+
+
+def test_kernel_filter_keeps_other_nodes_asleep(lab: Lab) -> None:
+    """Requests for node1's VIP reach node1's responder only; node2 (announcing VIP2) never sees them."""
+    wait_for(lambda: owner_is(lab, VIP1, "node1") and owner_is(lab, VIP2, "node2"), timeout=5, what="owners")
+    time.sleep(0.7)  # responders publish their counters at least every 0.5 s when idle
+    before = {n: arp_requests_seen(lab, n) for n in ("node1", "node2")}
+    for _ in range(20):
+        assert lab.arp_who_has(VIP1, wait=0.05) == {lab.macs["node1"]}
+    time.sleep(0.7)
+    after = {n: arp_requests_seen(lab, n) for n in ("node1", "node2")}
+    assert after["node1"] - before["node1"] >= 20
+    assert after["node2"] == before["node2"]
 
 
 def test_ndp_solicitation_answered_by_owner_only(lab: Lab) -> None:

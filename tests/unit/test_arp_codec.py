@@ -159,7 +159,7 @@ SKF_AD_VLAN_TAG_PRESENT_K = (arp.SKF_AD_OFF + arp.SKF_AD_VLAN_TAG_PRESENT) & 0xF
 
 
 def run_bpf(prog, pkt: bytes, vlan_tag_present: bool = False) -> int:
-    """Minimal classic-BPF interpreter: ld/ldh/ldb abs, jeq #k, ret #k, and the VLAN ancillary load."""
+    """Minimal classic-BPF interpreter: ld/ldh/ldb abs, jeq/jgt #k, ret #k, and the VLAN ancillary load."""
     pc, acc = 0, 0
     for _ in range(4096):
         code, jt, jf, k = prog[pc]
@@ -174,6 +174,8 @@ def run_bpf(prog, pkt: bytes, vlan_tag_present: bool = False) -> int:
             pc += 1
         elif code == 0x15:  # jeq #k
             pc += 1 + (jt if acc == k else jf)
+        elif code == 0x25:  # jgt #k (unsigned)
+            pc += 1 + (jt if acc > k else jf)
         elif code == 0x06:  # ret #k
             return k
         else:
@@ -299,3 +301,49 @@ def test_answer_agrees_with_parse_then_build(data, kind):
     if req is not None and req.target_ip in OWNED and req.sender_ip != req.target_ip:
         want = build_arp_reply(mac, req.target_ip, req)
     assert arp.answer_arp(kind(data), OWNED, mac) == want
+
+
+# --- the owned-IP filter ------------------------------------------------------------------------
+
+
+def check_well_formed(prog) -> None:
+    n = len(prog)
+    assert n <= arp.BPF_MAXINSNS and prog[-1] == (0x06, 0, 0, 0)
+    for pc, (code, jt, jf, k) in enumerate(prog):
+        assert 0 <= k < 1 << 32 and 0 <= jt < 256 and 0 <= jf < 256
+        if code in (0x15, 0x25):
+            assert pc + 1 + max(jt, jf) < n
+
+
+def test_owned_filter_wakes_only_for_owned_targets():
+    owned = {ip4(VIP), ip4("192.0.2.7")}
+    prog = arp.arp_filter_for(owned)
+    check_well_formed(prog)
+    assert run_bpf(prog, scapy_request()) == 0x40000
+    assert run_bpf(prog, scapy_request(pdst="192.0.2.7")) == 0x40000
+    for frame in [scapy_request(pdst="192.0.2.101"), scapy_request(op=2), scapy_request()[:41], b"",
+                  bytes(Ether(src=PEER_MAC) / IP(src=PEER_IP, dst=VIP) / UDP())]:
+        assert run_bpf(prog, frame) == 0
+    assert run_bpf(prog, scapy_request(), vlan_tag_present=True) == 0
+    assert all(run_bpf(arp.arp_filter_for(set()), f) == 0 for f in [scapy_request(), scapy_request(psrc=VIP)])
+
+
+def test_owned_filter_too_many_ips_falls_back_to_generic():
+    many = {(0xC6120000 + i).to_bytes(4, "big") for i in range(arp.MAX_FILTER_IPS + 1)}
+    assert arp.arp_filter_for(many) == ARP_REQUEST_BPF
+    most = set(list(many)[: arp.MAX_FILTER_IPS])
+    check_well_formed(arp.arp_filter_for(most))
+
+
+@settings(max_examples=200)
+@given(st.sets(st.integers(0, 2**32 - 1) | st.integers(0xC6120000, 0xC61200FF), max_size=300),
+       st.lists(st.integers(0, 2**32 - 1) | st.integers(0xC6120000, 0xC61200FF), max_size=20), st.booleans())
+def test_owned_filter_accepts_exactly_requests_for_owned(owned, probes, tagged):
+    owned_b = {i.to_bytes(4, "big") for i in owned}
+    prog = arp.arp_filter_for(owned_b)
+    check_well_formed(prog)
+    for target in list(owned)[:20] + probes:
+        frame = scapy_request(pdst=".".join(str(b) for b in target.to_bytes(4, "big")))
+        want = not tagged and target in owned
+        assert bool(run_bpf(prog, frame, tagged)) == want
+        assert bool(run_bpf(prog, frame, tagged)) <= bool(run_bpf(ARP_REQUEST_BPF, frame, tagged))
