@@ -106,9 +106,6 @@ class Heartbeats:
         self._thread = threading.Thread(target=self._serve, name="heartbeats", daemon=True)
         self._thread.start()
 
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
     def _poke(self) -> None:
         try:
             os.write(self._wake_w, b"x")
