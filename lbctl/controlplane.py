@@ -1,7 +1,7 @@
 """A real, throwaway Kubernetes control plane: etcd + kube-apiserver with RBAC and token auth.
 
 Used by the integration tests (on loopback) and by `lbctl lab` (inside the control-plane namespace).
-The kube-apiserver binary is built once by tools/build-apiserver.sh and cached.
+The kube-apiserver binary is built once by lbctl/lab/build-apiserver.sh and cached.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+from lbctl import assets
+
 CACHE = Path(os.environ.get("LBCTL_CACHE", Path.home() / ".cache" / "lbctl"))
 APISERVER = Path(os.environ.get("LBCTL_APISERVER", CACHE / "bin" / "kube-apiserver"))
-DEPLOY = REPO / "deploy"
 SA_NS = "lbctl-system"
 # Identities the tests and the lab run as; the controller and speaker get only their RBAC roles.
 USERS = {
@@ -46,7 +46,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def ensure_apiserver() -> Path:
     if not (APISERVER.exists() and os.access(APISERVER, os.X_OK)):
-        subprocess.run(["bash", str(REPO / "tools" / "build-apiserver.sh")], check=True)
+        subprocess.run(["bash", str(assets.apiserver_build_script())], check=True)
     return APISERVER
 
 
@@ -218,7 +218,8 @@ def _probe(url: str, token: str, ctx: ssl.SSLContext) -> bool:
 def manifests(*names: str) -> list[dict]:
     """Load YAML documents from deploy/ (CRDs, RBAC)."""
     docs: list[dict] = []
+    deploy = assets.deploy_dir()
     for name in names:
-        for f in sorted((DEPLOY / name).glob("*.yaml")) if (DEPLOY / name).is_dir() else [DEPLOY / name]:
+        for f in sorted((deploy / name).glob("*.yaml")) if (deploy / name).is_dir() else [deploy / name]:
             docs += [d for d in yaml.safe_load_all(f.read_text()) if d]
     return docs

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .topology import lab_namespaces, sh
 
-STATE = Path(os.environ.get("LBCTL_LAB_STATE", "/run/lbctl-lab"))
+# tmpfs: the lab's tokens, keys and etcd data must never reach a disk (/run is not tmpfs everywhere).
+STATE = Path(os.environ.get("LBCTL_LAB_STATE", "/dev/shm/lbctl-lab"))
 PIDS, LOGS = STATE / "pids", STATE / "logs"
 
 
