@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-ALL = ["codec", "controller", "lab"]
+ALL = ["codec", "controller", "status", "lab"]
 
 
 def main() -> None:

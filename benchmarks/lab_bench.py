@@ -167,12 +167,12 @@ class Bench:
 
     def speaker_ready(self, node: str) -> bool:
         h = self.topo.host(node)
-        return cluster.http_ok(h.netns, f"http://{h.ip4}:{cluster.SPEAKER_PORT}/readyz", timeout=0.5)
+        return cluster.http_ok(h.netns, cluster.speaker_ready_url(node), timeout=0.5)
 
     def restore_speakers(self) -> None:
         for h in self.topo.node_hosts:
             if not processes.alive(processes.pid_of(f"speaker-{h.name}")):
-                processes.spawn(f"speaker-{h.name}", h.netns, cluster.speaker_argv(h.name, h.ip4))
+                cluster.restart_speaker(h.name)
         for h in self.topo.node_hosts:
             wait_for(lambda: self.speaker_ready(h.name), 30, f"speaker-{h.name} ready", interval=0.2)
 

@@ -31,6 +31,16 @@ def _status(_: argparse.Namespace) -> int:
     return status.run()
 
 
+def _kubectl(args: argparse.Namespace) -> int:
+    from lbctl.lab import access
+    return access.kubectl(args.args)
+
+
+def _shell(args: argparse.Namespace) -> int:
+    from lbctl.lab import access
+    return access.shell(args.host, args.command)
+
+
 def _topology_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nodes", type=int, default=3, help="number of worker nodes (default 3)")
     p.add_argument("--ipv6", action=argparse.BooleanOptionalAction, default=True, help="dual-stack (default on)")
@@ -49,7 +59,15 @@ def register(p: argparse.ArgumentParser) -> None:
     demo.add_argument("--failure", choices=["link", "kill"], default="link",
                       help="how to break the owner: cut its link (default) or SIGKILL its speaker")
     sub.add_parser("status", help="namespaces, processes and Services of the running lab")
-    handlers: dict[str, Handler] = {"up": _up, "down": _down, "demo": _demo, "status": _status}
+    kc = sub.add_parser("kubectl", help="kubectl against the lab's API server (as admin, from inside the lab)",
+                        prefix_chars="\0")  # every argument belongs to kubectl, -n and --help included
+    kc.add_argument("args", nargs=argparse.REMAINDER)
+    sh = sub.add_parser("shell", help="a shell (or COMMAND) in a lab host's namespace with KUBECONFIG, kubectl, "
+                                      "helm and lbctl set up")
+    sh.add_argument("host", nargs="?", default="cp", help="cp (default), client, node1, ...")
+    sh.add_argument("command", nargs=argparse.REMAINDER, help="run this instead of an interactive shell")
+    handlers: dict[str, Handler] = {"up": _up, "down": _down, "demo": _demo, "status": _status,
+                                    "kubectl": _kubectl, "shell": _shell}
     p.set_defaults(func=lambda args: _guarded(handlers[args.lab_command], args))
 
 

@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-import base64
-import importlib.util
 import os
-import secrets
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-from lbctl.controlplane import ControlPlane, manifests
-from lbctl.kube.resources import IPPOOLS, path
+import yaml
 
-from . import processes
-from .api import LabApi, wait_for
+from lbctl import assets
+from lbctl.controlplane import ControlPlane
+
+from . import k8sbin, pods, processes
+from .api import LabApi
 from .processes import STATE
 from .topology import CP_IP4, CP_NS, CLIENT_NS, POOL4, POOL6, Topology
 
-CONTROLLER_PORT, SPEAKER_PORT = 7472, 7473
-KEY_FILE = STATE / "heartbeat.key"
+RELEASE, NAMESPACE = "lbctl", "lbctl-system"
+ADMIN_KUBECONFIG = STATE / "cp" / "kubeconfig-admin"
 HOSTNAME = "kubernetes.io/hostname"
 
 
@@ -34,27 +33,12 @@ def start_control_plane(topo: Topology) -> ControlPlane:
 
 
 def bootstrap(api: LabApi, topo: Topology) -> None:
-    """CRDs and RBAC from deploy/, Node objects, the heartbeat Secret and the default pool."""
+    """Node objects with what a kubelet would report; everything of lbctl's comes from the chart."""
     calls = []
-    for doc in manifests("crds", "rbac"):
-        ns = doc["metadata"].get("namespace")
-        calls.append({"method": "APPLY", "path": path(doc["apiVersion"], doc["kind"], namespace=ns), "body": doc})
-    _check(api.batch(calls), "applying deploy/crds and deploy/rbac")
-    wait_for(lambda: api.batch([{"method": "GET", "path": IPPOOLS}])[0]["status"] == 200, 30, "the IPPool CRD")
-
-    key = secrets.token_hex(32)
-    fd = os.open(KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key)
-    calls = [{"method": "APPLY", "path": "/api/v1/namespaces/lbctl-system/secrets", "body": {
-        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-        "metadata": {"name": "lbctl-memberlist", "namespace": "lbctl-system"},
-        "data": {"secretkey": base64.b64encode(key.encode()).decode()}}}]
     for h in topo.node_hosts:
         calls.append({"method": "APPLY", "path": "/api/v1/nodes", "body": {
             "apiVersion": "v1", "kind": "Node",
             "metadata": {"name": h.name, "labels": {HOSTNAME: h.name, "kubernetes.io/os": "linux"}}}})
-        # No kubelet here: give the Node what one would report (addresses, Ready).
         addresses = [{"type": "InternalIP", "address": h.ip4}] + (
             [{"type": "InternalIP", "address": h.ip6}] if topo.ipv6 else [])
         calls.append({"method": "PATCH", "path": f"/api/v1/nodes/{h.name}/status",
@@ -62,51 +46,64 @@ def bootstrap(api: LabApi, topo: Topology) -> None:
                           "addresses": addresses + [{"type": "Hostname", "address": h.name}],
                           "conditions": [{"type": "Ready", "status": "True", "reason": "LabNode",
                                           "message": "lbctl lab node"}]}}})
-    calls.append({"method": "APPLY", "path": IPPOOLS, "body": default_pool(topo)})
-    _check(api.batch(calls), "creating Nodes, the heartbeat Secret and the default IPPool")
-
-
-def default_pool(topo: Topology) -> dict[str, Any]:
-    return {"apiVersion": "lbctl.io/v1alpha1", "kind": "IPPool", "metadata": {"name": "default"},
-            "spec": {"addresses": [POOL4] + ([POOL6] if topo.ipv6 else [])}}
-
-
-def _check(results: list[dict[str, Any]], what: str) -> None:
-    bad = [r for r in results if not 200 <= r["status"] < 300]
+    bad = [r for r in api.batch(calls) if not 200 <= r["status"] < 300]
     if bad:
-        body = bad[0]["body"]
-        raise RuntimeError(f"{what}: HTTP {bad[0]['status']}: {body.get('message', body)}")
+        raise RuntimeError(f"creating Nodes: HTTP {bad[0]['status']}: {bad[0]['body'].get('message', bad[0]['body'])}")
 
 
-def speaker_available() -> bool:
-    return importlib.util.find_spec("speaker.__main__") is not None
+def lab_values(topo: Topology) -> dict[str, Any]:
+    """The lab's values for the chart: the seed's pool renumbered, JSON logs. Nothing else differs from a
+    user's install."""
+    return {"pools": [{"name": "default", "addresses": [POOL4] + ([POOL6] if topo.ipv6 else [])}],
+            "logFormat": "json"}
 
 
-def start_daemons(topo: Topology, speakers: bool = True) -> list[str]:
-    """Controller in lbctl-cp; httpd, kube-proxy stand-in and speaker in each node. Returns warnings."""
-    py, cp = sys.executable, STATE / "cp"
+def helm(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """The real helm, inside lbctl-cp (the API server's address is never dialled from the root namespace),
+    with its caches in the lab's state dir."""
+    home = STATE / "helm"
+    env = dict(os.environ, HELM_CACHE_HOME=str(home / "cache"), HELM_CONFIG_HOME=str(home / "config"),
+               HELM_DATA_HOME=str(home / "data"))
+    res = subprocess.run(["ip", "netns", "exec", CP_NS, str(k8sbin.helm()), *args,
+                          "--kubeconfig", str(ADMIN_KUBECONFIG)], capture_output=True, text=True, env=env,
+                         timeout=timeout)
+    if res.returncode:
+        raise RuntimeError(f"helm {' '.join(args[:1])} failed ({res.returncode}): {res.stderr.strip()[-3000:]}")
+    return res
+
+
+def install_chart(topo: Topology) -> None:
+    values = STATE / "values.yaml"
+    values.write_text(yaml.safe_dump(lab_values(topo)))
+    helm("install", RELEASE, str(assets.chart_dir()), "--namespace", NAMESPACE, "--create-namespace",
+         "--values", str(values))
+
+
+def start_daemons(api: LabApi, topo: Topology, speakers: bool = True) -> list[str]:
+    """The chart's pods (controller, speakers) as the lab's kubelet runs them; httpd and the kube-proxy
+    stand-in in each node. Returns warnings."""
+    py = sys.executable
     warnings = []
-    processes.spawn("controller", CP_NS, [py, "-m", "controller", "--kubeconfig", str(cp / "kubeconfig-controller"),
-                                          "--http-host", CP_IP4, "--http-port", str(CONTROLLER_PORT),
-                                          "--log-format", "json"])
-    has_speaker = speakers and speaker_available()
     if not speakers:
         warnings.append("started without speakers (--no-speakers): nothing answers ARP/NDP for LB IPs")
-    elif not has_speaker:
-        warnings.append("speaker package has no __main__ yet: nodes will not answer ARP/NDP for LB IPs")
+    pods.launch(api, NAMESPACE, topo, STATE / "cp" / "apiserver.crt",
+                want=lambda name: speakers or not name.startswith("speaker"))
     for h in topo.node_hosts:
         processes.spawn(f"httpd-{h.name}", h.netns, [py, "-m", "lbctl.lab.httpd", "--name", h.name])
         processes.spawn(f"kubeproxy-{h.name}", h.netns, [py, "-m", "lbctl.lab.kubeproxy",
-                                                         "--kubeconfig", str(cp / "kubeconfig-admin")])
-        if has_speaker:
-            processes.spawn(f"speaker-{h.name}", h.netns, speaker_argv(h.name, h.ip4))
+                                                         "--kubeconfig", str(ADMIN_KUBECONFIG)])
     return warnings
 
 
-def speaker_argv(node: str, host: str) -> list[str]:
-    return [sys.executable, "-m", "speaker", "--node-name", node, "--kubeconfig",
-            str(STATE / "cp" / "kubeconfig-speaker"), "--heartbeat-key-file", str(KEY_FILE),
-            "--http-host", host, "--http-port", str(SPEAKER_PORT), "--log-format", "json"]
+def restart_speaker(node: str) -> None:
+    pods.restart(f"speaker-{node}")
+
+
+def speaker_ready_url(node: str) -> str:
+    url = pods.saved()[f"speaker-{node}"].ready_url
+    if not url:
+        raise RuntimeError("the chart's speaker container has no readinessProbe")
+    return url
 
 
 def http_ok(netns: str, url: str, timeout: float = 1.0) -> bool:
@@ -116,12 +113,11 @@ def http_ok(netns: str, url: str, timeout: float = 1.0) -> bool:
 
 
 def wait_ready(topo: Topology, timeout: float = 90, say: Callable[[str], None] = print) -> None:
-    """Wait for the controller, every speaker and every httpd; name what is late, and dead daemons."""
-    checks = {"controller": (CP_NS, f"http://{CP_IP4}:{CONTROLLER_PORT}/readyz")}
+    """Wait for every chart pod's readiness probe and every httpd; name what is late, and dead daemons."""
+    checks = {name: (run.netns, run.ready_url) for name, run in pods.saved().items() if run.ready_url
+              and processes.pid_of(name)}
     for h in topo.node_hosts:
         checks[f"httpd-{h.name}"] = (CLIENT_NS, f"http://{h.ip4}/")
-        if processes.pid_of(f"speaker-{h.name}"):
-            checks[f"speaker-{h.name}"] = (h.netns, f"http://{h.ip4}:{SPEAKER_PORT}/readyz")
     pending = dict(checks)
     deadline = time.monotonic() + timeout
     while pending:

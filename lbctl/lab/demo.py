@@ -136,5 +136,5 @@ def _repair(topo: Topology, owner: str, mode: str) -> None:
         sh("ip", "-n", BRIDGE_NS, "link", "set", host.port, "up")
         say(f"re-plugged {owner}'s link")
     else:
-        processes.spawn(f"speaker-{owner}", host.netns, cluster.speaker_argv(owner, host.ip4))
+        cluster.restart_speaker(owner)
         say(f"restarted {owner}'s speaker")

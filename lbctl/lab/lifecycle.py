@@ -7,6 +7,8 @@ import shutil
 import time
 from collections.abc import Callable
 
+from lbctl import assets
+
 from . import cluster, processes, topology
 from .api import LabApi
 from .processes import STATE
@@ -22,7 +24,7 @@ class LabError(RuntimeError):
 
 def require_root() -> None:
     if os.geteuid() != 0:
-        raise LabError("the lab needs root (network namespaces); run it with sudo")
+        raise LabError("the lab needs root (network namespaces, mounts): run it as root")
 
 
 def is_up() -> bool:
@@ -54,9 +56,13 @@ def up(nodes: int = 3, ipv6: bool = True, speakers: bool = True, say: Say = prin
         cluster.start_control_plane(topo)
         api = LabApi()
         cluster.bootstrap(api, topo)
+        say(f"cluster: Nodes {', '.join(h.name for h in topo.node_hosts)}")
+        cluster.install_chart(topo)
         pools = topology.POOL4 + (f", {topology.POOL6}" if ipv6 else "")
-        say(f"cluster: CRDs, RBAC, Nodes {', '.join(h.name for h in topo.node_hosts)}, IPPool default ({pools})")
-        warnings = cluster.start_daemons(topo, speakers)
+        say(f"helm install {cluster.RELEASE} (chart {assets.chart_dir()}) into {cluster.NAMESPACE}: CRDs, RBAC, "
+            f"heartbeat Secret, controller Deployment, speaker DaemonSet, IPPool default ({pools})")
+        warnings = cluster.start_daemons(api, topo, speakers)
+        say("pods started from the API server's Deployment and DaemonSet, with ServiceAccount tokens")
         for w in warnings:
             say(f"WARNING: {w}")
         cluster.wait_ready(topo, say=say)

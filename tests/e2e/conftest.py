@@ -116,10 +116,10 @@ class Lab:
         for h in self.topo.node_hosts:
             subprocess.run(["ip", "-n", BRIDGE_NS, "link", "set", h.port, "up"], check=True)
             if not processes.alive(self.speaker_pid(h.name)):
-                processes.spawn(f"speaker-{h.name}", h.netns, cluster.speaker_argv(h.name, h.ip4))
+                cluster.restart_speaker(h.name)
         for h in self.topo.node_hosts:
-            wait_for(lambda: cluster.http_ok(h.netns, f"http://{h.ip4}:{cluster.SPEAKER_PORT}/readyz"), 30,
-                     f"speaker-{h.name} ready")
+            url = cluster.speaker_ready_url(h.name)
+            wait_for(lambda: cluster.http_ok(h.netns, url), 30, f"speaker-{h.name} ready")
 
     def kill_apiserver(self) -> list[str]:
         """SIGKILL kube-apiserver; returns its argv so restart_apiserver can bring the same one back."""
@@ -173,8 +173,6 @@ print(json.dumps(sorted(macs)))
 def lab() -> Iterator[Lab]:
     if os.geteuid() != 0:
         pytest.skip("e2e tests need root: they create network namespaces")
-    if not cluster.speaker_available():
-        pytest.skip("the speaker package (python -m speaker) is not available yet")
     try:
         res = _cli("up", "--nodes", "3")
         if res.returncode:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import subprocess
 import sys
 
@@ -91,3 +92,51 @@ def test_topology_matches_course_layout(lab: Lab) -> None:
     topo: Topology = lab.topo
     assert topo.host("cp").ip4 == "198.18.0.11"
     assert [h.ip4 for h in topo.node_hosts] == ["198.18.0.21", "198.18.0.22", "198.18.0.23"]
+
+
+def _proc_status(pid: int) -> dict[str, str]:
+    lines = open(f"/proc/{pid}/status").read().splitlines()
+    return {k: v.strip() for k, v in (line.split(":", 1) for line in lines)}
+
+
+NET_RAW = 1 << 13
+
+
+def test_daemons_run_as_the_chart_says(fresh: Lab) -> None:
+    """The lab's kubelet ran the chart's pods: ServiceAccount token at the in-cluster path, no kubeconfig
+    flag, and the container securityContext applied (speaker: root with NET_RAW only; controller: non-root
+    with no capabilities; both no_new_privs)."""
+    for h in fresh.topo.node_hosts:
+        pid = processes.pid_of(f"speaker-{h.name}")
+        st = _proc_status(pid)
+        assert st["Uid"].split()[0] == "0"
+        assert int(st["CapEff"], 16) == NET_RAW and int(st["CapBnd"], 16) == NET_RAW, st
+        assert st["NoNewPrivs"] == "1"
+        cmdline = open(f"/proc/{pid}/cmdline").read().split("\0")
+        assert "--kubeconfig" not in cmdline and cmdline[0].endswith("lbctl-speaker")
+        environ = dict(e.split("=", 1) for e in open(f"/proc/{pid}/environ").read().split("\0") if "=" in e)
+        assert environ["NODE_NAME"] == h.name and environ["KUBERNETES_SERVICE_HOST"] == fresh.topo.host("cp").ip4
+        mounts = open(f"/proc/{pid}/mountinfo").read()
+        assert "/run/secrets/kubernetes.io/serviceaccount" in mounts
+    ctl = _proc_status(processes.pid_of("controller"))
+    assert ctl["Uid"].split()[0] != "0" and int(ctl["CapEff"], 16) == 0 and ctl["NoNewPrivs"] == "1"
+    # The host never sees the pods' mount points.
+    assert not os.path.exists("/run/secrets/kubernetes.io/serviceaccount")
+
+
+def test_lab_kubectl_and_shell(fresh: Lab) -> None:
+    fresh.service("byhand")
+    out = subprocess.run([sys.executable, "-m", "lbctl.cli", "lab", "kubectl", "get", "ipp", "default",
+                          "-o", "jsonpath={.spec.addresses}"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "198.18.0.50-198.18.0.99" in out.stdout, out.stderr
+    out = subprocess.run([sys.executable, "-m", "lbctl.cli", "lab", "kubectl", "-n", "default", "get", "svc",
+                          "byhand", "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}"],
+                         capture_output=True, text=True, timeout=60)
+    ip = out.stdout.strip()
+    assert out.returncode == 0 and ip.startswith("198.18.0."), out.stderr
+    out = subprocess.run([sys.executable, "-m", "lbctl.cli", "lab", "shell", "client", "curl", "-sf", "-m", "3",
+                          f"http://{ip}/"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip().startswith("node"), (out.stdout, out.stderr)
+    out = subprocess.run([sys.executable, "-m", "lbctl.cli", "lab", "shell", "cp", "sh", "-c", "echo $KUBECONFIG"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip().endswith("kubeconfig-admin")

@@ -1,0 +1,81 @@
+"""Last step of the lab's kubelet: set up a pod's mounts and security context, then exec the container.
+
+Run as root as `ip netns exec NS unshare --mount --propagation private python -m lbctl.lab.podexec RUN.json`:
+the mount namespace is private, so nothing done here is seen by the host. Volumes are bind-mounted at their
+mountPath; where that path does not exist on the host, its deepest existing ancestor gets an overlay whose
+upper layer is tmpfs, so the host's directories are never created or changed. The container's user,
+capabilities (bounding, inheritable and ambient sets cut to what it adds), no_new_privs and read-only root
+are applied by util-linux `setpriv`, which then execs the command: the PID stays the one the launcher recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _mount(*args: str) -> None:
+    res = subprocess.run(["mount", *args], capture_output=True, text=True)
+    if res.returncode:
+        raise SystemExit(f"podexec: mount {' '.join(args)}: {res.stderr.strip()}")
+
+
+def _deepest_existing(path: Path) -> Path:
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def make_mountpoint(target: Path, scratch: Path, overlays: list[Path]) -> None:
+    """Create `target` without touching the host: overlay the nearest existing ancestor unless one of ours
+    already covers it."""
+    if target.exists():
+        return
+    anchor = _deepest_existing(target)
+    if not any(anchor == o or o in anchor.parents for o in overlays):
+        if anchor == Path("/"):
+            raise SystemExit(f"podexec: cannot create mount point {target}: it would need an overlay on /")
+        layer = scratch / f"overlay{len(overlays)}"
+        (layer / "upper").mkdir(parents=True)
+        (layer / "work").mkdir()
+        _mount("-t", "overlay", "overlay", "-o",
+               f"lowerdir={anchor},upperdir={layer / 'upper'},workdir={layer / 'work'}", str(anchor))
+        overlays.append(anchor)
+    target.mkdir(parents=True)
+
+
+def setpriv_argv(run: dict[str, Any]) -> list[str]:
+    caps = ",".join(["-all"] + [f"+{c.lower()}" for c in run["caps"]])
+    argv = ["setpriv", "--bounding-set", caps, "--inh-caps", "-all", "--ambient-caps", "-all"]
+    if run["uid"] != 0:
+        argv += ["--reuid", str(run["uid"]), "--regid", str(run["gid"]), "--clear-groups"]
+    if run["no_new_privs"]:
+        argv.append("--no-new-privs")
+    return [*argv, "--", *run["argv"]]
+
+
+def main() -> None:
+    spec_file = Path(sys.argv[1])
+    run = json.loads(spec_file.read_text())
+    scratch = spec_file.parent / "mnt"
+    overlays: list[Path] = []
+    for m in sorted(run["mounts"], key=lambda m: m["target"]):
+        # Resolve symlinks in the existing part (/var/run -> /run) so overlays land on real directories.
+        target = Path(os.path.realpath(m["target"]))
+        make_mountpoint(target, scratch, overlays)
+        _mount("--bind", m["source"], str(target))
+        if m["read_only"]:
+            _mount("-o", "remount,bind,ro", str(target))
+    if run["read_only_root"]:
+        _mount("-o", "remount,bind,ro", "/")
+    os.chdir("/")
+    argv = setpriv_argv(run)
+    os.execvpe(argv[0], argv, run["env"])
+
+
+if __name__ == "__main__":
+    main()

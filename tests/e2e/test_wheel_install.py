@@ -1,0 +1,44 @@
+"""What ships in the wheel works from the wheel: `pip install .` (not editable) into a fresh venv, then
+`lbctl lab demo` from an unrelated directory — the chart, CRDs and API server build script come from the
+installed package, not from this checkout."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root")
+    d = tmp_path_factory.mktemp("wheel-venv")
+    subprocess.run([sys.executable, "-m", "venv", str(d / "venv")], check=True)
+    res = subprocess.run([str(d / "venv" / "bin" / "pip"), "install", "-q", str(REPO)], capture_output=True,
+                         text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return d
+
+
+def test_installed_package_carries_its_files(venv: Path) -> None:
+    out = subprocess.run([str(venv / "venv" / "bin" / "python"), "-c",
+                          "import lbctl.assets as a, lbctl; print(a.chart_dir()); print(lbctl.__file__)"],
+                         capture_output=True, text=True, cwd=venv, check=True).stdout.split()
+    chart, module = Path(out[0]), Path(out[1])
+    assert str(REPO) not in str(module) and str(venv) in str(chart), out
+    assert (chart / "Chart.yaml").is_file() and list((chart / "crds").glob("*.yaml"))
+    assert (chart / "templates").is_dir()
+
+
+def test_lab_demo_from_the_wheel(venv: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    res = subprocess.run([str(venv / "venv" / "bin" / "lbctl"), "lab", "demo"], capture_output=True, text=True,
+                         cwd=venv, env=env, timeout=600)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-3000:]
+    assert "OK:" in res.stdout and "moved from node" in res.stdout
