@@ -52,11 +52,17 @@ async def run(args: argparse.Namespace) -> None:
         logger.info("starting", server=cfg.server, lb_class=args.lb_class, http_port=args.http_port)
         worker = asyncio.create_task(reconciler.run(), name="reconciler")
         informer = asyncio.create_task(watch_services(kube, reconciler), name="services")
+        # kopf would name itself after the login user; an arbitrary non-root UID has none (KeyError).
+        identity = os.environ.get("POD_NAME") or socket.gethostname()
         operator = asyncio.create_task(kopf.operator(registry=registry, standalone=True, clusterwide=True,
-                                                     stop_flag=stop), name="kopf")
+                                                     stop_flag=stop, identity=identity),  # type: ignore[arg-type]
+                                       name="kopf")
         done, _ = await asyncio.wait({worker, operator, asyncio.create_task(stop.wait())},
                                      return_when=asyncio.FIRST_COMPLETED)
         stop.set()
+        failed = [t for t in done if t is not None and t.done() and not t.cancelled() and t.exception()]
+        for task in failed:  # a daemon task that ends on its own is a failure: say which and why
+            logger.error("task_failed", task=task.get_name(), error=repr(task.exception()))
         for task in (worker, informer, operator):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -64,6 +70,8 @@ async def run(args: argparse.Namespace) -> None:
         await events.drain()
         await http.cleanup()
         logger.info("stopped")
+        if failed:
+            raise SystemExit(1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -41,6 +41,9 @@ def bootstrap(api: LabApi, topo: Topology) -> None:
             "metadata": {"name": h.name, "labels": {HOSTNAME: h.name, "kubernetes.io/os": "linux"}}}})
         addresses = [{"type": "InternalIP", "address": h.ip4}] + (
             [{"type": "InternalIP", "address": h.ip6}] if topo.ipv6 else [])
+        # The API server taints new Nodes not-ready; the node lifecycle controller (absent here) would lift it.
+        calls.append({"method": "PATCH", "path": f"/api/v1/nodes/{h.name}", "content_type": "application/merge-patch+json",
+                      "body": {"spec": {"taints": None}}})
         calls.append({"method": "PATCH", "path": f"/api/v1/nodes/{h.name}/status",
                       "content_type": "application/merge-patch+json", "body": {"status": {
                           "addresses": addresses + [{"type": "Hostname", "address": h.name}],

@@ -270,6 +270,12 @@ def _tolerated(taints: list[dict[str, Any]], tolerations: list[dict[str, Any]]) 
     return all(ok(t) for t in taints if t.get("effect") in ("NoSchedule", "NoExecute"))
 
 
+# What the DaemonSet controller adds to every daemon pod, so daemons run on nodes that are not (yet) Ready.
+DAEMONSET_TOLERATIONS = [{"key": f"node.kubernetes.io/{k}", "operator": "Exists"} for k in (
+    "not-ready", "unreachable", "disk-pressure", "memory-pressure", "pid-pressure", "unschedulable",
+    "network-unavailable")]
+
+
 def plan(api: LabApi, namespace: str, topo: Topology) -> list[tuple[str, str, dict[str, Any], Host | None]]:
     """(pod name, process name, pod template, node host or None for the control plane) for every pod the
     release's DaemonSets (one per matching Node) and Deployments (replicas, in the control-plane namespace)
@@ -287,7 +293,8 @@ def plan(api: LabApi, namespace: str, topo: Topology) -> list[tuple[str, str, di
             node = by_name.get(h.name) or {}
             labels = (node.get("metadata") or {}).get("labels") or {}
             if _matches(tmpl["spec"].get("nodeSelector") or {}, labels) and _tolerated(
-                    (node.get("spec") or {}).get("taints") or [], tmpl["spec"].get("tolerations") or []):
+                    (node.get("spec") or {}).get("taints") or [],
+                    (tmpl["spec"].get("tolerations") or []) + DAEMONSET_TOLERATIONS):
                 out.append((f"{d['metadata']['name']}-{h.name}", f"{comp}-{h.name}", tmpl, h))
     for d in deploy.get("items") or []:
         tmpl = d["spec"]["template"]
