@@ -1,0 +1,40 @@
+# One image for lbctl, lbctl-controller and lbctl-speaker.
+#
+#   podman build -t lbctl .            (docker build works the same)
+#
+# Build arguments:
+#   BASE    a Python >= 3.11 image whose python3 has the venv module (default python:3.11-slim).
+#           Builder and runtime use the same base, so the venv's interpreter path is valid in both.
+#   WHEELS  install only from the wheels in this directory inside the build (offline builds), e.g.
+#           podman build --network none -v "$PWD/wheels:/wheels:ro" --build-arg WHEELS=/wheels .
+#           The directory must hold every dependency and setuptools (the build backend).
+#
+# The default user is 65532 (non-root). The speaker's pod spec runs it as uid 0 with only NET_RAW.
+ARG BASE=python:3.11-slim
+
+FROM ${BASE} AS build
+ARG WHEELS=
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+RUN python3 -m venv /opt/lbctl
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY deploy ./deploy
+COPY lbctl ./lbctl
+COPY controller ./controller
+COPY speaker ./speaker
+# The venv ships no pip or setuptools: nothing installs at run time, and they only widen the image.
+RUN set -eu; \
+    pip=/opt/lbctl/bin/pip; \
+    offline=${WHEELS:+--no-index --find-links=$WHEELS}; \
+    $pip wheel $offline --no-deps --wheel-dir /tmp/dist . ; \
+    $pip install $offline /tmp/dist/lbctl-*.whl; \
+    $pip uninstall --yes pip setuptools; \
+    /opt/lbctl/bin/python -c 'import lbctl.assets, controller.main, speaker.main'
+
+FROM ${BASE}
+COPY --from=build /opt/lbctl /opt/lbctl
+ENV PATH=/opt/lbctl/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+USER 65532:65532
+CMD ["lbctl", "--help"]
