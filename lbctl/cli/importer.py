@@ -116,6 +116,7 @@ def run_metallb(args: argparse.Namespace) -> int:
         return EXIT_INPUT
     docs: list[Any] = []
     sources: list[str] = []
+    notes: list[str] = []
     try:
         for f in args.files:
             for doc in _read_yaml(f):
@@ -134,8 +135,7 @@ def run_metallb(args: argparse.Namespace) -> int:
     except _Fail as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
-    if args.from_cluster:
-        conv.notes[:0] = notes
+    conv.notes[:0] = notes
     what = " ".join(args.files + (["--from-cluster"] if args.from_cluster else []))
     return _emit(conv, args.as_, f"lbctl import metallb {what}")
 
@@ -145,13 +145,14 @@ async def _read_cluster(kubeconfig: str | None, context: str | None, ns: str) ->
     try:
         cfg = config.load(kubeconfig, context)
         async with Kube(cfg, user_agent="lbctl-import") as kube:
-            found = await asyncio.gather(*(_list(kube, ns, *kind) for kind in _KINDS))
-            notes: list[str] = []
-            docs = [item for items in found if items for item in items]
+            lists = await asyncio.gather(*(_list(kube, ns, *kind) for kind in _KINDS))
             cm = await _get(kube, f"/api/v1/namespaces/{ns}/configmaps/config")
     except (config.ConfigError, ApiError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
         raise _Fail(f"cluster: {exc}") from None
-    if found[0] is None and found[-1] is None:  # neither ipaddresspools nor addresspools is served
+    found = {kind[0]: items for kind, items in zip(_KINDS, lists)}
+    docs = [item for items in lists if items for item in items]
+    notes: list[str] = []
+    if found["IPAddressPool"] is None and found["AddressPool"] is None:  # no MetalLB CRDs served
         if cm is None:
             raise _Fail(f"cluster: MetalLB CRDs not installed (no ipaddresspools.{_GROUP} served) and no legacy "
                         f"ConfigMap {ns}/config (MetalLB <= 0.12): nothing to import")

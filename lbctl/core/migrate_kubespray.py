@@ -121,7 +121,6 @@ class _Kubespray:
             "metallb_log_level": self._log_level,
             "metallb_loadbalancer_class": self._lb_class,
             "metallb_peers": self._peers,
-            "metallb_additional_address_pools": lambda _: None,  # with the legacy pools below
             "metallb_config": self._config,
             "matallb_auto_assign": lambda v: self.conv.refuse(
                 v, "misspelled; kubespray's metallb role fails when it is defined: use metallb_auto_assign"),
@@ -130,20 +129,21 @@ class _Kubespray:
         }
         if "metallb_ip_range" in self.vars or "metallb_additional_address_pools" in self.vars:
             self._guard("metallb_ip_range", self._legacy_pools)
-        elif any(v in self.vars for v in _LEGACY_POOL_VARS):
-            for v in _LEGACY_POOL_VARS:
+        if "metallb_ip_range" not in self.vars:
+            for v in _LEGACY_POOL_VARS[1:]:
                 if v in self.vars:
                     self.conv.note(v, "not needed: only read together with metallb_ip_range, which is not set")
         if "metallb_ip_range" in self.vars and "metallb_config" in self.vars:
             self.conv.warn("both metallb_ip_range (kubespray < v2.22) and metallb_config (kubespray >= v2.22) are "
                            "set; each kubespray version reads only one of them; both are imported")
         self._placement()
+        done = {*_LEGACY_POOL_VARS, "metallb_additional_address_pools", *_PLACEMENT}  # read above
         for var in ours:
             if var in NOT_NEEDED:
                 self.conv.note(var, "not needed: " + NOT_NEEDED[var])
             elif var in handlers:
                 self._guard(var, handlers[var])
-            elif var not in _LEGACY_POOL_VARS and var not in _PLACEMENT:
+            elif var not in done:
                 self.conv.refuse(var, "unknown variable: kubespray's metallb role does not read it, "
                                       "so there is nothing it could be mapped to")
         self._strict_arp()
@@ -170,9 +170,10 @@ class _Kubespray:
 
     def _speaker_enabled(self, var: str) -> None:
         raw = self.vars[var]
-        if isinstance(raw, str) and "{{" in raw:
-            self.conv.note(var, "not needed: follows metallb_enabled")
-        elif check_bool(raw, var):
+        ref = _REF.match(raw) if isinstance(raw, str) else None
+        if ref:  # kubespray's sample: "{{ metallb_enabled }}"
+            self.conv.note(var, f"not needed: follows {ref[1]}; lbctl always runs its speaker DaemonSet")
+        elif check_bool(self.get(var), var):
             self.conv.note(var, "not needed: lbctl always runs its speaker DaemonSet")
         else:
             self.conv.refuse(var, "MetalLB ran without speakers, so something else (e.g. Calico BGP) announced its "
@@ -298,6 +299,8 @@ class _Kubespray:
             if key not in ("address_pools", "layer2", "layer3", "speaker", "controller"):
                 self.conv.refuse(f"{var}.{key}", "unknown key: kubespray's metallb role does not read it")
         for component in ("speaker", "controller"):
+            if not isinstance(config.get(component) or {}, Mapping):
+                raise InputError(f"{var}.{component}", "must be a map (nodeselector, tolerations)")
             for key in config.get(component) or {}:
                 if key not in ("nodeselector", "tolerations"):
                     self.conv.refuse(f"{var}.{component}.{key}", "unknown key: kubespray's metallb role reads only "

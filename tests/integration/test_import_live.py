@@ -62,10 +62,25 @@ def metallb(kube: Any) -> Iterator[None]:
             kube.delete(f"{CRDS}/{crd['metadata']['name']}")
 
 
-def test_without_metallb_crds_the_message_says_so(control_plane):
-    out = lbctl("metallb", "--from-cluster", "--kubeconfig", str(control_plane.kubeconfig("admin")), "-n", NS)
+LEGACY = yaml.safe_load((DATA / "metallb-configmap.yaml").read_text())
+
+
+def test_without_metallb_crds_only_the_legacy_configmap_is_read(control_plane, kube):
+    kubeconfig = str(control_plane.kubeconfig("admin"))
+    out = lbctl("metallb", "--from-cluster", "--kubeconfig", kubeconfig, "-n", NS)
     assert out.returncode == 2 and out.stdout == ""
     assert "MetalLB CRDs not installed" in out.stderr and f"no legacy ConfigMap {NS}/config" in out.stderr
+
+    ns = "metallb-legacy"
+    kube.create("/api/v1/namespaces", {"metadata": {"name": ns}})
+    try:
+        kube.create(f"/api/v1/namespaces/{ns}/configmaps", dict(LEGACY, metadata={"name": "config", "namespace": ns}))
+        out = lbctl("metallb", "--from-cluster", "--kubeconfig", kubeconfig, "-n", ns, "--as", "values")
+        assert out.returncode == 3, out.stderr  # the BGP parts of the ConfigMap are refused
+        assert [p["name"] for p in yaml.safe_load(out.stdout)["pools"]] == ["loadbalanced", "kube-service-pool"]
+        assert f"refused: ConfigMap {ns}/config: data.config: peers[0]: BGP peer 10.0.0.1" in out.stderr
+    finally:
+        kube.delete(f"/api/v1/namespaces/{ns}")
 
 
 def test_from_cluster_to_accepted_ippools(control_plane, kube, metallb, created_pools):
@@ -86,6 +101,8 @@ def test_from_cluster_to_accepted_ippools(control_plane, kube, metallb, created_
     kube.create(f"{MLB}/l2advertisements", obj("L2Advertisement", "by-name", {"ipAddressPools": ["imp-b"]}))
     kube.create(f"/apis/metallb.io/v1beta2/namespaces/{NS}/bgppeers", obj("BGPPeer", "router", {
         "peerAddress": "198.18.250.254", "peerASN": 64512, "myASN": 64513}, version="v1beta2"))
+    # left over from MetalLB <= 0.12: MetalLB with CRDs ignores it, so does the import
+    kube.create(f"/api/v1/namespaces/{NS}/configmaps", dict(LEGACY, metadata={"name": "config", "namespace": NS}))
 
     out = lbctl("metallb", "--from-cluster", "--kubeconfig", str(control_plane.kubeconfig("admin")),
                 "--context", "lbctl", "--namespace", NS)
@@ -98,6 +115,7 @@ def test_from_cluster_to_accepted_ippools(control_plane, kube, metallb, created_
         "announces them nowhere, while lbctl announces every pool it serves; add an L2Advertisement if it should "
         "be announced",
     ]
+    assert f"note: ConfigMap {NS}/config: skipped: MetalLB >= 0.13 reads only its custom resources" in out.stderr
     pools = [d for d in yaml.safe_load_all(out.stdout) if d]
     assert pools == [
         {"apiVersion": "lbctl.io/v1alpha1", "kind": "IPPool", "metadata": {"name": "imp-a"},

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import pytest
-import yaml
 
 from lbctl.core.migrate import InputError
 from lbctl.core.migrate_kubespray import convert_kubespray
@@ -188,6 +187,15 @@ def test_simple_jinja_references_are_followed():
     conv = convert_kubespray({"lb_ranges": ["192.168.56.50-192.168.56.99"], "metallb_ip_range": "{{ lb_ranges }}",
                               "metallb_enabled": True, "metallb_speaker_enabled": "{{ metallb_enabled }}"})
     assert conv.refusals == [] and conv.pools == {"loadbalanced": {"addresses": ["192.168.56.50-192.168.56.99"]}}
+
+
+def test_pool_variables_without_metallb_ip_range_are_reported():
+    conv = convert_kubespray({"metallb_pool_name": "main", "metallb_protocol": "layer2",
+                              "metallb_additional_address_pools": {"x": {"ip_range": ["10.0.0.0/30"],
+                                                                         "protocol": "layer2"}}})
+    assert list(conv.pools) == ["x"] and conv.refusals == []
+    for var in ("metallb_pool_name", "metallb_protocol"):
+        assert f"{var}: not needed: only read together with metallb_ip_range, which is not set" in conv.notes
 
 
 def test_other_values_map():
