@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, Register]] = {
     "preflight": ("check a node's and the cluster's prerequisites (strict ARP, raw sockets, CRDs, kube-proxy)",
                   preflight.register),
     "probe": ("ARP/NDP-probe an address and report which MACs answer", probe.register),
+    "import": ("import kubespray or MetalLB pools", __import__(f"{__package__}.importer", fromlist=["_"]).register),
 }
 
 
