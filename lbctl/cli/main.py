@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from . import explain, lab, preflight, probe, status
+from . import explain, importer, lab, preflight, probe, status
 
 Register = Callable[[argparse.ArgumentParser], None]
 
@@ -23,7 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, Register]] = {
     "preflight": ("check a node's and the cluster's prerequisites (strict ARP, raw sockets, CRDs, kube-proxy)",
                   preflight.register),
     "probe": ("ARP/NDP-probe an address and report which MACs answer", probe.register),
-    "import": ("import kubespray or MetalLB pools", __import__(f"{__package__}.importer", fromlist=["_"]).register),
+    "import": ("import kubespray or MetalLB pools", importer.register),
 }
 
 
