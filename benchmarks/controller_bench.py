@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lbctl.controlplane import ControlPlane, manifests
+from lbctl.controlplane import ControlPlane
 from lbctl.core.service import ingress_status
 from lbctl.kube import config
 from lbctl.kube.client import Kube
@@ -124,9 +124,8 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def main_async(cp: ControlPlane, ctl: ControllerProcess, n: int, big: int) -> None:
+    cp.install_chart()  # CRDs, and the ServiceAccount and RBAC the controller runs under
     async with Kube(config.load(str(cp.kubeconfig())), concurrency=CONCURRENCY) as kube:
-        await apply(kube, manifests("crds", "rbac"))
-        await asyncio.sleep(1)
         await apply(kube, [{"apiVersion": "lbctl.io/v1alpha1", "kind": "IPPool", "metadata": {"name": "bench"},
                             "spec": {"addresses": ["198.18.64.0/18"]}}])
 

@@ -1,11 +1,14 @@
 """A real, throwaway Kubernetes control plane: etcd + kube-apiserver with RBAC and token auth.
 
 Used by the integration tests (on loopback) and by `lbctl lab` (inside the control-plane namespace).
-The kube-apiserver binary is built once by lbctl/lab/build-apiserver.sh and cached.
+The kube-apiserver binary is built once by lbctl/lab/build-apiserver.sh and cached. Only the admin has a
+static token; the daemons authenticate as their ServiceAccounts (TokenRequest API), so they run under
+exactly the RBAC the Helm chart installs.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -13,6 +16,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -22,16 +26,17 @@ from pathlib import Path
 import yaml
 
 from lbctl import assets
+from lbctl.lab import k8sbin
 
 CACHE = Path(os.environ.get("LBCTL_CACHE", Path.home() / ".cache" / "lbctl"))
 APISERVER = Path(os.environ.get("LBCTL_APISERVER", CACHE / "bin" / "kube-apiserver"))
 SA_NS = "lbctl-system"
-# Identities the tests and the lab run as; the controller and speaker get only their RBAC roles.
+RELEASE = "lbctl"  # the chart's release in SA_NS: ServiceAccounts lbctl-controller and lbctl-speaker
+# Static-token identities: only the admin (tests, lab, helm). Daemons get ServiceAccount tokens.
 USERS = {
     "admin": ("lbctl-admin", "system:masters"),
-    "controller": (f"system:serviceaccount:{SA_NS}:lbctl-controller", f"system:serviceaccounts,system:serviceaccounts:{SA_NS}"),
-    "speaker": (f"system:serviceaccount:{SA_NS}:lbctl-speaker", f"system:serviceaccounts,system:serviceaccounts:{SA_NS}"),
 }
+TOKEN_SECONDS = 24 * 3600  # outlives any test session or lab run; the server's CA and key die with the workdir
 
 
 class ControlPlaneError(RuntimeError):
@@ -68,6 +73,41 @@ class ControlPlane:
     def kubeconfig(self, user: str = "admin") -> Path:
         assert self.workdir
         return self.workdir / f"kubeconfig-{user}"
+
+    def service_account_kubeconfig(self, namespace: str, service_account: str) -> Path:
+        """A kubeconfig (mode 0600, in the tmpfs workdir) with a fresh TokenRequest token for the ServiceAccount."""
+        assert self.workdir
+        resp = self.request("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{service_account}/token",
+                            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                             "spec": {"expirationSeconds": TOKEN_SECONDS}})
+        token = resp["status"]["token"]
+        path = self.workdir / f"kubeconfig-sa-{namespace}-{service_account}"
+        _write_private(path, yaml.safe_dump(self._kubeconfig_doc(f"{namespace}-{service_account}", token)))
+        return path
+
+    def request(self, method: str, path: str, body: dict | None = None) -> dict:
+        """One API call as the admin (inside the namespace when there is one); raises ControlPlaneError."""
+        payload = json.dumps({"url": self.url + path, "method": method, "token": self.tokens["admin"],
+                              "ca": str(self.workdir / "apiserver.crt") if self.workdir else None, "body": body})
+        res = subprocess.run(self._cmd([sys.executable, "-c", _REQUEST]), input=payload, capture_output=True,
+                             text=True)
+        if res.returncode:
+            raise ControlPlaneError(f"{method} {path}: {res.stderr.strip()[-1000:]}")
+        return json.loads(res.stdout)
+
+    def helm(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """The pinned helm binary against this server, as the admin."""
+        res = subprocess.run(self._cmd([str(k8sbin.helm()), *args, "--kubeconfig", str(self.kubeconfig())]),
+                             input=stdin, capture_output=True, text=True)
+        if check and res.returncode:
+            raise ControlPlaneError(f"helm {' '.join(args)}: {res.stderr.strip()[-2000:]}")
+        return res
+
+    def install_chart(self, release: str = RELEASE, namespace: str = SA_NS, values: dict | None = None,
+                      *extra: str) -> subprocess.CompletedProcess[str]:
+        """`helm upgrade --install` of lbctl's chart (CRDs included), `values` on stdin."""
+        return self.helm("upgrade", "--install", release, str(assets.chart_dir()), "--namespace", namespace,
+                         "--create-namespace", "--values", "-", *extra, stdin=json.dumps(values or {}))
 
     def _cmd(self, argv: list[str]) -> list[str]:
         return ["ip", "netns", "exec", self.netns, *argv] if self.netns else argv
@@ -165,15 +205,16 @@ class ControlPlane:
     def _write_kubeconfigs(self, wd: Path) -> None:
         ca = (wd / "certs" / "apiserver.crt").read_text()
         for role in USERS:
-            doc = {
-                "apiVersion": "v1", "kind": "Config", "current-context": "lbctl",
-                "clusters": [{"name": "lbctl", "cluster": {"server": self.url, "certificate-authority": "apiserver.crt"}}],
-                "users": [{"name": role, "user": {"token": self.tokens[role]}}],
-                "contexts": [{"name": "lbctl", "context": {"cluster": "lbctl", "user": role}}],
-            }
-            self.kubeconfig(role).write_text(yaml.safe_dump(doc))
-            self.kubeconfig(role).chmod(0o600)
+            _write_private(self.kubeconfig(role), yaml.safe_dump(self._kubeconfig_doc(role, self.tokens[role])))
         (wd / "apiserver.crt").write_text(ca)
+
+    def _kubeconfig_doc(self, user: str, token: str) -> dict:
+        return {
+            "apiVersion": "v1", "kind": "Config", "current-context": "lbctl",
+            "clusters": [{"name": "lbctl", "cluster": {"server": self.url, "certificate-authority": "apiserver.crt"}}],
+            "users": [{"name": user, "user": {"token": token}}],
+            "contexts": [{"name": "lbctl", "context": {"cluster": "lbctl", "user": user}}],
+        }
 
     def stop(self) -> None:
         for p in reversed(self.procs):
@@ -206,6 +247,32 @@ except Exception:
 """
 
 
+# Runs with the control plane's network (ip netns exec for the lab); the admin token comes on stdin, not argv.
+_REQUEST = """
+import json, ssl, sys, urllib.error, urllib.request
+a = json.load(sys.stdin)
+data = json.dumps(a["body"]).encode() if a["body"] is not None else None
+req = urllib.request.Request(a["url"], data=data, method=a["method"], headers={
+    "Authorization": "Bearer " + a["token"], "Content-Type": "application/json", "Accept": "application/json"})
+ctx = ssl.create_default_context(cafile=a["ca"])
+try:
+    with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
+        sys.stdout.write(resp.read().decode())
+except urllib.error.HTTPError as exc:
+    sys.exit(f"HTTP {exc.code}: {exc.read().decode()[:500]}")
+except OSError as exc:
+    sys.exit(str(exc))
+"""
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Create with mode 0600 from the start: the file holds a bearer token."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    path.chmod(0o600)  # an existing file keeps its old mode through O_CREAT
+
+
 def _probe(url: str, token: str, ctx: ssl.SSLContext) -> bool:
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     try:
@@ -215,11 +282,30 @@ def _probe(url: str, token: str, ctx: ssl.SSLContext) -> bool:
         return False
 
 
+RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+
+
+def render_chart(release: str = RELEASE, namespace: str = SA_NS, values: dict | None = None) -> list[dict]:
+    """`helm template` of lbctl's chart, CRDs included, as documents (no cluster needed)."""
+    res = subprocess.run([str(k8sbin.helm()), "template", release, str(assets.chart_dir()), "--namespace", namespace,
+                          "--include-crds", "--values", "-"], input=json.dumps(values or {}), capture_output=True,
+                         text=True)
+    if res.returncode:
+        raise ControlPlaneError(f"helm template: {res.stderr.strip()[-2000:]}")
+    return [d for d in yaml.safe_load_all(res.stdout) if d]
+
+
 def manifests(*names: str) -> list[dict]:
-    """Load YAML documents from deploy/ (CRDs, RBAC)."""
+    """Objects for clients that apply manifests themselves instead of installing the chart:
+    "crds" (the chart's crds/) and "rbac" (the release namespace plus the chart's RBAC as rendered)."""
     docs: list[dict] = []
-    deploy = assets.deploy_dir()
     for name in names:
-        for f in sorted((deploy / name).glob("*.yaml")) if (deploy / name).is_dir() else [deploy / name]:
-            docs += [d for d in yaml.safe_load_all(f.read_text()) if d]
+        if name == "crds":
+            for f in sorted(assets.crd_dir().glob("*.yaml")):
+                docs += [d for d in yaml.safe_load_all(f.read_text()) if d]
+        elif name == "rbac":
+            docs.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SA_NS}})
+            docs += [d for d in render_chart() if d["kind"] in RBAC_KINDS]
+        else:
+            raise ValueError(f"unknown manifest set {name!r} (crds, rbac)")
     return docs

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lbctl.controlplane import ControlPlane, manifests
+from lbctl.controlplane import ControlPlane
 from tests.kube import Kube
 from tests.procs import ControllerProcess  # noqa: F401  (re-exported for test modules)
 
@@ -26,10 +26,10 @@ def control_plane() -> Iterator[ControlPlane]:
     cp = ControlPlane()
     try:
         cp.start()
-        kube = admin_client(cp)
-        for doc in manifests("crds", "rbac"):
-            apply_doc(kube, doc)
-        wait_crd(kube)
+        # The chart as a user installs it, without pools: CRDs, and the ServiceAccounts and RBAC the
+        # controller and speaker run under in every test (release lbctl in lbctl-system).
+        cp.install_chart(values={"pools": []})
+        wait_crd(admin_client(cp))
         yield cp
     finally:
         cp.cleanup()
@@ -38,14 +38,6 @@ def control_plane() -> Iterator[ControlPlane]:
 def admin_client(cp: ControlPlane) -> Kube:
     assert cp.workdir
     return Kube(cp.url, cp.tokens["admin"], str(cp.workdir / "apiserver.crt"))
-
-
-def apply_doc(kube: Kube, doc: dict) -> None:
-    from lbctl.kube.resources import path
-    ns = doc["metadata"].get("namespace")
-    coll = path(doc["apiVersion"], doc["kind"], namespace=ns)
-    if not kube.exists(f"{coll}/{doc['metadata']['name']}"):
-        kube.create(coll, doc)
 
 
 def wait_crd(kube: Kube) -> None:

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import requests
 
-from lbctl.controlplane import ControlPlane, free_port
+from lbctl.controlplane import RELEASE, SA_NS, ControlPlane, free_port
 
 
 class ControllerProcess:
-    """The real controller as a subprocess, authenticated as its service account (RBAC applies)."""
+    """The real controller as a subprocess, authenticated as the chart's ServiceAccount (its RBAC applies)."""
 
     def __init__(self, cp: ControlPlane, logdir: Path, *extra: str) -> None:
         self.cp, self.logdir, self.extra = cp, logdir, extra
@@ -26,9 +26,10 @@ class ControllerProcess:
         self.port = free_port()
         self.starts += 1
         log = open(self.logdir / f"controller-{self.starts}.log", "wb")
+        kubeconfig = self.cp.service_account_kubeconfig(SA_NS, f"{RELEASE}-controller")
         started = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "controller", "--kubeconfig", str(self.cp.kubeconfig("controller")),
+            [sys.executable, "-m", "controller", "--kubeconfig", str(kubeconfig),
              "--http-host", "127.0.0.1", "--http-port", str(self.port), "--log-format", "json", *self.extra],
             stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
         while time.monotonic() - started < timeout:

@@ -1,0 +1,60 @@
+{{/* Names: `<release>-lbctl` unless the release name already contains "lbctl"; 52 characters leave room
+     for the longest suffix ("-controller") under the 63-character limit of names and label values. */}}
+{{- define "lbctl.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 52 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "lbctl.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 52 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "lbctl.controller" -}}{{ include "lbctl.fullname" . }}-controller{{- end -}}
+{{- define "lbctl.speaker" -}}{{ include "lbctl.fullname" . }}-speaker{{- end -}}
+
+{{- define "lbctl.heartbeatSecret" -}}
+{{- .Values.speaker.heartbeat.existingSecret | default (printf "%s-heartbeat" (include "lbctl.fullname" .)) -}}
+{{- end -}}
+
+{{- define "lbctl.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "lbctl.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/* Selector labels of one component: include with (list $ "controller"). Immutable once installed. */}}
+{{- define "lbctl.selectorLabels" -}}
+{{- $top := index . 0 -}}
+app.kubernetes.io/name: {{ include "lbctl.name" $top }}
+app.kubernetes.io/instance: {{ $top.Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+
+{{- define "lbctl.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{/* Rules the schema cannot express. */}}
+{{- define "lbctl.validate" -}}
+{{- $hb := .Values.speaker.heartbeat -}}
+{{- if le (float64 $hb.deadAfter) (float64 $hb.interval) -}}
+{{- fail (printf "speaker.heartbeat.deadAfter (%v) must be greater than speaker.heartbeat.interval (%v)" $hb.deadAfter $hb.interval) -}}
+{{- end -}}
+{{- $seen := dict -}}
+{{- range .Values.pools -}}
+{{- if hasKey $seen .name -}}
+{{- fail (printf "pools: the name %q is used twice" .name) -}}
+{{- end -}}
+{{- $_ := set $seen .name true -}}
+{{- end -}}
+{{- end -}}

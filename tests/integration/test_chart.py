@@ -1,0 +1,497 @@
+"""The Helm chart (deploy/chart) with the pinned helm and kubectl against the real test API server (1.20).
+
+Releases here get their own names and namespaces (the session's `lbctl` release in lbctl-system is
+installed by tests/conftest.py and is what every other integration test's controller runs under).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from lbctl import assets
+from lbctl.controlplane import RELEASE, SA_NS, ControlPlane, free_port
+from lbctl.lab import k8sbin
+from lbctl.lab.api import wait_for
+from tests.procs import ControllerProcess
+
+CHART = str(assets.chart_dir())
+ROOT = Path(__file__).resolve().parents[2]
+
+# --- helpers -----------------------------------------------------------------------------------------
+
+
+def helm(cp: ControlPlane, *args: str, values: dict[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
+    extra = ["--values", "-"] if values is not None else []
+    return cp.helm(*args, *extra, stdin=json.dumps(values) if values is not None else None, check=False)
+
+
+def ok(res: subprocess.CompletedProcess[str]) -> str:
+    assert res.returncode == 0, f"{res.args}\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
+    return res.stdout
+
+
+def kubectl(cp: ControlPlane, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(k8sbin.kubectl()), "--kubeconfig", str(cp.kubeconfig()), *args],
+                          capture_output=True, text=True)
+
+
+def kget(cp: ControlPlane, *args: str) -> dict[str, Any] | None:
+    """`kubectl get ... -o json`, None when the object does not exist."""
+    res = kubectl(cp, "get", *args, "-o", "json")
+    if res.returncode and "NotFound" in res.stderr:
+        return None
+    return json.loads(ok(res))
+
+
+def render(values: dict[str, Any], release: str = "r", namespace: str = "ns") -> dict[tuple[str, str], dict]:
+    res = subprocess.run([str(k8sbin.helm()), "template", release, CHART, "--namespace", namespace,
+                          "--values", "-"], input=json.dumps(values), capture_output=True, text=True)
+    return {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(ok(res)) if d}
+
+
+def container(doc: dict) -> dict:
+    (c,) = doc["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def expand(args: list[str], env: dict[str, str]) -> list[str]:
+    """What the kubelet does to $(VAR) references in args."""
+    return [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in args]
+
+
+# --- binaries and lint ---------------------------------------------------------------------------------
+
+
+def test_pinned_binaries() -> None:
+    out = subprocess.run([sys.executable, "-m", "lbctl.lab.k8sbin"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "helm: v4.1.4" in out.stdout and "Client Version: v1.35.2" in out.stdout, out.stdout
+
+
+def test_lint() -> None:
+    for values in ({}, {"pools": [{"name": "default", "addresses": ["192.168.56.50-192.168.56.99"]}],
+                        "lbClass": "example.com/lb", "speaker": {"interfaces": ["eth1"]},
+                        "metrics": {"serviceMonitor": {"enabled": True}}}):
+        res = subprocess.run([str(k8sbin.helm()), "lint", "--strict", CHART, "--values", "-"],
+                             input=json.dumps(values), capture_output=True, text=True)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "0 chart(s) failed" in res.stdout
+
+
+# --- what the templates render -------------------------------------------------------------------------
+
+
+def test_speaker_daemonset_is_least_privilege_host_network() -> None:
+    docs = render({"speaker": {"interfaces": ["eth1", "bond0"], "priorityClassName": "system-node-critical",
+                               "heartbeat": {"interval": 0.2, "deadAfter": 0.9, "port": 17946},
+                               "tolerations": [{"key": "dedicated", "operator": "Exists"}]},
+                   "lbClass": "example.com/lb"})
+    ds = docs[("DaemonSet", "r-lbctl-speaker")]
+    pod = ds["spec"]["template"]["spec"]
+    c = container(ds)
+    assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert pod["serviceAccountName"] == "r-lbctl-speaker"
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert c["securityContext"] == {
+        "runAsUser": 0, "runAsGroup": 0, "privileged": False, "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"], "add": ["NET_RAW"]}}
+    assert {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"} \
+        in pod["tolerations"]
+    assert {"key": "node-role.kubernetes.io/master", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert {"key": "dedicated", "operator": "Exists"} in pod["tolerations"]
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"]}
+    assert env == {"NODE_NAME": "spec.nodeName", "HOST_IP": "status.hostIP"}
+    # The key arrives as a root-only file from the generated Secret, never through the API.
+    (vol,) = pod["volumes"]
+    assert vol["secret"] == {"secretName": "r-lbctl-heartbeat", "defaultMode": 0o400,
+                             "items": [{"key": "key", "path": "key"}]}
+    (mount,) = c["volumeMounts"]
+    assert mount["mountPath"] == "/etc/lbctl/heartbeat" and mount["readOnly"] is True
+    assert c["command"] == ["lbctl-speaker"]
+    assert c["args"] == [
+        "--lb-class=example.com/lb", "--log-format=json", "--log-level=info",
+        "--heartbeat-key-file=/etc/lbctl/heartbeat/key", "--heartbeat-port=17946", "--heartbeat-interval=0.2",
+        "--dead-after=0.9", "--garp-count=3", "--interfaces=eth1,bond0", "--http-host=$(HOST_IP)",
+        "--http-port=7473"]
+    ports = {p["name"]: (p["containerPort"], p["protocol"]) for p in c["ports"]}
+    assert ports == {"metrics": (7473, "TCP"), "heartbeat": (17946, "UDP")}
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        assert c[probe]["httpGet"] == {"path": path, "port": "metrics"}
+
+    # The speaker's own parser accepts exactly these flags, with the kubelet's $(VAR) expansion.
+    from speaker.cli import parse_args
+    args = parse_args(expand(c["args"], {"HOST_IP": "198.18.0.21"}) + ["--node-name", "n1"])
+    assert (args.lb_class, args.heartbeat_port, args.heartbeat_interval, args.dead_after) == \
+        ("example.com/lb", 17946, 0.2, 0.9)
+    assert args.interfaces == {"eth1", "bond0"} and args.http_host == "198.18.0.21"
+    assert args.heartbeat_key_file == "/etc/lbctl/heartbeat/key"
+
+
+def test_controller_deployment_is_non_root_without_capabilities() -> None:
+    docs = render({"controller": {"httpPort": 9472, "priorityClassName": "high",
+                                  "resources": {"limits": {"memory": "256Mi"}}},
+                   "logFormat": "console", "logLevel": "debug"})
+    dep = docs[("Deployment", "r-lbctl-controller")]
+    pod = dep["spec"]["template"]["spec"]
+    c = container(dep)
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
+    assert pod["serviceAccountName"] == "r-lbctl-controller" and pod["priorityClassName"] == "high"
+    assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
+                                      "seccompProfile": {"type": "RuntimeDefault"}}
+    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                    "privileged": False, "capabilities": {"drop": ["ALL"]}}
+    assert "hostNetwork" not in pod
+    assert c["ports"] == [{"name": "metrics", "containerPort": 9472, "protocol": "TCP"}]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert c["resources"] == {"limits": {"memory": "256Mi"}}
+    assert c["command"] == ["lbctl-controller"]
+    assert c["args"] == ["--log-format=console", "--log-level=debug", "--http-port=9472"]
+
+    from controller.main import parse_args
+    args = parse_args(c["args"])
+    assert (args.lb_class, args.log_format, args.log_level, args.http_port) == (None, "console", "debug", 9472)
+    assert parse_args(container(render({"lbClass": "x.io/y"})[("Deployment", "r-lbctl-controller")])["args"]) \
+        .lb_class == "x.io/y"
+
+
+def test_pools_render_as_ippools_and_names_follow_the_release() -> None:
+    docs = render({"pools": [{"name": "default", "addresses": ["192.168.56.50-192.168.56.99"]},
+                             {"name": "v6", "addresses": ["fd00:56::/120"], "autoAssign": False,
+                              "layer2": {"interfaces": ["eth1"]}}]}, release="lbctl", namespace="lbctl-system")
+    assert docs[("IPPool", "default")]["spec"] == {"addresses": ["192.168.56.50-192.168.56.99"]}
+    assert docs[("IPPool", "v6")]["spec"] == {"addresses": ["fd00:56::/120"], "autoAssign": False,
+                                              "layer2": {"interfaces": ["eth1"]}}
+    names = {k for k in docs}
+    for kind in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding"):
+        assert {(kind, "lbctl-controller"), (kind, "lbctl-speaker")} <= names
+    assert ("Secret", "lbctl-heartbeat") in names and ("Role", "lbctl-speaker") in names
+    assert not [k for k in names if k[0] == "ServiceMonitor"]
+    key = base64.b64decode(docs[("Secret", "lbctl-heartbeat")]["data"]["key"])
+    assert len(key) >= 16
+
+
+def test_service_monitor_only_when_enabled() -> None:
+    docs = render({"metrics": {"serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "p"}}}})
+    sm = docs[("ServiceMonitor", "r-lbctl")]
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1" and sm["metadata"]["labels"]["release"] == "p"
+    assert sm["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
+    for component, port in (("controller", 7472), ("speaker", 7473)):
+        svc = docs[("Service", f"r-lbctl-{component}-metrics")]
+        assert svc["spec"]["ports"][0]["port"] == port
+        assert svc["spec"]["selector"]["app.kubernetes.io/component"] == component
+
+
+def test_existing_heartbeat_secret_replaces_the_generated_one() -> None:
+    docs = render({"speaker": {"heartbeat": {"existingSecret": "my-key"}}})
+    assert not [k for k in docs if k[0] == "Secret"]
+    pod = docs[("DaemonSet", "r-lbctl-speaker")]["spec"]["template"]["spec"]
+    assert pod["volumes"][0]["secret"]["secretName"] == "my-key"
+
+
+def test_values_schema_reuses_the_crd_address_pattern() -> None:
+    crd = yaml.safe_load((assets.crd_dir() / "ippools.lbctl.io.yaml").read_text())
+    want = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+        "addresses"]["items"]["pattern"]
+    schema = json.loads((assets.chart_dir() / "values.schema.json").read_text())
+    assert schema["$defs"]["pool"]["properties"]["addresses"]["items"]["pattern"] == want
+
+
+# --- against the API server ----------------------------------------------------------------------------
+
+BAD_VALUES = [
+    ({"pools": [{"name": "default", "addresses": ["192.168.56.50-192.168.56"]}]},
+     ["/pools/0/addresses/0", "192.168.56.50-192.168.56"]),
+    ({"speaker": {"heartbeat": {"interval": -0.1}}}, ["/speaker/heartbeat/interval"]),
+    ({"logFormat": "text"}, ["/logFormat", "auto", "json", "console"]),
+    ({"speaker": {"heartbeat": {"interval": 0.5, "deadAfter": 0.5}}},
+     ["speaker.heartbeat.deadAfter (0.5) must be greater than speaker.heartbeat.interval (0.5)"]),
+    ({"pools": [{"name": "Default_Pool", "addresses": ["198.18.0.1"]}]}, ["/pools/0/name", "Default_Pool"]),
+    ({"pools": [{"name": "a", "addresses": ["198.18.0.1"], "auto_assign": True}]}, ["/pools/0", "auto_assign"]),
+    ({"pools": [{"name": "a", "addresses": ["198.18.0.1"]}, {"name": "a", "addresses": ["198.18.0.2"]}]},
+     ['pools: the name "a" is used twice']),
+    ({"controller": {"httpPort": 70000}}, ["/controller/httpPort"]),
+    ({"controller": {"replicas": 2}}, ["/controller/replicas"]),
+    ({"image": {"repository": ""}}, ["/image/repository"]),
+]
+
+
+@pytest.mark.parametrize("values,named", BAD_VALUES, ids=[n[0] for _, n in BAD_VALUES])
+def test_bad_values_fail_at_install_naming_the_value(control_plane: ControlPlane, values: dict[str, Any],
+                                                      named: list[str]) -> None:
+    res = helm(control_plane, "install", "chart-bad", CHART, "--namespace", "chart-bad", values=values)
+    try:
+        assert res.returncode != 0, res.stdout
+        for text in named:
+            assert text in res.stderr, res.stderr
+        status = helm(control_plane, "status", "chart-bad", "--namespace", "chart-bad")
+        assert status.returncode != 0 and "not found" in status.stderr, status.stdout  # nothing was installed
+    finally:
+        helm(control_plane, "uninstall", "chart-bad", "--namespace", "chart-bad")
+
+
+def test_install_upgrade_uninstall(control_plane: ControlPlane) -> None:
+    cp, release, ns = control_plane, "chart-test", "chart-test"
+    pools = [{"name": "chart-test-a", "addresses": ["198.18.251.0/28"], "autoAssign": False}]
+    try:
+        out = ok(helm(cp, "install", release, CHART, "--namespace", ns, "--create-namespace",
+                      values={"pools": pools}))
+        assert "lbctl status" in out and "lbctl preflight" in out and "kubectl get ipp" in out  # NOTES.txt
+
+        name = f"{release}-lbctl"
+        for kind, obj in (("deployment", f"{name}-controller"), ("daemonset", f"{name}-speaker"),
+                          ("serviceaccount", f"{name}-controller"), ("serviceaccount", f"{name}-speaker"),
+                          ("role", f"{name}-speaker"), ("rolebinding", f"{name}-speaker")):
+            assert kget(cp, kind, obj, "-n", ns), (kind, obj)
+        for kind in ("clusterrole", "clusterrolebinding"):
+            for component in ("controller", "speaker"):
+                assert kget(cp, kind, f"{name}-{component}"), (kind, component)
+        # policy/v1 is not served by 1.20: the chart installs without the PDB instead of failing.
+        assert kget(cp, "poddisruptionbudgets.v1beta1.policy", "-n", ns)["items"] == []
+        pool = kget(cp, "ippools", "chart-test-a")
+        assert pool["spec"] == {"addresses": ["198.18.251.0/28"], "autoAssign": False, "avoidBuggyIPs": False}
+        secret = kget(cp, "secret", f"{name}-heartbeat", "-n", ns)
+        assert len(base64.b64decode(secret["data"]["key"])) >= 16
+
+        # Upgrade with changed values: applied, and the heartbeat key is the one speakers already share.
+        pools.append({"name": "chart-test-b", "addresses": ["198.18.251.16/28"], "autoAssign": False})
+        ok(helm(cp, "upgrade", release, CHART, "--namespace", ns,
+                values={"pools": pools, "logLevel": "debug", "speaker": {"garpCount": 5}}))
+        args = container(kget(cp, "daemonset", f"{name}-speaker", "-n", ns))["args"]
+        assert "--garp-count=5" in args and "--log-level=debug" in args
+        assert "--log-level=debug" in container(kget(cp, "deployment", f"{name}-controller", "-n", ns))["args"]
+        assert kget(cp, "ippools", "chart-test-b")
+        again = kget(cp, "secret", f"{name}-heartbeat", "-n", ns)
+        assert again["data"] == secret["data"]
+        assert ok(helm(cp, "history", release, "--namespace", ns, "-o", "json")).count('"revision"') == 2
+
+        ok(helm(cp, "uninstall", release, "--namespace", ns, "--wait"))
+        for kind, obj in (("deployment", f"{name}-controller"), ("daemonset", f"{name}-speaker"),
+                          ("secret", f"{name}-heartbeat")):
+            assert kget(cp, kind, obj, "-n", ns) is None, (kind, obj)
+        assert kget(cp, "clusterrole", f"{name}-controller") is None
+        assert kget(cp, "ippools", "chart-test-a") is None
+        # CRDs stay, as Helm leaves everything from crds/ alone on uninstall.
+        for crd in ("ippools.lbctl.io", "speakerstatuses.lbctl.io"):
+            assert kget(cp, "crd", crd)
+    finally:
+        helm(cp, "uninstall", release, "--namespace", ns)
+        kubectl(cp, "delete", "namespace", ns, "--wait=false")
+
+
+# --- seed: a kubespray cluster's metallb_ip_range -----------------------------------------------------
+
+SEED_ADDONS = """
+metallb_enabled: true
+metallb_ip_range:
+  - "192.168.56.50-192.168.56.99"
+metallb_protocol: "layer2"
+"""
+
+
+def seed_values() -> dict[str, Any]:
+    """Chart values for the seed's addons.yml as the values contract maps them. To be replaced by the
+    output of `lbctl import kubespray` (branch import) once it is merged."""
+    addons = yaml.safe_load(SEED_ADDONS)
+    return {"pools": [{"name": "default", "addresses": addons["metallb_ip_range"]}]}
+
+
+def test_seed_values_install_the_same_ippool_as_written_by_hand(control_plane: ControlPlane) -> None:
+    """No controller runs here and the pool exists only in this API server: nothing uses the seed's range."""
+    cp, release, ns = control_plane, "chart-seed", "chart-seed"
+    try:
+        ok(helm(cp, "install", release, CHART, "--namespace", ns, "--create-namespace", values=seed_values()))
+        installed = kget(cp, "ippools", "default")["spec"]
+        ok(helm(cp, "uninstall", release, "--namespace", ns, "--wait"))
+        wait_for(lambda: kget(cp, "ippools", "default") is None, 20, "the chart's pool to go")
+        by_hand = {"apiVersion": "lbctl.io/v1alpha1", "kind": "IPPool", "metadata": {"name": "default"},
+                   "spec": {"addresses": ["192.168.56.50-192.168.56.99"]}}
+        ok(subprocess.run([str(k8sbin.kubectl()), "--kubeconfig", str(cp.kubeconfig()), "apply", "-f", "-"],
+                          input=json.dumps(by_hand), capture_output=True, text=True))
+        assert installed == kget(cp, "ippools", "default")["spec"]
+        assert installed == {"addresses": ["192.168.56.50-192.168.56.99"], "autoAssign": True,
+                             "avoidBuggyIPs": False}
+    finally:
+        kubectl(cp, "delete", "ippools", "default", "--ignore-not-found")
+        helm(cp, "uninstall", release, "--namespace", ns)
+        kubectl(cp, "delete", "namespace", ns, "--wait=false")
+
+
+# --- RBAC: exactly what each component needs -----------------------------------------------------------
+
+CONTROLLER_RULES = {
+    ("services", "", "", frozenset({"list", "watch"})),
+    ("services/status", "", "", frozenset({"patch"})),
+    ("namespaces", "", "", frozenset({"list", "watch"})),
+    ("events", "", "", frozenset({"create"})),
+    ("ippools.lbctl.io", "", "", frozenset({"list", "watch"})),
+    ("ippools.lbctl.io/status", "", "", frozenset({"patch"})),
+    ("customresourcedefinitions.apiextensions.k8s.io", "", "", frozenset({"list", "watch"})),
+}
+SPEAKER_RULES = {
+    ("services", "", "", frozenset({"list", "watch"})),
+    ("nodes", "", "", frozenset({"list", "watch"})),
+    ("endpointslices.discovery.k8s.io", "", "", frozenset({"list", "watch"})),
+    ("ippools.lbctl.io", "", "", frozenset({"list", "watch"})),
+    ("speakerstatuses.lbctl.io", "", "", frozenset({"create"})),
+    ("speakerstatuses.lbctl.io/status", "", "", frozenset({"patch"})),
+    ("events", "", "", frozenset({"create"})),
+}
+SPEAKER_NAMESPACE_RULES = {
+    ("leases.coordination.k8s.io", "", "", frozenset({"get", "list", "watch", "create", "update", "patch"})),
+}
+
+
+def can_i_list(cp: ControlPlane, sa: str, namespace: str) -> set[tuple[str, str, str, frozenset[str]]]:
+    """`kubectl auth can-i --list` as the ServiceAccount, parsed by the header's column positions."""
+    out = ok(kubectl(cp, "auth", "can-i", "--list", f"--as=system:serviceaccount:{SA_NS}:{sa}",
+                     "--namespace", namespace))
+    header, *lines = out.splitlines()
+    starts = [header.index(h) for h in ("Resources", "Non-Resource URLs", "Resource Names", "Verbs")]
+    rules = set()
+    for line in lines:
+        cols = [line[a:b].strip() for a, b in zip(starts, starts[1:] + [len(line)])]
+        res, urls, names, verbs = cols
+        rules.add((res, urls.strip("[]"), names.strip("[]"), frozenset(verbs.strip("[]").split())))
+    return rules
+
+
+@pytest.mark.parametrize("sa,cluster_rules,ns_rules", [
+    (f"{RELEASE}-controller", CONTROLLER_RULES, set()),
+    (f"{RELEASE}-speaker", SPEAKER_RULES, SPEAKER_NAMESPACE_RULES),
+])
+def test_rbac_is_exactly_what_each_component_calls(control_plane: ControlPlane, sa: str,
+                                                   cluster_rules: set, ns_rules: set) -> None:
+    # What every authenticated ServiceAccount may do anyway (discovery, self reviews) is not the chart's.
+    baseline = can_i_list(control_plane, "nobody", SA_NS)
+    assert ("secrets", "", "", frozenset({"get"})) not in baseline
+    assert can_i_list(control_plane, sa, SA_NS) - baseline == cluster_rules | ns_rules
+    assert can_i_list(control_plane, sa, "default") - baseline == cluster_rules
+
+
+@pytest.mark.parametrize("sa,verb,resource,namespace,allowed", [
+    ("speaker", "patch", "services/status", "default", False),
+    ("speaker", "update", "services/status", "default", False),
+    ("speaker", "get", "secrets", SA_NS, False),
+    ("speaker", "list", "secrets", "default", False),
+    ("speaker", "list", "endpoints", "default", False),
+    ("speaker", "list", "namespaces", "", False),
+    ("speaker", "create", "leases.coordination.k8s.io", SA_NS, True),
+    ("speaker", "create", "leases.coordination.k8s.io", "default", False),
+    ("speaker", "patch", "speakerstatuses.lbctl.io/status", "", True),
+    ("speaker", "update", "speakerstatuses.lbctl.io", "", False),
+    ("controller", "patch", "nodes", "", False),
+    ("controller", "update", "services/status", "default", False),
+    ("controller", "update", "services", "default", False),
+    ("controller", "get", "secrets", SA_NS, False),
+    ("controller", "list", "secrets", "default", False),
+    ("controller", "patch", "services/status", "default", True),
+    ("controller", "update", "ippools.lbctl.io/status", "", False),
+    ("controller", "patch", "ippools.lbctl.io", "", False),
+])
+def test_rbac_spot_checks(control_plane: ControlPlane, sa: str, verb: str, resource: str, namespace: str,
+                          allowed: bool) -> None:
+    res, _, sub = resource.partition("/")
+    args = ["auth", "can-i", verb, res, f"--as=system:serviceaccount:{SA_NS}:{RELEASE}-{sa}"]
+    args += [f"--subresource={sub}"] if sub else []
+    args += ["--namespace", namespace] if namespace else ["--all-namespaces"]
+    out = kubectl(control_plane, *args)
+    assert out.stdout.strip() == ("yes" if allowed else "no"), (args, out.stdout, out.stderr)
+
+
+# --- the daemons run under that RBAC ------------------------------------------------------------------
+
+DENIED = re.compile(r"forbidden|Forbidden|403|Not enough permissions")
+
+
+def test_controller_works_under_the_charts_rbac(control_plane: ControlPlane) -> None:
+    """Every rule in use: kopf indexes (pools, namespaces) and its CRD watch, the Service list-watch, a
+    status patch, a pool status patch and an Event; and no permission error anywhere in the log."""
+    cp, ns, pool = control_plane, "chart-rbac", "chart-rbac-pool"
+    with tempfile.TemporaryDirectory(prefix="lbctl-ctl-") as d:
+        ctl = ControllerProcess(cp, Path(d))
+        try:
+            ctl.start()
+            ok(kubectl(cp, "create", "namespace", ns))
+            ok(subprocess.run([str(k8sbin.kubectl()), "--kubeconfig", str(cp.kubeconfig()), "apply", "-f", "-"],
+                              input=json.dumps({"apiVersion": "lbctl.io/v1alpha1", "kind": "IPPool",
+                                                "metadata": {"name": pool},
+                                                "spec": {"addresses": ["198.18.252.0/30"], "autoAssign": False}}),
+                              capture_output=True, text=True))
+            ok(subprocess.run([str(k8sbin.kubectl()), "--kubeconfig", str(cp.kubeconfig()), "apply", "-f", "-"],
+                              input=json.dumps({"apiVersion": "v1", "kind": "Service", "metadata": {
+                                  "name": "web", "namespace": ns, "annotations": {"lbctl.io/address-pool": pool}},
+                                  "spec": {"type": "LoadBalancer", "selector": {"app": "web"},
+                                           "ports": [{"port": 80}]}}),
+                              capture_output=True, text=True))
+
+            def ingress() -> list:
+                return ((kget(cp, "service", "web", "-n", ns) or {}).get("status", {}).get("loadBalancer")
+                        or {}).get("ingress") or []
+            (ip,) = wait_for(ingress, 20, "an address from the pool")
+            assert ip["ip"].startswith("198.18.252."), ip
+            wait_for(lambda: (kget(cp, "ippools", pool).get("status") or {}).get("assigned") == 1, 20,
+                     "the pool's status patch")
+            wait_for(lambda: [e for e in kget(cp, "events", "-n", ns)["items"] if e["reason"] == "IPAllocated"], 20,
+                     "an IPAllocated Event")
+            assert "ready" in urllib.request.urlopen(f"http://127.0.0.1:{ctl.port}/readyz", timeout=5).read().decode()
+            assert not DENIED.search(ctl.log()), ctl.log()[-3000:]
+        finally:
+            ctl.stop()
+            kubectl(cp, "delete", "namespace", ns, "--wait=false")
+            kubectl(cp, "delete", "ippools", pool, "--ignore-not-found")
+
+
+def test_speaker_works_under_the_charts_rbac(control_plane: ControlPlane, tmp_path: Path) -> None:
+    """The real speaker in Kubernetes mode as the chart's ServiceAccount: its informers sync (ready; on 1.20
+    through the EndpointSlice v1beta1 fallback), it creates its SpeakerStatus and patches the status.
+    Confined to an interface that does not exist: no socket is opened on any network, no heartbeat leaves.
+    (Moved here from tests/e2e: it needs neither root nor network namespaces.)"""
+    cp, node = control_plane, f"chart-rbac-node-{os.getpid()}"
+    port = free_port()
+    key = tmp_path / "key"
+    key.write_text(base64.b16encode(os.urandom(32)).decode())
+    key.chmod(0o400)
+    log = tmp_path / "speaker.log"
+    kubeconfig = cp.service_account_kubeconfig(SA_NS, f"{RELEASE}-speaker")
+    assert kubeconfig.parent == cp.workdir and kubeconfig.stat().st_mode & 0o777 == 0o600
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "speaker", "--node-name", node, "--kubeconfig", str(kubeconfig),
+         "--heartbeat-key-file", str(key), "--interfaces", "lbctl-none0", "--http-host", "127.0.0.1",
+         "--http-port", str(port), "--log-format", "json"],
+        stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        def ready() -> bool:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+        wait_for(ready, 30, "the speaker's informers to sync")
+        status = wait_for(lambda: (kget(cp, "speakerstatuses", node) or {}).get("status"), 20,
+                          "the speaker's SpeakerStatus")
+        assert status["node"] == node and status["livePeers"] == [node] and status["announced"] == []
+        text = log.read_text()
+        assert "watch_failed" not in text and not DENIED.search(text), text[-3000:]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        kubectl(cp, "delete", "speakerstatuses", node, "--ignore-not-found")
