@@ -280,32 +280,3 @@ def _probe(url: str, token: str, ctx: ssl.SSLContext) -> bool:
             return resp.status == 200
     except (OSError, ValueError):
         return False
-
-
-RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
-
-
-def render_chart(release: str = RELEASE, namespace: str = SA_NS, values: dict | None = None) -> list[dict]:
-    """`helm template` of lbctl's chart, CRDs included, as documents (no cluster needed)."""
-    res = subprocess.run([str(k8sbin.helm()), "template", release, str(assets.chart_dir()), "--namespace", namespace,
-                          "--include-crds", "--values", "-"], input=json.dumps(values or {}), capture_output=True,
-                         text=True)
-    if res.returncode:
-        raise ControlPlaneError(f"helm template: {res.stderr.strip()[-2000:]}")
-    return [d for d in yaml.safe_load_all(res.stdout) if d]
-
-
-def manifests(*names: str) -> list[dict]:
-    """Objects for clients that apply manifests themselves instead of installing the chart:
-    "crds" (the chart's crds/) and "rbac" (the release namespace plus the chart's RBAC as rendered)."""
-    docs: list[dict] = []
-    for name in names:
-        if name == "crds":
-            for f in sorted(assets.crd_dir().glob("*.yaml")):
-                docs += [d for d in yaml.safe_load_all(f.read_text()) if d]
-        elif name == "rbac":
-            docs.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SA_NS}})
-            docs += [d for d in render_chart() if d["kind"] in RBAC_KINDS]
-        else:
-            raise ValueError(f"unknown manifest set {name!r} (crds, rbac)")
-    return docs

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-import yaml
-
-from lbctl import assets
 from lbctl.controlplane import ControlPlane
 
-from . import k8sbin, pods, processes
+from . import pods, processes
 from .api import LabApi
 from .processes import STATE
 from .topology import CP_IP4, CP_NS, CLIENT_NS, POOL4, POOL6, Topology
@@ -59,27 +55,6 @@ def lab_values(topo: Topology) -> dict[str, Any]:
     user's install."""
     return {"pools": [{"name": "default", "addresses": [POOL4] + ([POOL6] if topo.ipv6 else [])}],
             "logFormat": "json"}
-
-
-def helm(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """The real helm, inside lbctl-cp (the API server's address is never dialled from the root namespace),
-    with its caches in the lab's state dir."""
-    home = STATE / "helm"
-    env = dict(os.environ, HELM_CACHE_HOME=str(home / "cache"), HELM_CONFIG_HOME=str(home / "config"),
-               HELM_DATA_HOME=str(home / "data"))
-    res = subprocess.run(["ip", "netns", "exec", CP_NS, str(k8sbin.helm()), *args,
-                          "--kubeconfig", str(ADMIN_KUBECONFIG)], capture_output=True, text=True, env=env,
-                         timeout=timeout)
-    if res.returncode:
-        raise RuntimeError(f"helm {' '.join(args[:1])} failed ({res.returncode}): {res.stderr.strip()[-3000:]}")
-    return res
-
-
-def install_chart(topo: Topology) -> None:
-    values = STATE / "values.yaml"
-    values.write_text(yaml.safe_dump(lab_values(topo)))
-    helm("install", RELEASE, str(assets.chart_dir()), "--namespace", NAMESPACE, "--create-namespace",
-         "--values", str(values))
 
 
 def start_daemons(api: LabApi, topo: Topology, speakers: bool = True) -> list[str]:

@@ -53,11 +53,11 @@ def up(nodes: int = 3, ipv6: bool = True, speakers: bool = True, say: Say = prin
         topology.build(topo)
         topo.save(TOPOLOGY_FILE)
         say(f"control plane: etcd + kube-apiserver at https://{topology.CP_IP4}:6443 in {topology.CP_NS}")
-        cluster.start_control_plane(topo)
+        cp = cluster.start_control_plane(topo)
         api = LabApi()
         cluster.bootstrap(api, topo)
         say(f"cluster: Nodes {', '.join(h.name for h in topo.node_hosts)}")
-        cluster.install_chart(topo)
+        cp.install_chart(cluster.RELEASE, cluster.NAMESPACE, cluster.lab_values(topo))
         pools = topology.POOL4 + (f", {topology.POOL6}" if ipv6 else "")
         say(f"helm install {cluster.RELEASE} (chart {assets.chart_dir()}) into {cluster.NAMESPACE}: CRDs, RBAC, "
             f"heartbeat Secret, controller Deployment, speaker DaemonSet, IPPool default ({pools})")

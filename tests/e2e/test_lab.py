@@ -113,7 +113,7 @@ def test_daemons_run_as_the_chart_says(fresh: Lab) -> None:
         assert int(st["CapEff"], 16) == NET_RAW and int(st["CapBnd"], 16) == NET_RAW, st
         assert st["NoNewPrivs"] == "1"
         cmdline = open(f"/proc/{pid}/cmdline").read().split("\0")
-        assert "--kubeconfig" not in cmdline and cmdline[0].endswith("lbctl-speaker")
+        assert "--kubeconfig" not in cmdline and cmdline[1].endswith("bin/lbctl-speaker")  # the script, run by python
         environ = dict(e.split("=", 1) for e in open(f"/proc/{pid}/environ").read().split("\0") if "=" in e)
         assert environ["NODE_NAME"] == h.name and environ["KUBERNETES_SERVICE_HOST"] == fresh.topo.host("cp").ip4
         mounts = open(f"/proc/{pid}/mountinfo").read()
