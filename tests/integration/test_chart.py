@@ -295,19 +295,15 @@ def test_install_upgrade_uninstall(control_plane: ControlPlane) -> None:
 
 # --- seed: a kubespray cluster's metallb_ip_range -----------------------------------------------------
 
-SEED_ADDONS = """
-metallb_enabled: true
-metallb_ip_range:
-  - "192.168.56.50-192.168.56.99"
-metallb_protocol: "layer2"
-"""
+SEED_ADDONS = Path(__file__).resolve().parents[1] / "data" / "import" / "seed-addons.yml"
 
 
 def seed_values() -> dict[str, Any]:
-    """Chart values for the seed's addons.yml as the values contract maps them. To be replaced by the
-    output of `lbctl import kubespray` (branch import) once it is merged."""
-    addons = yaml.safe_load(SEED_ADDONS)
-    return {"pools": [{"name": "default", "addresses": addons["metallb_ip_range"]}]}
+    """What `lbctl import kubespray` makes of the seed's addons.yml (metallb_ip_range, layer2)."""
+    res = subprocess.run([sys.executable, "-m", "lbctl.cli", "import", "kubespray", str(SEED_ADDONS)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return yaml.safe_load(res.stdout)
 
 
 def test_seed_values_install_the_same_ippool_as_written_by_hand(control_plane: ControlPlane) -> None:
@@ -315,18 +311,18 @@ def test_seed_values_install_the_same_ippool_as_written_by_hand(control_plane: C
     cp, release, ns = control_plane, "chart-seed", "chart-seed"
     try:
         ok(helm(cp, "install", release, CHART, "--namespace", ns, "--create-namespace", values=seed_values()))
-        installed = kget(cp, "ippools", "default")["spec"]
+        installed = kget(cp, "ippools", "loadbalanced")["spec"]  # kubespray's default metallb_pool_name
         ok(helm(cp, "uninstall", release, "--namespace", ns, "--wait"))
-        wait_for(lambda: kget(cp, "ippools", "default") is None, 20, "the chart's pool to go")
-        by_hand = {"apiVersion": "lbctl.io/v1alpha1", "kind": "IPPool", "metadata": {"name": "default"},
+        wait_for(lambda: kget(cp, "ippools", "loadbalanced") is None, 20, "the chart's pool to go")
+        by_hand = {"apiVersion": "lbctl.io/v1alpha1", "kind": "IPPool", "metadata": {"name": "loadbalanced"},
                    "spec": {"addresses": ["192.168.56.50-192.168.56.99"]}}
         ok(subprocess.run([str(k8sbin.kubectl()), "--kubeconfig", str(cp.kubeconfig()), "apply", "-f", "-"],
                           input=json.dumps(by_hand), capture_output=True, text=True))
-        assert installed == kget(cp, "ippools", "default")["spec"]
+        assert installed == kget(cp, "ippools", "loadbalanced")["spec"]
         assert installed == {"addresses": ["192.168.56.50-192.168.56.99"], "autoAssign": True,
                              "avoidBuggyIPs": False}
     finally:
-        kubectl(cp, "delete", "ippools", "default", "--ignore-not-found")
+        kubectl(cp, "delete", "ippools", "loadbalanced", "--ignore-not-found")
         helm(cp, "uninstall", release, "--namespace", ns)
         kubectl(cp, "delete", "namespace", ns, "--wait=false")
 

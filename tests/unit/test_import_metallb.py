@@ -7,6 +7,8 @@ import re
 import pytest
 import yaml
 
+from lbctl import assets
+
 from lbctl.core.migrate_metallb import convert_metallb
 from lbctl.core.pools import parse_pool
 from tests.unit.importing import DATA, lbctl_import
@@ -54,7 +56,7 @@ def test_crs_map_to_ippools(capsys):
 
 
 def test_imported_pools_pass_the_crd_pattern_and_the_controller_checks(capsys):
-    crd = yaml.safe_load((DATA.parents[2] / "deploy" / "crds" / "ippools.lbctl.io.yaml").read_text())
+    crd = yaml.safe_load((assets.crd_dir() / "ippools.lbctl.io.yaml").read_text())
     pattern = re.compile(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
                          ["properties"]["addresses"]["items"]["pattern"])
     docs = []
