@@ -165,7 +165,8 @@ class KubeConfig:
     insecure: bool = False
     tls_server_name: str | None = None
     namespace: str = "default"
-    source: str = ""  # "context X in FILES" or "in-cluster", for messages
+    source: str = ""  # "context X in FILES" or "in-cluster service account", for messages
+    in_cluster: bool = False  # from the pod's service account (namespace is then the pod's)
 
     def bearer(self, refresh: bool = True) -> str | None:
         """The bearer token to send: exec plugin, then tokenFile, then token.
@@ -268,6 +269,7 @@ def in_cluster() -> KubeConfig:
         token_file=str(SA_DIR / "token"),
         namespace=ns_file.read_text().strip() if ns_file.exists() else "default",
         source="in-cluster service account",
+        in_cluster=True,
     )
 
 

@@ -407,7 +407,7 @@ def test_in_cluster_when_nothing_else_is_given(no_env: None, sa_dir: Path, monke
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "fd00::1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "6443")
     cfg = config.load()
-    assert (cfg.server, cfg.namespace, cfg.authorization()) == ("https://[fd00::1]:6443", "lbctl-system",
-                                                                 "Bearer sa-token")
+    assert (cfg.server, cfg.namespace, cfg.authorization(), cfg.in_cluster) == (
+        "https://[fd00::1]:6443", "lbctl-system", "Bearer sa-token", True)
     (sa_dir / "token").write_text("rotated")
     assert cfg.authorization() == "Bearer rotated"
