@@ -27,11 +27,11 @@ def services(items: Sequence[Mapping[str, Any]]) -> str:
 
 
 def age(seconds: float | None) -> str:
-    """kubectl's AGE style: 42s, 5m, 3h, 12d; '-' when unknown."""
+    """kubectl's AGE style, coarsened: 42s, 5m, 3h, 12d (a unit from twice its size up); '-' when unknown."""
     if seconds is None:
         return "-"
     s = max(0, int(seconds))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= 2 * size or (unit == "m" and s >= size):
+        if s >= 2 * size:
             return f"{s // size}{unit}"
     return f"{s}s"
