@@ -335,7 +335,7 @@ def resolve(m: Merged, context: str | None = None) -> KubeConfig:
         raise ConfigError(f"no current-context in {m.where()}; pass --context "
                           f"(contexts: {', '.join(sorted(m.contexts)) or 'none'})")
     if name not in m.contexts:
-        raise ConfigError(f"context {name!r} not found in {m.where()} "
+        raise ConfigError(f"no context named {name!r} in {m.where()} "
                           f"(contexts: {', '.join(sorted(m.contexts)) or 'none'})")
     ctx, ctx_file = m.contexts[name]
     source = f"context {name!r} in {m.where()}"

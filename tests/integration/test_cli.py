@@ -137,9 +137,9 @@ def test_exit_code_2_names_what_is_wrong(control_plane, tmp_path):
     assert out.stdout == ""
 
     out = lbctl(control_plane, "explain", "x/y", "--context", "nope")
-    assert out.returncode == 2 and "context 'nope' not found" in out.stderr
+    assert out.returncode == 2 and "no context named 'nope'" in out.stderr
     out = lbctl(control_plane, "preflight", "--context", "nope")
-    assert out.returncode == 2 and "context 'nope' not found" in out.stderr
+    assert out.returncode == 2 and "no context named 'nope'" in out.stderr
     assert lbctl(control_plane, "status", "-o", "xml").returncode == 2  # usage
 
 

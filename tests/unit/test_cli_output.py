@@ -120,7 +120,7 @@ def test_bad_kubeconfig_is_exit_2_without_a_traceback(tmp_path: Path, capsys: py
     (tmp_path / "k").write_text(yaml.safe_dump({"clusters": [{"name": "c", "cluster": {"server": "https://x"}}],
                                                 "contexts": [{"name": "a", "context": {"cluster": "c"}}]}))
     assert main.main(["explain", "a/b", "--kubeconfig", str(tmp_path / "k"), "--context", "b"]) == 2
-    assert "context 'b' not found" in capsys.readouterr().err
+    assert "no context named 'b'" in capsys.readouterr().err
 
 
 def test_kubectl_plugin_entry_point(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

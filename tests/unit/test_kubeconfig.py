@@ -211,7 +211,7 @@ def test_selection_errors_name_what_is_missing(tmp_path: Path, no_env: None, mon
                    contexts={"one": {"cluster": "k", "user": "ghost"}, "two": {"cluster": "nope"}})
     with pytest.raises(ConfigError, match=r"no current-context in .*pass --context \(contexts: one, two\)"):
         config.load(str(k))
-    with pytest.raises(ConfigError, match=r"context 'three' not found in .*\(contexts: one, two\)"):
+    with pytest.raises(ConfigError, match=r"no context named 'three' in .*\(contexts: one, two\)"):
         config.load(str(k), "three")
     with pytest.raises(ConfigError, match="user 'ghost' not found"):
         config.load(str(k), "one")
