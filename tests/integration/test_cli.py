@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lbctl.controlplane import SA_NS, free_port
+from lbctl.controlplane import RELEASE, SA_NS, free_port
 from lbctl.kube import config
 from lbctl.kube.client import Kube
 from speaker.lease import LeaseRenewer, micro_time
@@ -64,20 +64,22 @@ def _speaker_status(kube, node: str, announced: list[tuple[str, str]], peers: li
 
 
 def test_status_document_states_and_liveness(lab, control_plane, kube):
-    """Real Leases written by the speaker's code as the speaker's service account (RBAC on), hand-made statuses."""
+    """Real Leases written by the speaker's code as the chart's speaker ServiceAccount (RBAC on), hand-made
+    SpeakerStatuses."""
     lab.pool("st", ["198.18.17.8-198.18.17.10"])
     for name in ("ok", "twice", "lost", "waits"):
         lab.service(name)
     ips = {name: lab.wait_ips(name)[0] for name in ("ok", "twice", "lost")}
     lab.wait_event("waits", "AllocationFailed")
     n1, n2, n3 = (f"{lab.ns}-n{i}" for i in (1, 2, 3))
+    speaker_sa = control_plane.service_account_kubeconfig(SA_NS, f"{RELEASE}-speaker")  # the chart's RBAC
     try:
         _speaker_status(kube, n1, [(ips["ok"], "02:00:00:00:00:01"), (ips["twice"], "02:00:00:00:00:01")], [n1, n2])
         _speaker_status(kube, n2, [(ips["twice"], "02:00:00:00:00:02")], [n1, n2])
         _speaker_status(kube, n3, [(ips["lost"], "02:00:00:00:00:03")], [])
 
         async def leases() -> None:
-            async with Kube(config.load(str(control_plane.kubeconfig("speaker")))) as sa:
+            async with Kube(config.load(str(speaker_sa))) as sa:
                 for node in (n1, n2, n3):
                     assert await LeaseRenewer(sa, node, SA_NS).renew(), "the speaker's RBAC must allow its Lease"
                 assert await LeaseRenewer(sa, n1, SA_NS).renew()  # renewing an existing one: patch
@@ -108,7 +110,7 @@ def test_status_document_states_and_liveness(lab, control_plane, kube):
         assert f"{lab.ns}/twice" in table and "Conflict" in table and f"{n1},{n2}" in table
 
         async def stop() -> None:
-            async with Kube(config.load(str(control_plane.kubeconfig("speaker")))) as sa:
+            async with Kube(config.load(str(speaker_sa))) as sa:
                 assert await LeaseRenewer(sa, n2, SA_NS).release()
         asyncio.run(stop())
         doc = json.loads(lbctl(control_plane, "status", "-o", "json").stdout)
