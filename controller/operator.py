@@ -7,6 +7,8 @@ ServiceInformer). Only stateless kopf handlers are used, so nothing is written o
 
 from __future__ import annotations
 
+import dataclasses
+import ssl
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -33,6 +35,17 @@ class IndexSources:
         return next(iter(store), None) if store else None
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Connection(kopf.ConnectionInfo):
+    """kopf's ConnectionInfo with our TLS context: kopf would write embedded client keys to temp files."""
+
+    cfg: KubeConfig | None = dataclasses.field(default=None, compare=False, hash=False, repr=False)
+
+    def as_ssl_context(self) -> ssl.SSLContext:
+        ctx = self.cfg.ssl_context() if self.cfg else False
+        return ctx if isinstance(ctx, ssl.SSLContext) else ssl.create_default_context()
+
+
 def build_registry(reconciler: Reconciler, cfg: KubeConfig) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
@@ -45,9 +58,10 @@ def build_registry(reconciler: Reconciler, cfg: KubeConfig) -> kopf.OperatorRegi
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
-        return kopf.ConnectionInfo(
-            server=cfg.server, ca_data=cfg.ca_data, token=cfg.bearer(), insecure=cfg.insecure or None,
-            certificate_path=cfg.cert_file, private_key_path=cfg.key_file, scheme="Bearer" if cfg.bearer() else None,
+        token = cfg.bearer()  # exec plugins: kopf logs in again at `expiration` and on 401
+        return _Connection(
+            server=cfg.server, token=token, scheme="Bearer" if token else None, username=cfg.username,
+            password=cfg.password, expiration=cfg.expires(), cfg=cfg,
         )
 
     @kopf.index(GROUP, VERSION, "ippools", id="pools_idx", registry=registry)

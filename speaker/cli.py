@@ -27,6 +27,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds without a heartbeat before a peer is considered dead")
     p.add_argument("--interfaces", type=_interfaces, default=None,
                    help="comma-separated interfaces that may announce (default: all suitable ones)")
+    p.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE") or None,
+                   help="namespace of this speaker's liveness Lease (default: $POD_NAMESPACE, else the "
+                        "service account's namespace when in a pod, else lbctl-system)")
     p.add_argument("--http-host", default="0.0.0.0", help="address for /healthz, /readyz, /metrics")
     p.add_argument("--http-port", type=int, default=7473)
     p.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")

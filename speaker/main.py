@@ -24,6 +24,7 @@ from .announcer import Announcer, can_open_raw
 from .cli import parse_args, read_key
 from .heartbeats import Heartbeats
 from .interfaces import InterfaceTable
+from .lease import LeaseRenewer
 from .metrics import Metrics
 from .state import KubeState, StaticState
 from .status import StatusWriter, TakeoverEvents, status_body
@@ -127,12 +128,14 @@ async def run(args: argparse.Namespace, key: bytes) -> None:
 
     kube: Kube | None = None
     recorder: EventRecorder | None = None
+    lease: LeaseRenewer | None = None
     tasks: list[asyncio.Task[None]] = []
     if args.static_config:
         sp.source = StaticState(args.static_config)
         logger.warning("static_config_mode", file=args.static_config, note="test/debug mode: Kubernetes is not used")
     else:
-        kube = Kube(config.load(args.kubeconfig), user_agent=f"lbctl-speaker/{args.node_name}")
+        cfg = config.load(args.kubeconfig)
+        kube = Kube(cfg, user_agent=f"lbctl-speaker/{args.node_name}")
         state = KubeState(kube, args.lb_class, sp.dirty.set)
         sp.source = state
         recorder = EventRecorder(kube, "lbctl-speaker", args.node_name)
@@ -140,6 +143,10 @@ async def run(args: argparse.Namespace, key: bytes) -> None:
         sp.status = StatusWriter(kube, args.node_name)
         tasks += state.tasks()
         tasks.append(asyncio.create_task(sp.status.run(), name="status"))
+        # In a pod the service account's namespace is the release's, where the chart grants the Lease.
+        lease_ns = args.lease_namespace or (cfg.namespace if cfg.in_cluster else "lbctl-system")
+        lease = LeaseRenewer(kube, args.node_name, lease_ns)
+        tasks.append(asyncio.create_task(lease.run(), name="lease"))
     http = await httpserver.serve(args.http_host, args.http_port, metrics.registry, ready=sp.ready)
     logger.info("starting", node=args.node_name, interfaces=[i.name for i in sp.interfaces.candidates],
                 heartbeat_port=args.heartbeat_port, http_port=args.http_port)
@@ -171,6 +178,9 @@ async def run(args: argparse.Namespace, key: bytes) -> None:
             sp.status.update(status_body(args.node_name, [], []))
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(sp.status.flush(), 2)
+        if lease:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(lease.release(), 2)
         if recorder:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(recorder.drain(), 2)

@@ -8,38 +8,51 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
 
+from ..core import status as core
 from ..core.allocator import Allocator, to_addr
 from ..core.announce import ClusterModel, canonical_ip
 from ..core.election import eligible_nodes, rank
 from ..core.pools import parse_pool
 from ..core.service import read_service
+from .cluster import add_kube_args, connect
+from .exitcodes import ATTENTION, CONFLICT, OK
+from .output import add_output_arg, attention, document, emit
 from .snapshot import Snapshot, events_for, take
 
 
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("service", help="NAMESPACE/NAME (namespace defaults to 'default')")
-    p.add_argument("--kubeconfig")
+    add_kube_args(p)
+    add_output_arg(p)
     p.add_argument("--lb-class", help="the controller's --lb-class, if it runs with one")
     p.set_defaults(func=run)
 
 
-def explain(snap: Snapshot, key: str, lb_class: str | None) -> list[str]:
+def explain(snap: Snapshot, key: str, lb_class: str | None, now: dt.datetime) -> dict[str, Any]:
+    """The Explanation document (see docs/cli.md); `events` is filled in by the caller."""
+    doc = document("Explanation", service=key, exists=False, managed=False, reason=None, type=None,
+                   ipFamilies=[], state=None, notes=[], ips=[], pending=None, error=None, freeNow=None,
+                   liveSpeakers=[], events=[])
     svcs = {f"{s['metadata']['namespace']}/{s['metadata']['name']}": s for s in snap.services}
     if key not in svcs:
-        return [f"Service {key} does not exist"]
+        doc["reason"] = f"Service {key} does not exist"
+        return doc
     req = read_service(svcs[key])
-    lines = [f"Service {key}: type {svcs[key]['spec'].get('type')}, "
-             f"ipFamilies {'/'.join(f'IPv{f}' for f in req.families)}"]
+    doc.update(exists=True, type=svcs[key]["spec"].get("type"), ipFamilies=[f"IPv{f}" for f in req.families])
     if not req.wants(lb_class):
-        why = "not type LoadBalancer" if not req.is_lb else f"loadBalancerClass {req.lb_class!r} is not ours"
-        return lines + [f"  lbctl leaves it alone: {why}"]
+        doc["reason"] = "not type LoadBalancer" if not req.is_lb else f"loadBalancerClass {req.lb_class!r} is not ours"
+        return doc
+    doc["managed"] = True
     alloc = Allocator()
     alloc.set_pools(parse_pool(p["metadata"]["name"], p.get("spec"), p["metadata"].get("creationTimestamp") or "")
                     for p in snap.pools)
     for name, v in sorted(alloc.verdicts.items()):
         if not v.ready:
-            lines.append(f"  note: IPPool {name} is not usable ({v.reason}: {v.message})")
+            doc["notes"].append(f"IPPool {name} is not usable ({v.reason}: {v.message})")
     others = sorted((read_service(s) for k, s in svcs.items() if k != key), key=lambda r: (r.created, r.key))
     for other in others:
         if other.wants(lb_class) and other.current_ips and not other.error:
@@ -49,62 +62,108 @@ def explain(snap: Snapshot, key: str, lb_class: str | None) -> list[str]:
     if req.current_ips:
         alloc.restore(req)
     outcome = alloc.sync(req, ns_labels, lb_class)
+    speakers = core.speakers(snap.speakers, snap.leases, now)
+    [state] = core.services([svcs[key]], speakers, lb_class)
+    doc["state"] = state.state
+    doc["liveSpeakers"] = [s.node for s in speakers if s.alive]
     if req.current_ips:
-        lines.append(f"  holds {', '.join(req.current_ips)}")
-        for ip in req.current_ips:
-            pool = alloc.pool_of(to_addr(ip))
-            holders = [h for h in alloc.holders(ip) if h != key]
-            lines.append(f"    {ip}: " + (f"IPPool {pool.name}" if pool else "outside every usable IPPool (retained)")
-                         + (f", shared with {', '.join(holders)}" if holders else ""))
-        if outcome.error:
-            lines.append(f"  but: {outcome.error}")
+        announcers = _announcers(snap, speakers, lb_class)
+        for raw, addr in zip(req.current_ips, state.addresses):
+            pool = alloc.pool_of(to_addr(raw))
+            doc["ips"].append({"ip": raw, "pool": pool.name if pool else None, "retained": pool is None,
+                               "sharedWith": [h for h in alloc.holders(raw) if h != key], "state": addr.state,
+                               "announcedBy": list(addr.nodes), **announcers.get(addr.ip, {})})
+        doc["error"] = outcome.error
     elif outcome.error:
-        lines.append(f"  pending: {outcome.error}")
+        doc["pending"] = outcome.error
     else:
-        lines.append(f"  pending, but {', '.join(outcome.ips)} from IPPool {outcome.pool} is free for it now "
-                     "(is the controller running?)")
-    lines += _announcers(snap, req.current_ips, lb_class)
-    return lines
+        doc["freeNow"] = {"ips": list(outcome.ips), "pool": outcome.pool}
+    return doc
 
 
-def _announcers(snap: Snapshot, ips: tuple[str, ...], lb_class: str | None) -> list[str]:
-    if not ips:
-        return []
+def _announcers(snap: Snapshot, speakers: list[core.Speaker], lb_class: str | None) -> dict[str, dict[str, Any]]:
+    """Per address, what the speakers' election gives now: eligible nodes in rank order, the winner."""
     model = ClusterModel()
     for kind, items in (("Service", snap.services), ("EndpointSlice", snap.slices), ("Node", snap.nodes),
                         ("IPPool", snap.pools)):
         model.apply(kind, "SYNC", items)
-    intents = model.intents(lb_class)
-    live = {sp["metadata"]["name"] for sp in snap.speakers}
-    for sp in snap.speakers:
-        live |= set((sp.get("status") or {}).get("livePeers") or [])
-    reported = snap.owners()
-    lines = [f"  speakers reporting: {', '.join(sorted(live)) or 'none'}"]
-    for raw in ips:
-        ip = canonical_ip(raw) or raw
-        intent = intents.get(ip)
-        if intent is None:
-            continue
+    live = {s.node for s in speakers if s.alive}
+    out = {}
+    for ip, intent in model.intents(lb_class).items():
         eligible = eligible_nodes(live, model.nodes, intent.node_selectors, intent.etp_local, set(intent.ready_nodes))
         order = rank(ip, eligible)
-        lines.append(f"    {ip}: eligible {', '.join(order) or 'none'}"
-                     + (" (externalTrafficPolicy Local: nodes with ready endpoints only)" if intent.etp_local else "")
-                     + f"; elected {order[0] if order else '-'}; announced by {reported.get(ip, reported.get(raw, 'nobody'))}")
-        excluded = sorted(set(model.nodes) - eligible)
-        if excluded:
-            lines.append(f"      not eligible: {', '.join(excluded)}")
-    return lines
+        out[ip] = {"eligible": order, "elected": order[0] if order else None, "etpLocal": intent.etp_local,
+                   "notEligible": sorted(set(model.nodes) - eligible)}
+    return out
+
+
+def render(doc: Mapping[str, Any]) -> str:
+    key = doc["service"]
+    if not doc["exists"]:
+        return doc["reason"]
+    lines = [f"Service {key}: type {doc['type']}, ipFamilies {'/'.join(doc['ipFamilies'])}"]
+    if not doc["managed"]:
+        return "\n".join(lines + [f"  lbctl leaves it alone: {doc['reason']}"])
+    lines += [f"  note: {n}" for n in doc["notes"]]
+    if doc["ips"]:
+        lines.append(f"  holds {', '.join(i['ip'] for i in doc['ips'])} ({doc['state']})")
+        for i in doc["ips"]:
+            lines.append(f"    {i['ip']}: " + (f"IPPool {i['pool']}" if i["pool"] else "outside every usable IPPool (retained)")
+                         + (f", shared with {', '.join(i['sharedWith'])}" if i["sharedWith"] else ""))
+        if doc["error"]:
+            lines.append(f"  but: {doc['error']}")
+    elif doc["pending"]:
+        lines.append(f"  pending: {doc['pending']}")
+    elif doc["freeNow"]:
+        lines.append(f"  pending, but {', '.join(doc['freeNow']['ips'])} from IPPool {doc['freeNow']['pool']} is free "
+                     "for it now (is the controller running?)")
+    if doc["ips"]:
+        lines.append(f"  live speakers: {', '.join(doc['liveSpeakers']) or 'none'}")
+    for i in doc["ips"]:
+        if "eligible" not in i:
+            continue
+        lines.append(f"    {canonical_ip(i['ip']) or i['ip']}: eligible {', '.join(i['eligible']) or 'none'}"
+                     + (" (externalTrafficPolicy Local: nodes with ready endpoints only)" if i["etpLocal"] else "")
+                     + f"; elected {i['elected'] or '-'}; announced by {', '.join(i['announcedBy']) or 'nobody'}")
+        if i["notEligible"]:
+            lines.append(f"      not eligible: {', '.join(i['notEligible'])}")
+    if doc["events"]:
+        lines.append("  recent events:")
+        lines += [f"    {e['type']} {e['reason']}: {e['message']}" for e in doc["events"]]
+    return "\n".join(lines)
+
+
+def exit_code(doc: Mapping[str, Any]) -> int:
+    if not doc["exists"]:
+        return ATTENTION
+    return {core.CONFLICT: CONFLICT, core.PENDING: ATTENTION, core.UNANNOUNCED: ATTENTION}.get(doc["state"], OK)
+
+
+def reasons(doc: Mapping[str, Any]) -> list[str]:
+    if not doc["exists"]:
+        return [doc["reason"]]
+    if doc["state"] == core.PENDING:
+        return [f"{doc['service']} has no address yet"]
+    return [f"{i['ip']}: {i['state']}" + (f" (announced by {', '.join(i['announcedBy'])})" if i["announcedBy"] else "")
+            for i in doc["ips"] if i["state"] != core.ANNOUNCED]
+
+
+async def read(args: argparse.Namespace, key: str) -> tuple[Snapshot, list[dict[str, Any]]]:
+    ns, name = key.split("/", 1)
+    async with connect(args) as kube:
+        snap, events = await asyncio.gather(
+            take(kube, "services", "pools", "speakers", "leases", "namespaces", "nodes", "slices"),
+            events_for(kube, ns, name))
+    return snap, events
 
 
 def run(args: argparse.Namespace) -> int:
     key = args.service if "/" in args.service else f"default/{args.service}"
-    snap = asyncio.run(take(args.kubeconfig))
-    lines = explain(snap, key, args.lb_class)
-    ns, name = key.split("/", 1)
-    events = asyncio.run(events_for(args.kubeconfig, ns, name)) if len(lines) > 1 else []
-    if events:
-        lines.append("  recent events:")
-        lines += [f"    {e.get('type')} {e.get('reason')}: {e.get('message')}" for e in events[-5:]]
-    lines += [f"warning: {p}" for p in snap.problems]
-    print("\n".join(lines))
-    return 0 if len(lines) > 1 else 1
+    snap, events = asyncio.run(read(args, key))
+    doc = explain(snap, key, args.lb_class, dt.datetime.now(dt.timezone.utc))
+    if doc["exists"]:
+        doc["events"] = [{"type": e.get("type"), "reason": e.get("reason"), "message": e.get("message"),
+                          "lastTimestamp": e.get("lastTimestamp") or e.get("eventTime")} for e in events[-5:]]
+    emit(doc, args.output, render)
+    attention("lbctl explain", reasons(doc))
+    return exit_code(doc)

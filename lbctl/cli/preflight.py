@@ -1,7 +1,8 @@
 """`lbctl preflight`: can this node run a speaker, and is the cluster set up for lbctl?
 
-Node checks run locally (sysctls, raw sockets, interfaces); cluster checks need --kubeconfig (or
-$KUBECONFIG / in-cluster). Each line is PASS, WARN or FAIL; the exit code is 1 if anything FAILs.
+Node checks run locally (sysctls, raw sockets, interfaces); cluster checks use --kubeconfig/--context
+($KUBECONFIG, in-cluster, ~/.kube/config). Each check is PASS, WARN or FAIL; the exit code is 1 if anything
+FAILs, and 2 if a cluster was named (flag or $KUBECONFIG) but cannot be read.
 """
 
 from __future__ import annotations
@@ -11,19 +12,24 @@ import asyncio
 import json
 import socket
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from ..core.netifs import parse_ip_addr, skip_reason
-from ..kube import config
-from ..kube.client import ApiError, Kube
+from ..kube.client import ApiError
+from .cluster import CliError, add_kube_args, asked_for_cluster, connect
+from .exitcodes import ATTENTION, OK
+from .output import add_output_arg, attention, document, emit
 
 Check = tuple[str, str, str]  # (PASS|WARN|FAIL, what, detail)
 
 
 def register(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--kubeconfig")
+    add_kube_args(p)
+    add_output_arg(p)
     p.add_argument("--node-only", action="store_true", help="skip the cluster checks")
     p.set_defaults(func=run)
 
@@ -61,9 +67,9 @@ def node_checks() -> list[Check]:
     return out
 
 
-async def cluster_checks(kubeconfig: str | None) -> list[Check]:
+async def cluster_checks(args: argparse.Namespace) -> list[Check]:
     out: list[Check] = []
-    async with Kube(config.load(kubeconfig), user_agent="lbctl-cli", timeout=10) as kube:
+    async with connect(args, timeout=10) as kube:
         for crd in ("ippools.lbctl.io", "speakerstatuses.lbctl.io"):
             try:
                 await kube.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd}")
@@ -92,13 +98,22 @@ async def cluster_checks(kubeconfig: str | None) -> list[Check]:
     return out
 
 
+def render(doc: Mapping[str, Any]) -> str:
+    return "\n".join(f"{c['result']:4}  {c['check']:12}  {c['detail']}" for c in doc["checks"])
+
+
 def run(args: argparse.Namespace) -> int:
     checks = node_checks()
     if not args.node_only:
         try:
-            checks += asyncio.run(cluster_checks(args.kubeconfig))
-        except (config.ConfigError, OSError) as exc:
+            checks += asyncio.run(cluster_checks(args))
+        except CliError as exc:
+            if asked_for_cluster(args):
+                raise
             checks.append(("WARN", "cluster", f"skipped: {exc}"))
-    for level, what, detail in checks:
-        print(f"{level:4}  {what:12}  {detail}")
-    return 1 if any(c[0] == "FAIL" for c in checks) else 0
+    failed = [f"{what}: {detail}" for level, what, detail in checks if level == "FAIL"]
+    doc = document("Preflight", healthy=not failed,
+                   checks=[{"result": level, "check": what, "detail": detail} for level, what, detail in checks])
+    emit(doc, args.output, render)
+    attention("lbctl preflight", failed)
+    return ATTENTION if failed else OK

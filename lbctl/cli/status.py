@@ -1,49 +1,117 @@
-"""`lbctl status`: pools, LoadBalancer Services with their announcing node, and the speakers."""
+"""`lbctl status`: pools, LoadBalancer Services with their announcing node and state, and the speakers.
+
+Four LISTs (Services, IPPools, SpeakerStatuses, speaker Leases), then pure classification in
+lbctl.core.status; nothing is fetched per object, so 500 Services cost the same four calls.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
 
-from ..core.service import read_service
-from .snapshot import Snapshot, table, take
+from .. import tables
+from ..core import status as core
+from .cluster import add_kube_args, connect
+from .exitcodes import ATTENTION, CONFLICT, OK
+from .output import add_output_arg, attention, document, emit, iso
+from .snapshot import Snapshot, take
 
 
 def register(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, in-cluster, ~/.kube/config)")
+    add_kube_args(p)
+    add_output_arg(p)
+    p.add_argument("--lb-class", help="the controller's --lb-class, if it runs with one")
     p.set_defaults(func=run)
 
 
-def render(snap: Snapshot) -> str:
-    out = []
-    rows = [["POOL", "ADDRESSES", "READY", "ASSIGNED", "AVAILABLE", "MESSAGE"]]
-    for p in sorted(snap.pools, key=lambda p: p["metadata"]["name"]):
-        st = p.get("status") or {}
-        cond = next((c for c in st.get("conditions") or [] if c.get("type") == "Ready"), {})
-        rows.append([p["metadata"]["name"], ",".join(p.get("spec", {}).get("addresses") or []),
-                     cond.get("status", "?"), str(st.get("assigned", "?")), str(st.get("available", "?")),
-                     "" if cond.get("status") == "True" else cond.get("message", "")])
-    out.append(table(rows))
-    owners = snap.owners()
-    rows = [["SERVICE", "EXTERNAL-IP", "ANNOUNCED BY"]]
-    for s in sorted(snap.services, key=lambda s: (s["metadata"]["namespace"], s["metadata"]["name"])):
-        req = read_service(s)
-        if not req.is_lb:
-            continue
-        ips = req.current_ips
-        rows.append([req.key, ",".join(ips) or "<pending>",
-                     ",".join(owners.get(ip, "-") for ip in ips) or "-"])
-    out.append(table(rows))
-    rows = [["SPEAKER", "ANNOUNCING", "LIVE PEERS"]]
-    for sp in sorted(snap.speakers, key=lambda s: s["metadata"]["name"]):
-        st = sp.get("status") or {}
-        rows.append([sp["metadata"]["name"], str(st.get("announcedCount", 0)), ",".join(st.get("livePeers") or [])])
-    out.append(table(rows))
-    out += [f"warning: {p}" for p in snap.problems]
-    return "\n\n".join(out)
+def pool_doc(p: Mapping[str, Any]) -> dict[str, Any]:
+    st = p.get("status") or {}
+    cond = core.pool_ready(p)
+    ready = {"True": True, "False": False}.get(str(cond.get("status")))
+    return {"name": p["metadata"]["name"], "addresses": list((p.get("spec") or {}).get("addresses") or []),
+            "ready": ready, "reason": cond.get("reason"), "message": cond.get("message"),
+            "assigned": st.get("assigned"), "available": st.get("available"),
+            "ipv4": st.get("ipv4"), "ipv6": st.get("ipv6")}
+
+
+def _claim(c: core.Claim | None) -> dict[str, Any]:
+    return {"node": c.node if c else None, "interface": c.interface if c else None,
+            "mac": c.mac if c else None, "since": c.since if c else None}
+
+
+def service_doc(s: core.ServiceState) -> dict[str, Any]:
+    addrs = []
+    for a in s.addresses:
+        owner = a.claims[0] if a.state == core.ANNOUNCED else None
+        addrs.append({"ip": a.ip, "state": a.state, **_claim(owner),
+                      "claims": [_claim(c) for c in a.claims]})
+    return {"namespace": s.namespace, "name": s.name, "state": s.state, "ips": [a.ip for a in s.addresses],
+            "addresses": addrs}
+
+
+def speaker_doc(sp: core.Speaker, now: dt.datetime) -> dict[str, Any]:
+    return {"node": sp.node, "alive": sp.alive, "reason": sp.reason or None, "lastHeard": iso(sp.last_heard),
+            "lastHeardSecondsAgo": round((now - sp.last_heard).total_seconds(), 1) if sp.last_heard else None,
+            "heardBy": list(sp.heard_by), "announcedCount": len({c.ip for c in sp.claims}),
+            "livePeers": list(sp.live_peers)}
+
+
+def build(snap: Snapshot, now: dt.datetime, lb_class: str | None = None) -> dict[str, Any]:
+    speakers = core.speakers(snap.speakers, snap.leases, now)
+    svcs = core.services(snap.services, speakers, lb_class)
+    pools = sorted(snap.pools, key=lambda p: p["metadata"]["name"])
+    reasons = core.attention(svcs, speakers, pools)
+    return document("Status", generatedAt=iso(now), healthy=not reasons, attention=reasons,
+                    pools=[pool_doc(p) for p in pools], services=[service_doc(s) for s in svcs],
+                    speakers=[speaker_doc(sp, now) for sp in speakers])
+
+
+def exit_code(doc: Mapping[str, Any]) -> int:
+    if any(s["state"] == core.CONFLICT for s in doc["services"]):
+        return CONFLICT
+    return ATTENTION if doc["attention"] else OK
+
+
+def _age(since: str | None, now: dt.datetime) -> str:
+    t = core.parse_time(since)
+    return tables.age((now - t).total_seconds()) if t else "-"
+
+
+def render(doc: Mapping[str, Any]) -> str:
+    now = core.parse_time(doc["generatedAt"]) or dt.datetime.now(dt.timezone.utc)
+    pools = [[p["name"], ",".join(p["addresses"]), {True: "True", False: "False"}.get(p["ready"], "Unknown"),
+              str(p["assigned"] if p["assigned"] is not None else "-"), str(p["available"] or "-"),
+              "" if p["ready"] else (p["message"] or "")] for p in doc["pools"]]
+    svcs = []
+    for s in doc["services"]:
+        key = f"{s['namespace']}/{s['name']}"
+        if not s["addresses"]:
+            svcs.append([key, "<pending>", s["state"], "-", "-", "-", "-"])
+        for a in s["addresses"]:
+            nodes = ",".join(dict.fromkeys(c["node"] for c in a["claims"])) or "-"
+            svcs.append([key, a["ip"], a["state"], nodes, a["interface"] or "-", a["mac"] or "-",
+                         _age(a["since"], now) if a["since"] else "-"])
+    speakers = [[sp["node"], ("yes" if sp["alive"] else "no") + (f" ({sp['reason']})" if sp["reason"] else ""),
+                 tables.age(sp["lastHeardSecondsAgo"]) + (" ago" if sp["lastHeard"] else ""),
+                 str(sp["announcedCount"]), ",".join(sp["livePeers"]) or "-"] for sp in doc["speakers"]]
+    return "\n\n".join([
+        tables.table(["POOL", "ADDRESSES", "READY", "ASSIGNED", "AVAILABLE", "MESSAGE"], pools),
+        tables.table(["SERVICE", "EXTERNAL-IP", "STATE", "NODE", "INTERFACE", "MAC", "SINCE"], svcs),
+        tables.table(["SPEAKER", "ALIVE", "LAST HEARD", "ANNOUNCED", "LIVE PEERS"], speakers),
+    ])
+
+
+async def read(args: argparse.Namespace) -> Snapshot:
+    async with connect(args) as kube:
+        return await take(kube, "services", "pools", "speakers", "leases")
 
 
 def run(args: argparse.Namespace) -> int:
-    snap = asyncio.run(take(args.kubeconfig))
-    print(render(snap))
-    return 1 if snap.problems else 0
+    snap = asyncio.run(read(args))
+    doc = build(snap, dt.datetime.now(dt.timezone.utc), args.lb_class)
+    emit(doc, args.output, render)
+    attention("lbctl status", doc["attention"])
+    return exit_code(doc)

@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from .config import KubeConfig
+from .config import ConfigError, KubeConfig
 
 MERGE = "application/merge-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"
@@ -38,11 +38,12 @@ class Kube:
         self._user_agent = user_agent
         self._limit = asyncio.Semaphore(concurrency)
         self._session: aiohttp.ClientSession | None = None
+        self._tls_generation = 0  # of the exec plugin's client certificate the session was built with
 
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            conn = aiohttp.TCPConnector(ssl=self.cfg.ssl_context(), limit=64)
+            conn = aiohttp.TCPConnector(ssl=self.cfg.ssl_context(refresh=False), limit=64)
             self._session = aiohttp.ClientSession(base_url=self.cfg.server, connector=conn,
                                                   headers={"User-Agent": self._user_agent})
         return self._session
@@ -59,24 +60,44 @@ class Kube:
 
     def _headers(self, content_type: str | None = None) -> dict[str, str]:
         h = {"Accept": "application/json"}
-        token = self.cfg.bearer()
-        if token:
-            h["Authorization"] = f"Bearer {token}"
+        auth = self.cfg.authorization(refresh=False)  # _fresh_credentials ran just before
+        if auth:
+            h["Authorization"] = auth
         if content_type:
             h["Content-Type"] = content_type
         return h
 
+    async def _fresh_credentials(self) -> None:
+        """Exec plugins: re-run (off the event loop) once expired; a new client certificate needs a new session."""
+        plugin = self.cfg.exec
+        if plugin is None:
+            return
+        if plugin.stale():
+            await asyncio.to_thread(plugin.credential)
+        if plugin.generation != self._tls_generation:
+            self._tls_generation = plugin.generation
+            if self._session is not None:
+                await self._session.close()
+                self._session = None
+
     async def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
                       body: Any = None, content_type: str = "application/json") -> dict[str, Any]:
         data = json.dumps(body) if body is not None else None
-        async with self._limit:
-            async with self.session.request(method, path, params=_clean(params), data=data,
-                                            headers=self._headers(content_type if data else None),
-                                            timeout=self._timeout) as resp:
-                text = await resp.text()
-                if resp.status >= 400:
-                    raise _error(resp.status, text)
-                return json.loads(text) if text else {}
+        for attempt in (1, 2):
+            await self._fresh_credentials()
+            async with self._limit:
+                async with self.session.request(method, path, params=_clean(params), data=data,
+                                                headers=self._headers(content_type if data else None),
+                                                server_hostname=self.cfg.tls_server_name,
+                                                timeout=self._timeout) as resp:
+                    text = await resp.text()
+                    if resp.status == 401 and self.cfg.exec and attempt == 1:
+                        self.cfg.exec.invalidate()  # revoked before it expired: run the plugin again, once
+                        continue
+                    if resp.status >= 400:
+                        raise _error(resp.status, text)
+                    return json.loads(text) if text else {}
+        raise AssertionError("unreachable")
 
     async def get(self, path: str, **params: Any) -> dict[str, Any]:
         return await self.request("GET", path, params=params)
@@ -104,7 +125,9 @@ class Kube:
         q = dict(params, watch="true", resourceVersion=resource_version, allowWatchBookmarks="true",
                  timeoutSeconds=str(timeout_seconds))
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=timeout_seconds + 30)
-        async with self.session.get(path, params=_clean(q), headers=self._headers(), timeout=timeout) as resp:
+        await self._fresh_credentials()
+        async with self.session.get(path, params=_clean(q), headers=self._headers(), timeout=timeout,
+                                    server_hostname=self.cfg.tls_server_name) as resp:
             if resp.status >= 400:
                 raise _error(resp.status, await resp.text())
             async for line in resp.content:
@@ -136,7 +159,7 @@ class Kube:
                             yield kind, obj
             except Gone:
                 continue
-            except (aiohttp.ClientError, asyncio.TimeoutError, ApiError, ValueError) as exc:
+            except (aiohttp.ClientError, asyncio.TimeoutError, ApiError, ValueError, ConfigError) as exc:
                 yield "ERROR", exc
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)

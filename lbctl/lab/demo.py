@@ -7,7 +7,8 @@ import sys
 import time
 from typing import Any
 
-from . import cluster, lifecycle, processes, probes, prober, tables
+from .. import tables
+from . import cluster, lifecycle, processes, probes, prober
 from .api import LabApi, wait_for
 from .topology import BRIDGE_NS, CLIENT_NS, Topology, sh
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from . import processes, probes, tables, topology
+from .. import tables
+from . import processes, probes, topology
 from .api import LabApi
 from .lifecycle import load_topology, require_root
 

@@ -1,4 +1,4 @@
-"""kubectl-style plain-text tables for the CLI."""
+"""kubectl-style plain-text tables: the one renderer for `lbctl` and `lbctl lab`."""
 
 from __future__ import annotations
 
@@ -24,3 +24,14 @@ def service_row(svc: Mapping[str, Any]) -> list[str]:
 
 def services(items: Sequence[Mapping[str, Any]]) -> str:
     return table(["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)"], [service_row(s) for s in items])
+
+
+def age(seconds: float | None) -> str:
+    """kubectl's AGE style, coarsened: 42s, 5m, 3h, 12d (a unit from twice its size up); '-' when unknown."""
+    if seconds is None:
+        return "-"
+    s = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= 2 * size:
+            return f"{s // size}{unit}"
+    return f"{s}s"

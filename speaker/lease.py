@@ -1,0 +1,75 @@
+"""The speaker's liveness signal for `lbctl status`: a coordination.k8s.io/v1 Lease per node.
+
+The SpeakerStatus is written only when something changes, so on its own it cannot tell a quiet speaker
+from a dead one. The Lease is renewed every RENEW_S with one merge patch (as kubelets do for nodes) and
+released on a graceful shutdown. Needs `leases` create and patch in its namespace. Failures are logged
+once per outage and never stop the speaker: peers and ARP do not depend on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+from lbctl import log
+from lbctl.core.status import LEASE_DURATION_S, LEASE_LABELS, LEASE_PREFIX, NODE_LABEL, RENEW_S
+from lbctl.kube.client import ApiError, Kube
+from lbctl.kube.config import ConfigError
+
+logger = log.get(__name__)
+
+
+def micro_time(t: dt.datetime) -> str:
+    """MicroTime as the API server wants it: RFC 3339 with exactly six fractional digits."""
+    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class LeaseRenewer:
+    def __init__(self, kube: Kube, node: str, namespace: str, renew: float = RENEW_S,
+                 duration: int = LEASE_DURATION_S) -> None:
+        self.kube, self.node, self.namespace = kube, node, namespace
+        self.renew_s, self.duration = renew, duration
+        self.name = f"{LEASE_PREFIX}{node}"
+        self.collection = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+        self._failing = False
+
+    async def run(self) -> None:
+        while True:
+            await self.renew()
+            await asyncio.sleep(self.renew_s)
+
+    async def renew(self) -> bool:
+        return await self._write(self.node, self.duration)
+
+    async def release(self) -> bool:
+        """Graceful stop: an empty holder tells `lbctl status` the speaker stopped rather than died."""
+        return await self._write("", self.duration)
+
+    async def _write(self, holder: str, duration: int) -> bool:
+        spec: dict[str, Any] = {"holderIdentity": holder, "leaseDurationSeconds": duration,
+                                "renewTime": micro_time(dt.datetime.now(dt.timezone.utc))}
+        try:
+            try:
+                await self.kube.patch(f"{self.collection}/{self.name}", {"spec": spec})
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                await self.kube.create(self.collection, {
+                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": self.name, "namespace": self.namespace,
+                                 "labels": {**LEASE_LABELS, NODE_LABEL: self.node}},
+                    "spec": dict(spec, acquireTime=spec["renewTime"])})
+        except Exception as exc:  # aiohttp errors are not all OSError; liveness must never kill the speaker
+            if not self._failing:
+                logger.warning("lease_renew_failed", lease=f"{self.namespace}/{self.name}", error=_describe(exc))
+            self._failing = True
+            return False
+        if self._failing:
+            logger.info("lease_renewed", lease=f"{self.namespace}/{self.name}")
+            self._failing = False
+        return True
+
+
+def _describe(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, (ApiError, ConfigError, OSError)) else repr(exc)
