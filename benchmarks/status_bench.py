@@ -31,7 +31,7 @@ def timed(argv: list[str]) -> tuple[float, str]:
     started = time.monotonic()
     res = subprocess.run(["ip", "netns", "exec", CP_NS, *argv], capture_output=True, text=True, timeout=120)
     took = time.monotonic() - started
-    if res.returncode not in (0, 1):  # status exits 1 when something needs attention; the timing still counts
+    if res.returncode not in (0, 1, 3):  # status: 1 needs attention, 3 conflict; the timing still counts
         raise RuntimeError(f"{argv[0]} failed ({res.returncode}): {res.stderr[-2000:]}")
     return took, res.stdout
 
