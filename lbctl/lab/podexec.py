@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,8 @@ def setpriv_argv(run: dict[str, Any]) -> list[str]:
 def main() -> None:
     spec_file = Path(sys.argv[1])
     run = json.loads(spec_file.read_text())
-    scratch = spec_file.parent / "mnt"
+    # A fresh scratch dir per start: a restarted pod must not trip over its predecessor's overlay layers.
+    scratch = Path(tempfile.mkdtemp(prefix="mnt-", dir=spec_file.parent))
     overlays: list[Path] = []
     for m in sorted(run["mounts"], key=lambda m: m["target"]):
         # Resolve symlinks in the existing part (/var/run -> /run) so overlays land on real directories.
