@@ -5,8 +5,11 @@ installed package, not from this checkout."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,15 +18,20 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def venv() -> Iterator[Path]:
     if os.geteuid() != 0:
         pytest.skip("the lab needs root")
-    d = tmp_path_factory.mktemp("wheel-venv")
-    subprocess.run([sys.executable, "-m", "venv", str(d / "venv")], check=True)
-    res = subprocess.run([str(d / "venv" / "bin" / "pip"), "install", "-q", str(REPO)], capture_output=True,
-                         text=True, timeout=900)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return d
+    # Readable by others, as an install would be: the chart runs the controller as a non-root user.
+    d = Path(tempfile.mkdtemp(prefix="lbctl-wheel-"))
+    d.chmod(0o755)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(d / "venv")], check=True)
+        res = subprocess.run([str(d / "venv" / "bin" / "pip"), "install", "-q", str(REPO)], capture_output=True,
+                             text=True, timeout=900)
+        assert res.returncode == 0, res.stderr[-3000:]
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_installed_package_carries_its_files(venv: Path) -> None:
