@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.kube import wait_for
+from tests.wait import wait_for
 
 
 def test_service_gets_lowest_free_ip_and_event(lab):
