@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
 import statistics
-import subprocess
 
-from .. import netprobe
+from .. import netlink, netprobe
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -24,12 +22,11 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def _source(ifname: str) -> str:
-    doc = json.loads(subprocess.run(["ip", "-j", "-4", "addr", "show", "dev", ifname], capture_output=True,
-                                    text=True, check=True).stdout or "[]")
-    for link in doc:
-        for a in link.get("addr_info") or []:
-            return a["local"]
-    return "0.0.0.0"  # an RFC 5227 probe still gets answers
+    for iface in netlink.read_sync(lambda i: i.name == ifname):
+        if iface.name == ifname:
+            # no IPv4 address: an RFC 5227 probe (source 0.0.0.0) still gets answers
+            return next((str(n.ip) for n in iface.networks if n.version == 4), "0.0.0.0")
+    raise OSError(f"no interface named {ifname}")
 
 
 def run(args: argparse.Namespace) -> int:
