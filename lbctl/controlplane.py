@@ -86,14 +86,17 @@ class ControlPlane:
         return path
 
     def request(self, method: str, path: str, body: dict | None = None) -> dict:
-        """One API call as the admin (inside the namespace when there is one); raises ControlPlaneError."""
-        payload = json.dumps({"url": self.url + path, "method": method, "token": self.tokens["admin"],
-                              "ca": str(self.workdir / "apiserver.crt") if self.workdir else None, "body": body})
-        res = subprocess.run(self._cmd([sys.executable, "-c", _REQUEST]), input=payload, capture_output=True,
-                             text=True)
+        """One API call as the admin (inside the namespace when there is one), through lbctl.lab.apicall,
+        which runs the one Kubernetes client; raises ControlPlaneError."""
+        call = [{"method": method, "path": path, "body": body}]
+        res = subprocess.run(self._cmd([sys.executable, "-m", "lbctl.lab.apicall", str(self.kubeconfig())]),
+                             input=json.dumps(call), capture_output=True, text=True)
         if res.returncode:
             raise ControlPlaneError(f"{method} {path}: {res.stderr.strip()[-1000:]}")
-        return json.loads(res.stdout)
+        [out] = json.loads(res.stdout)
+        if not 200 <= out["status"] < 300:
+            raise ControlPlaneError(f"{method} {path}: HTTP {out['status']}: {out['body']}")
+        return out["body"]
 
     def helm(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         """The pinned helm binary against this server, as the admin."""
@@ -244,24 +247,6 @@ try:
     sys.exit(0 if urllib.request.urlopen(req, context=ssl._create_unverified_context(), timeout=2).status == 200 else 1)
 except Exception:
     sys.exit(1)
-"""
-
-
-# Runs with the control plane's network (ip netns exec for the lab); the admin token comes on stdin, not argv.
-_REQUEST = """
-import json, ssl, sys, urllib.error, urllib.request
-a = json.load(sys.stdin)
-data = json.dumps(a["body"]).encode() if a["body"] is not None else None
-req = urllib.request.Request(a["url"], data=data, method=a["method"], headers={
-    "Authorization": "Bearer " + a["token"], "Content-Type": "application/json", "Accept": "application/json"})
-ctx = ssl.create_default_context(cafile=a["ca"])
-try:
-    with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
-        sys.stdout.write(resp.read().decode())
-except urllib.error.HTTPError as exc:
-    sys.exit(f"HTTP {exc.code}: {exc.read().decode()[:500]}")
-except OSError as exc:
-    sys.exit(str(exc))
 """
 
 

@@ -1,4 +1,4 @@
-"""The node's interfaces, re-read from `ip -j addr` when netlink says links or addresses changed.
+"""The node's interfaces, re-read over netlink (lbctl.netlink) when links or addresses change.
 
 A link that comes back must rejoin the election at once, not at the next poll; the slow poll stays
 as a safety net for missed notifications (netlink multicast can overflow).
@@ -7,34 +7,25 @@ as a safety net for missed notifications (netlink multicast can overflow).
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import socket
 import time
 from collections.abc import Callable, Sequence
 
-from lbctl import log
+from lbctl import log, netlink
 from lbctl.core import netifs
 from lbctl.core.netifs import Interface
 
 logger = log.get(__name__)
 REFRESH_EVERY = 30.0
-ON_DEMAND_MIN_GAP = 1.0  # an unplaceable IP asks for a refresh; don't fork `ip` in a tight loop
+ON_DEMAND_MIN_GAP = 1.0  # an unplaceable IP asks for a refresh; don't re-read in a tight loop
 NETLINK_COALESCE = 0.05  # kube-proxy adds hundreds of addresses in a burst: one re-read per burst
-RTMGRP_LINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR = 0x1, 0x10, 0x100
-
-
-def bridge_ports() -> set[str]:
-    try:
-        return {n for n in os.listdir("/sys/class/net") if os.path.exists(f"/sys/class/net/{n}/brport")}
-    except OSError:
-        return set()
 
 
 class InterfaceTable:
     def __init__(self, allowed: frozenset[str] | None, on_change: Callable[[], None]) -> None:
         self.allowed = allowed
         self.on_change = on_change
+        self.links: list[Interface] = []  # every link at the last read (addresses only on candidates)
         self.candidates: list[Interface] = []
         self._last_refresh = 0.0
         self._pending: asyncio.Task[None] | None = None
@@ -44,20 +35,24 @@ class InterfaceTable:
         """Re-read interfaces; True (and on_change) when the usable set changed."""
         self._last_refresh = time.monotonic()
         try:
-            proc = await asyncio.create_subprocess_exec("ip", "-j", "addr", "show", stdout=asyncio.subprocess.PIPE,
-                                                        stderr=asyncio.subprocess.DEVNULL)
-            out, _ = await asyncio.wait_for(proc.communicate(), 5)
-            doc = json.loads(out or b"[]")
-        except (OSError, ValueError, asyncio.TimeoutError) as exc:
-            logger.warning("interface_scan_failed", error=str(exc))  # keep the last good view
+            ifaces = await asyncio.wait_for(netlink.read(self._wanted), 5)
+        except (OSError, asyncio.TimeoutError) as exc:
+            logger.warning("interface_scan_failed", error=str(exc) or type(exc).__name__)  # keep the last good view
             return False
-        fresh = netifs.usable(netifs.parse_ip_addr(doc), bridge_ports(), self.allowed)
+        except Exception:  # a netlink library bug must not end the table's task (and with it the speaker)
+            logger.exception("interface_scan_failed")
+            return False
+        self.links = ifaces
+        fresh = netifs.usable(ifaces, self.allowed)
         if fresh == self.candidates:
             return False
         logger.info("interfaces", usable=[i.name for i in fresh])
         self.candidates = fresh
         self.on_change()
         return True
+
+    def _wanted(self, iface: Interface) -> bool:
+        return netifs.may_announce(iface, self.allowed)  # addresses of the others are never decoded
 
     def request_refresh(self) -> None:
         if self._pending is None or self._pending.done():
@@ -77,9 +72,7 @@ class InterfaceTable:
 
     def _netlink(self) -> socket.socket | None:
         try:
-            nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-            nl.bind((0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))
-            nl.setblocking(False)
+            nl = netlink.change_socket()
         except OSError as exc:
             logger.warning("netlink_unavailable", error=str(exc), fallback=f"polling every {REFRESH_EVERY}s")
             return None

@@ -9,12 +9,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import signal
 import sys
 import time
 
-from lbctl import httpserver, log
+from lbctl import arpsysctl, httpserver, log
 from lbctl.core.announce import IpIntent, owners
 from lbctl.kube import config
 from lbctl.kube.client import Kube
@@ -33,21 +32,12 @@ logger = log.get("speaker")
 HANDOVER_GRACE = 1.0  # keep answering after LEAVING: the new owner has announced by then
 
 
-def check_sysctls() -> None:
-    """kube-proxy IPVS binds every LB IP to kube-ipvs0; without strict ARP every node answers for it."""
-    if not os.path.exists("/sys/class/net/kube-ipvs0"):
-        return
-    wanted = {"arp_ignore": "1", "arp_announce": "2"}
-    found = {}
-    for name in wanted:
-        try:
-            with open(f"/proc/sys/net/ipv4/conf/all/{name}") as f:
-                found[name] = f.read().strip()
-        except OSError:
-            found[name] = "?"
-    if found != wanted:
-        logger.warning("strict_arp_disabled", found=found, wanted=wanted,
-                       hint="kube-proxy IPVS mode needs strictARP: true, or every node answers ARP for LB IPs")
+def check_strict_arp(interfaces: InterfaceTable) -> None:
+    """Warn (once, at start) when kube-proxy's IPVS dummy is here but ARP is not strict: every node would
+    answer for every LoadBalancer IP. The speaker never writes sysctls itself."""
+    finding = arpsysctl.check(interfaces.links, [i.name for i in interfaces.candidates])
+    if not finding.ok:
+        logger.warning("strict_arp", level=finding.level, message=finding.message)
 
 
 class Speaker:
@@ -122,8 +112,8 @@ async def run(args: argparse.Namespace, key: bytes) -> None:
         loop.add_signal_handler(sig, stop.set)
     sp = Speaker(args, key, metrics)
     loop.add_signal_handler(signal.SIGHUP, sp.reload_static)
-    check_sysctls()
     await sp.interfaces.refresh()
+    check_strict_arp(sp.interfaces)
     sp.heartbeats.set_targets(sp.interfaces.heartbeat_targets())
 
     kube: Kube | None = None

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 from lbctl.controlplane import ControlPlane
-from tests.kube import Kube
+from lbctl.kube import config
+from lbctl.kube.client import ApiError
+from lbctl.kube.sync import SyncKube
 from tests.procs import ControllerProcess  # noqa: F401  (re-exported for test modules)
 
 
@@ -29,28 +31,29 @@ def control_plane() -> Iterator[ControlPlane]:
         # The chart as a user installs it, without pools: CRDs, and the ServiceAccounts and RBAC the
         # controller and speaker run under in every test (release lbctl in lbctl-system).
         cp.install_chart(values={"pools": []})
-        wait_crd(admin_client(cp))
+        with admin_client(cp) as kube:
+            wait_crd(kube)
         yield cp
     finally:
         cp.cleanup()
 
 
-def admin_client(cp: ControlPlane) -> Kube:
-    assert cp.workdir
-    return Kube(cp.url, cp.tokens["admin"], str(cp.workdir / "apiserver.crt"))
+def admin_client(cp: ControlPlane) -> SyncKube:
+    return SyncKube(config.from_kubeconfig(cp.kubeconfig("admin")), user_agent="lbctl-tests")
 
 
-def wait_crd(kube: Kube) -> None:
+def wait_crd(kube: SyncKube) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
             kube.get("/apis/lbctl.io/v1alpha1/ippools")
             return
-        except Exception:
+        except ApiError:  # 404 until the CRD is established
             time.sleep(0.2)
     raise RuntimeError("IPPool CRD never became served")
 
 
 @pytest.fixture(scope="session")
-def kube(control_plane: ControlPlane) -> Kube:
-    return admin_client(control_plane)
+def kube(control_plane: ControlPlane) -> Iterator[SyncKube]:
+    with admin_client(control_plane) as k:
+        yield k

@@ -8,9 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-import requests
-
 from lbctl.controlplane import RELEASE, SA_NS, ControlPlane, free_port
+from tests import httpget
 
 
 class ControllerProcess:
@@ -35,11 +34,8 @@ class ControllerProcess:
         while time.monotonic() - started < timeout:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"controller exited {self.proc.returncode}: {self.log()[-3000:]}")
-            try:
-                if requests.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1).status_code == 200:
-                    return time.monotonic() - started
-            except requests.RequestException:
-                pass
+            if httpget.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1)[0] == 200:
+                return time.monotonic() - started
             time.sleep(0.05)
         raise RuntimeError(f"controller not ready in {timeout}s: {self.log()[-3000:]}")
 
@@ -56,7 +52,10 @@ class ControllerProcess:
         return (self.logdir / f"controller-{self.starts}.log").read_text(errors="replace")
 
     def metrics(self) -> str:
-        return requests.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5).text
+        status, text = httpget.get(f"http://127.0.0.1:{self.port}/metrics")
+        if status != 200:
+            raise RuntimeError(f"controller /metrics answered {status}")
+        return text
 
     def rss_mib(self) -> float:
         assert self.proc

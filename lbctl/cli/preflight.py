@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import socket
-import subprocess
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..core.netifs import parse_ip_addr, skip_reason
+from .. import arpsysctl, netlink
+from ..core import netifs, strictarp
 from ..kube.client import ApiError
 from .cluster import CliError, add_kube_args, asked_for_cluster, connect
 from .exitcodes import ATTENTION, OK
@@ -34,11 +32,8 @@ def register(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
-def _sysctl(name: str) -> str | None:
-    try:
-        return Path("/proc/sys/net/ipv4/conf/all", name).read_text().strip()
-    except OSError:
-        return None
+def _check(f: strictarp.Finding) -> Check:
+    return f.level, f.what, f.message
 
 
 def node_checks() -> list[Check]:
@@ -48,22 +43,15 @@ def node_checks() -> list[Check]:
         out.append(("PASS", "raw sockets", "CAP_NET_RAW available"))
     except PermissionError:
         out.append(("FAIL", "raw sockets", "no CAP_NET_RAW: the speaker cannot answer ARP/NDP"))
-    ipvs = Path("/sys/class/net/kube-ipvs0").exists()
-    ignore, announce = _sysctl("arp_ignore"), _sysctl("arp_announce")
-    strict = ignore == "1" and announce == "2"
-    if ipvs and not strict:
-        out.append(("FAIL", "strict ARP", f"kube-ipvs0 exists but arp_ignore={ignore}, arp_announce={announce}: every "
-                    "node would answer ARP for every LoadBalancer IP; set kube-proxy strictARP: true"))
-    else:
-        out.append(("PASS", "strict ARP", f"arp_ignore={ignore} arp_announce={announce}"
-                    + ("" if ipvs else " (no kube-ipvs0: kube-proxy is not in IPVS mode here)")))
     try:
-        doc = json.loads(subprocess.run(["ip", "-j", "addr"], capture_output=True, text=True, check=True).stdout)
-        usable = [i.name for i in parse_ip_addr(doc) if not skip_reason(i)]
-        out.append(("PASS" if usable else "FAIL", "interfaces",
-                    f"can announce on {', '.join(usable)}" if usable else "no interface the speaker may announce on"))
-    except (OSError, subprocess.CalledProcessError, ValueError) as exc:
+        links = netlink.read_sync(lambda _: False)  # names and flags decide; addresses are not needed
+    except OSError as exc:
         out.append(("WARN", "interfaces", f"cannot list interfaces: {exc}"))
+        return out
+    usable = [i.name for i in netifs.usable(links)]
+    out.append(_check(arpsysctl.check(links, usable)))
+    out.append(("PASS" if usable else "FAIL", "interfaces",
+                f"can announce on {', '.join(usable)}" if usable else "no interface the speaker may announce on"))
     return out
 
 
@@ -87,14 +75,11 @@ async def cluster_checks(args: argparse.Namespace) -> list[Check]:
             out.append(("WARN", "IPPools", exc.message))
         try:
             cm = await kube.get("/api/v1/namespaces/kube-system/configmaps/kube-proxy")
-            conf = yaml.safe_load((cm.get("data") or {}).get("config.conf") or "{}") or {}
-            mode, strict = conf.get("mode") or "iptables", (conf.get("ipvs") or {}).get("strictARP")
-            if mode == "ipvs" and not strict:
-                out.append(("FAIL", "kube-proxy", "mode ipvs without ipvs.strictARP: true"))
-            else:
-                out.append(("PASS", "kube-proxy", f"mode {mode}" + (", strictARP" if strict else "")))
+            out.append(_check(strictarp.kube_proxy(yaml.safe_load((cm.get("data") or {}).get("config.conf") or "{}") or {})))
         except ApiError as exc:
             out.append(("WARN", "kube-proxy", f"no kube-system/kube-proxy ConfigMap to check ({exc.status})"))
+        except yaml.YAMLError as exc:
+            out.append(("WARN", "kube-proxy", f"kube-proxy config.conf is not YAML: {exc}"))
     return out
 
 

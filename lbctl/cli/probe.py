@@ -12,13 +12,11 @@ import argparse
 import asyncio
 import datetime as dt
 import ipaddress
-import json
 import statistics
-import subprocess
 from collections.abc import Mapping
 from typing import Any
 
-from .. import netprobe
+from .. import netlink, netprobe
 from ..core.status import speakers
 from .cluster import CliError, add_kube_args, connect
 from .exitcodes import ATTENTION, CONFLICT, OK, USAGE
@@ -38,12 +36,11 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def _source(ifname: str) -> str:
-    doc = json.loads(subprocess.run(["ip", "-j", "-4", "addr", "show", "dev", ifname], capture_output=True,
-                                    text=True, check=True).stdout or "[]")
-    for link in doc:
-        for a in link.get("addr_info") or []:
-            return a["local"]
-    return "0.0.0.0"  # an RFC 5227 probe still gets answers
+    for iface in netlink.read_sync(lambda i: i.name == ifname):
+        if iface.name == ifname:
+            # no IPv4 address: an RFC 5227 probe (source 0.0.0.0) still gets answers
+            return next((str(n.ip) for n in iface.networks if n.version == 4), "0.0.0.0")
+    raise OSError(f"no interface named {ifname}")
 
 
 async def _nodes_by_mac(args: argparse.Namespace) -> dict[str, str]:
@@ -75,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             answers = netprobe.ndp(args.interface, str(ip), args.count, args.timeout)
     except PermissionError:
         raise CliError(USAGE, "needs CAP_NET_RAW (run as root)") from None
-    except (OSError, subprocess.CalledProcessError) as exc:
+    except OSError as exc:
         raise CliError(USAGE, f"{args.interface}: {exc}") from None
     by_mac: dict[str, list[float]] = {}
     for a in answers:

@@ -1,22 +1,39 @@
-"""Which network interfaces may carry an L2 announcement, from `ip -j addr` output (plain dicts).
+"""Which network interfaces may carry an L2 announcement, from rtnetlink link and address records.
 
-Pure: the speaker runs `ip` and reads /sys; this module only decides. Skipped interfaces are the ones
-where answering ARP/NDP would be wrong or useless: loopback, kube-proxy's IPVS dummy, NOARP links,
-bridge ports (the bridge itself answers, a port would duplicate it), CNI/container plumbing, and
-links that are down.
+Pure: the shell (lbctl.netlink) dumps links and addresses and hands them over as plain dicts:
+
+    link:    {"index": 2, "name": "eth0", "flags": IFF_* bits, "type": ARPHRD_* number,
+              "address": "aa:bb:cc:dd:ee:ff", "port_of": IFLA_INFO_SLAVE_KIND or None}
+    address: {"index": 2, "address": IFA_ADDRESS, "local": IFA_LOCAL or None, "prefixlen": 24,
+              "broadcast": IFA_BROADCAST or None}
+
+Skipped interfaces are the ones where answering ARP/NDP would be wrong or useless: loopback, kube-proxy's
+IPVS dummy, NOARP links, ports of a bridge or bond (the master answers, a port would duplicate it),
+CNI/container plumbing, and links that are down. Every rule looks at the link alone, so the shell reads
+addresses only for the links that pass (kube-ipvs0 can hold thousands).
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .arp import mac_to_bytes
 
 SKIP_NAMES = frozenset({"lo", "kube-ipvs0"})
 SKIP_PREFIXES = ("veth", "cali", "flannel", "cni", "docker", "virbr", "lxc")
+PORT_KINDS = frozenset({"bridge", "bond", "team", "openvswitch"})  # a port of these never answers itself
+
+# <linux/if.h> net_device_flags, named as `ip link` prints them
+IFF = {0x1: "UP", 0x2: "BROADCAST", 0x4: "DEBUG", 0x8: "LOOPBACK", 0x10: "POINTOPOINT", 0x20: "NOTRAILERS",
+       0x40: "RUNNING", 0x80: "NOARP", 0x100: "PROMISC", 0x200: "ALLMULTI", 0x400: "MASTER", 0x800: "SLAVE",
+       0x1000: "MULTICAST", 0x2000: "PORTSEL", 0x4000: "AUTOMEDIA", 0x8000: "DYNAMIC", 0x10000: "LOWER_UP",
+       0x20000: "DORMANT", 0x40000: "ECHO"}
+# <linux/if_arp.h> ARPHRD_*, the few worth a name; others stay numeric
+ARPHRD = {1: "ether", 32: "infiniband", 768: "ipip", 769: "tunnel6", 772: "loopback", 776: "sit", 778: "gre",
+          65534: "none"}
 
 Network = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -30,41 +47,70 @@ class Interface:
     link_type: str
     networks: tuple[Network, ...] = ()
     broadcasts: tuple[str, ...] = ()  # IPv4 subnet broadcast addresses, for heartbeats
+    port_of: str = ""  # the master's kind when enslaved ("bridge", "bond", "vrf", ...)
 
     @property
     def up(self) -> bool:
         return "UP" in self.flags and "LOWER_UP" in self.flags
 
 
-def parse_ip_addr(doc: Any) -> list[Interface]:
-    """`ip -j addr show` as parsed JSON -> interfaces; malformed entries are skipped, never raised on."""
-    out: list[Interface] = []
-    for link in doc if isinstance(doc, list) else []:
+def flag_names(bits: int) -> frozenset[str]:
+    return frozenset(name for bit, name in IFF.items() if bits & bit)
+
+
+def link(rec: Mapping[str, Any]) -> Interface:
+    """One link record -> an Interface without addresses; ValueError/KeyError/TypeError when malformed."""
+    index, bits, kind = rec["index"], rec["flags"], rec["type"]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (index, bits, kind)):
+        raise TypeError(f"link record fields must be integers: {rec!r}")
+    name = rec["name"]
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"link {index} has no name")
+    return Interface(name=name, index=index, mac=str(rec.get("address") or ""), flags=flag_names(bits),
+                     link_type=ARPHRD.get(kind, str(kind)), port_of=str(rec.get("port_of") or ""))
+
+
+def links(recs: Iterable[Any]) -> list[Interface]:
+    """Link records -> Interfaces; malformed records are skipped, never raised on."""
+    out = []
+    for rec in recs if isinstance(recs, (list, tuple)) else ():
         try:
-            nets: list[Network] = []
-            brds: list[str] = []
-            for a in link.get("addr_info") or []:
-                if a.get("family") not in ("inet", "inet6") or not a.get("local"):
-                    continue
-                net = ipaddress.ip_interface(f"{a['local']}/{a.get('prefixlen', 128)}")
-                nets.append(net)
-                if net.version == 4:
-                    brd = a.get("broadcast") or (str(net.network.broadcast_address)
-                                                 if net.network.prefixlen < 31 else None)
-                    if brd:
-                        brds.append(brd)
-            out.append(Interface(
-                name=str(link["ifname"]), index=int(link["ifindex"]), mac=str(link.get("address") or ""),
-                flags=frozenset(link.get("flags") or ()), link_type=str(link.get("link_type") or ""),
-                networks=tuple(nets), broadcasts=tuple(dict.fromkeys(brds)),
-            ))
+            out.append(link(rec))
         except (KeyError, TypeError, ValueError, AttributeError):
             continue
     return out
 
 
-def skip_reason(iface: Interface, bridge_ports: Iterable[str] = ()) -> str | None:
-    """Why `iface` must not announce, or None if it may."""
+def address(rec: Mapping[str, Any]) -> tuple[int, Network, str | None]:
+    """(link index, address/prefix, IPv4 broadcast); IFA_LOCAL is the address, IFA_ADDRESS the peer on p2p."""
+    net = ipaddress.ip_interface(f"{rec.get('local') or rec['address']}/{rec['prefixlen']}")
+    brd: str | None = None
+    if net.version == 4:
+        brd = rec.get("broadcast") or (str(net.network.broadcast_address) if net.network.prefixlen < 31 else None)
+    return int(rec["index"]), net, brd
+
+
+def with_addresses(ifaces: Iterable[Interface], recs: Iterable[Any]) -> list[Interface]:
+    """Attach address records to their links by index; malformed records are skipped."""
+    nets: dict[int, dict[Network, None]] = {}  # dicts: ordered sets
+    brds: dict[int, dict[str, None]] = {}
+    for rec in recs if isinstance(recs, (list, tuple)) else ():
+        try:
+            index, net, brd = address(rec)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+        nets.setdefault(index, {})[net] = None
+        if brd:
+            brds.setdefault(index, {})[brd] = None
+    return [replace(i, networks=tuple(nets.get(i.index, ())), broadcasts=tuple(brds.get(i.index, ()))) for i in ifaces]
+
+
+def interfaces(link_recs: Iterable[Any], addr_recs: Iterable[Any]) -> list[Interface]:
+    return with_addresses(links(link_recs), addr_recs)
+
+
+def skip_reason(iface: Interface) -> str | None:
+    """Why `iface` must not announce, or None if it may. Looks at the link only, never at its addresses."""
     if iface.name in SKIP_NAMES:
         return "reserved"
     if iface.name.startswith(SKIP_PREFIXES):
@@ -73,18 +119,22 @@ def skip_reason(iface: Interface, bridge_ports: Iterable[str] = ()) -> str | Non
         return "not ethernet"
     if "NOARP" in iface.flags:
         return "NOARP"
-    if iface.name in set(bridge_ports):
-        return "bridge port"
+    if iface.port_of in PORT_KINDS:
+        return f"{iface.port_of} port"
     if not iface.up:
         return "down"
     return None
 
 
-def usable(ifaces: Iterable[Interface], bridge_ports: Iterable[str] = (),
-           allowed: Iterable[str] | None = None) -> list[Interface]:
+def may_announce(iface: Interface, allowed: Iterable[str] | None = None) -> bool:
+    """Not skipped, and named in `allowed` (--interfaces) when that is given."""
+    return skip_reason(iface) is None and (not allowed or iface.name in set(allowed))
+
+
+def usable(ifaces: Iterable[Interface], allowed: Iterable[str] | None = None) -> list[Interface]:
     """Interfaces that may announce, optionally restricted to `allowed` names (--interfaces)."""
-    ports, allow = set(bridge_ports), (set(allowed) if allowed else None)
-    return [i for i in ifaces if skip_reason(i, ports) is None and (allow is None or i.name in allow)]
+    allow = frozenset(allowed) if allowed else None
+    return [i for i in ifaces if may_announce(i, allow)]
 
 
 def interfaces_for(ip: str, candidates: Sequence[Interface], pool_interfaces: Sequence[str] = ()) -> list[Interface]:
@@ -103,10 +153,6 @@ def interfaces_for(ip: str, candidates: Sequence[Interface], pool_interfaces: Se
 def heartbeat_targets(candidates: Sequence[Interface]) -> dict[str, tuple[str, ...]]:
     """Interface name -> IPv4 broadcast addresses to beacon on."""
     return {i.name: i.broadcasts for i in candidates if i.broadcasts}
-
-
-def by_name(ifaces: Iterable[Interface]) -> Mapping[str, Interface]:
-    return {i.name: i for i in ifaces}
 
 
 def _is_mac(mac: str) -> bool:

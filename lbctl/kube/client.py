@@ -80,8 +80,9 @@ class Kube:
                 await self._session.close()
                 self._session = None
 
-    async def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
-                      body: Any = None, content_type: str = "application/json") -> dict[str, Any]:
+    async def send(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+                   body: Any = None, content_type: str = "application/json") -> tuple[int, str]:
+        """One request: the HTTP status and the body as sent, whatever they are (no ApiError)."""
         data = json.dumps(body) if body is not None else None
         for attempt in (1, 2):
             await self._fresh_credentials()
@@ -94,13 +95,22 @@ class Kube:
                     if resp.status == 401 and self.cfg.exec and attempt == 1:
                         self.cfg.exec.invalidate()  # revoked before it expired: run the plugin again, once
                         continue
-                    if resp.status >= 400:
-                        raise _error(resp.status, text)
-                    return json.loads(text) if text else {}
+                    return resp.status, text
         raise AssertionError("unreachable")
+
+    async def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+                      body: Any = None, content_type: str = "application/json") -> dict[str, Any]:
+        status, text = await self.send(method, path, params=params, body=body, content_type=content_type)
+        if status >= 400:
+            raise _error(status, text)
+        return json.loads(text) if text else {}
 
     async def get(self, path: str, **params: Any) -> dict[str, Any]:
         return await self.request("GET", path, params=params)
+
+    async def list(self, path: str, **params: Any) -> list[dict[str, Any]]:
+        """The items of a collection (one page: pass `limit`/`continue` yourself for more)."""
+        return (await self.request("GET", path, params=params)).get("items") or []
 
     async def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         return await self.request("POST", path, body=body)

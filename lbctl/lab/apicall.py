@@ -2,67 +2,66 @@
 
 Run as `ip netns exec lbctl-cp python -m lbctl.lab.apicall KUBECONFIG`: reads a JSON list of calls
 {"method", "path", "body"?, "params"?, "content_type"?} (method "APPLY" = create, or merge-patch when
-it exists) and prints a JSON list of {"status", "body"}. One process per batch: Python start-up, not the
-API server, is what costs here. Synchronous stdlib HTTP keeps start-up small.
+it exists) and prints a JSON list of {"status", "body"} (status 0: no answer, the error in body.message).
+One process per batch, through the project's one client (lbctl.kube): its calls share one keep-alive
+connection, so a batch pays one TLS handshake; importing aiohttp is the start-up cost.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from lbctl.kube import config
+from lbctl.kube.client import MERGE, Kube
 
 
-def call(cfg: config.KubeConfig, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None,
-         content_type: str = "application/json") -> tuple[int, Any]:
-    url = cfg.server + path + ("?" + urllib.parse.urlencode(params) if params else "")
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={
-        "Authorization": f"Bearer {cfg.bearer()}", "Accept": "application/json",
-        **({"Content-Type": content_type} if data else {})})
-    ctx = cfg.ssl_context()
+async def call(kube: Kube, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None,
+               content_type: str = "application/json") -> tuple[int, Any]:
     try:
-        with urllib.request.urlopen(req, context=ctx or None, timeout=30) as resp:
-            return resp.status, _json(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, _json(exc.read())
-    except OSError as exc:
-        return 0, {"message": str(exc)}
+        status, text = await kube.send(method, path, params=params, body=body, content_type=content_type)
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+        return 0, {"message": str(exc) or type(exc).__name__}
+    return status, _json(text)
 
 
-def apply(cfg: config.KubeConfig, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+async def apply(kube: Kube, path: str, body: dict[str, Any]) -> tuple[int, Any]:
     """Create in collection `path`, or merge-patch what exists: a PUT would have to repeat fields
     the server filled in (a Service's clusterIPs), a merge keeps them."""
-    status, out = call(cfg, "POST", path, body)
+    status, out = await call(kube, "POST", path, body)
     if status != 409:
         return status, out
-    return call(cfg, "PATCH", f"{path}/{body['metadata']['name']}", body, content_type="application/merge-patch+json")
+    return await call(kube, "PATCH", f"{path}/{body['metadata']['name']}", body, content_type=MERGE)
 
 
-def _json(raw: bytes) -> Any:
+def _json(text: str) -> Any:
     try:
-        return json.loads(raw) if raw else {}
+        return json.loads(text) if text else {}
     except ValueError:
-        return {"message": raw.decode(errors="replace")[:2000]}
+        return {"message": text[:2000]}
+
+
+async def run(cfg: config.KubeConfig, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    results = []
+    async with Kube(cfg, user_agent="lbctl-lab") as kube:
+        for c in calls:
+            if c["method"] == "APPLY":
+                status, body = await apply(kube, c["path"], c["body"])
+            else:
+                status, body = await call(kube, c["method"], c["path"], c.get("body"), c.get("params"),
+                                          c.get("content_type", "application/json"))
+            results.append({"status": status, "body": body})
+    return results
 
 
 def main() -> None:
     cfg = config.from_kubeconfig(Path(sys.argv[1]))
-    results = []
-    for c in json.load(sys.stdin):
-        if c["method"] == "APPLY":
-            status, body = apply(cfg, c["path"], c["body"])
-        else:
-            status, body = call(cfg, c["method"], c["path"], c.get("body"), c.get("params"),
-                                c.get("content_type", "application/json"))
-        results.append({"status": status, "body": body})
-    json.dump(results, sys.stdout)
+    json.dump(asyncio.run(run(cfg, json.load(sys.stdin))), sys.stdout)
 
 
 if __name__ == "__main__":

@@ -47,5 +47,5 @@ def test_explain_names_the_announcing_node(fresh: Lab) -> None:
 def test_preflight_on_a_lab_node(fresh: Lab) -> None:
     out = in_ns(fresh.topo.node_hosts[0].netns, "preflight", "--node-only")
     assert out.returncode == 0, out.stdout
-    assert "PASS  strict ARP    arp_ignore=1 arp_announce=2" in out.stdout
+    assert "PASS  strict ARP    kube-ipvs0 exists and ARP is strict (eth0: arp_ignore=1 arp_announce=2)" in out.stdout
     assert "PASS  raw sockets" in out.stdout

@@ -30,7 +30,7 @@ import pytest
 
 from lbctl.core.election import rank
 from lbctl.core.heartbeat import Heartbeat, encode
-from tests.kube import wait_for
+from tests.wait import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.kube import wait_for
+from tests.wait import wait_for
 
 
 def test_garbage_requests_are_reported_and_others_still_served(lab, controller):

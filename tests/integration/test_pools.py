@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from lbctl.kube.client import ApiError
 from tests.integration.conftest import POOLS
-from tests.kube import ApiError, wait_for
+from tests.wait import wait_for
 
 
 @pytest.mark.parametrize("address", ["banana", "198.18.0.1/40", "198.18.0.1-", "1.2.3.4.5"])
@@ -13,7 +14,7 @@ def test_schema_rejects_malformed_addresses(lab, address):
     with pytest.raises(ApiError) as err:
         lab.kube.create(POOLS, {"apiVersion": "lbctl.io/v1alpha1", "kind": "IPPool",
                                 "metadata": {"name": f"{lab.ns}-bad"}, "spec": {"addresses": [address]}})
-    assert err.value.status == 422 and "spec.addresses" in err.value.body
+    assert err.value.status == 422 and "spec.addresses" in err.value.message
 
 
 def test_schema_requires_addresses(lab):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tests.kube import wait_for
+from tests import httpget
+from tests.wait import wait_for
 
 
 def _snapshot(lab):
@@ -64,8 +65,7 @@ def test_pool_delete_keeps_addresses_and_blocks_nothing_else(lab, controller):
 
 
 def test_health_and_metrics(controller, lab):
-    import requests
-    assert requests.get(f"http://127.0.0.1:{controller.port}/healthz", timeout=5).status_code == 200
+    assert httpget.get(f"http://127.0.0.1:{controller.port}/healthz")[0] == 200
     lab.pool("m", ["198.18.14.0/30"])
     lab.service("m1")
     lab.wait_ips("m1")
