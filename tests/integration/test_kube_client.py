@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lbctl.controlplane import ControlPlane, free_port
+from lbctl.controlplane import RELEASE, SA_NS, ControlPlane, free_port
 from lbctl.kube import config
 from lbctl.kube.client import STRATEGIC, ApiError
 from lbctl.kube.sync import SyncKube
@@ -61,7 +61,7 @@ def test_verbs_and_errors(kube: SyncKube, ns: str) -> None:
 
 
 def test_rbac_applies_to_the_identity(control_plane: ControlPlane) -> None:
-    with SyncKube(config.from_kubeconfig(control_plane.kubeconfig("speaker"))) as sp:
+    with SyncKube(config.from_kubeconfig(control_plane.service_account_kubeconfig(SA_NS, f"{RELEASE}-speaker"))) as sp:
         with pytest.raises(ApiError) as err:
             sp.list("/api/v1/namespaces/kube-system/secrets")
         assert err.value.status == 403
