@@ -348,7 +348,7 @@ SPEAKER_RULES = {
     ("events", "", "", frozenset({"create"})),
 }
 SPEAKER_NAMESPACE_RULES = {
-    ("leases.coordination.k8s.io", "", "", frozenset({"get", "list", "watch", "create", "update", "patch"})),
+    ("leases.coordination.k8s.io", "", "", frozenset({"create", "patch"})),
 }
 
 
