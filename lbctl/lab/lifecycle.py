@@ -95,7 +95,7 @@ def down(say: Say = print, keep_logs: bool = False) -> None:
         say(f"deleted namespaces: {', '.join(gone)}")
     if STATE.exists():
         if keep_logs and processes.LOGS.exists():
-            saved = STATE.parent / "lbctl-lab-logs"
+            saved = STATE.with_name(STATE.name + "-logs")
             shutil.rmtree(saved, ignore_errors=True)
             shutil.copytree(processes.LOGS, saved)
             say(f"logs kept in {saved}")

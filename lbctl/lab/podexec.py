@@ -49,6 +49,40 @@ def make_mountpoint(target: Path, scratch: Path, overlays: list[Path]) -> None:
     target.mkdir(parents=True)
 
 
+def _blocks_others(path: Path) -> bool:
+    return not os.stat(path).st_mode & 0o001
+
+
+def expose(needed: list[Path], scratch: Path) -> None:
+    """Let any user reach `needed` (this Python environment) although an ancestor is 0700 (a root-only home or
+    temporary directory): such an ancestor is shadowed by a 0755 tmpfs into which only the needed children are
+    bind-mounted back. Only this mount namespace sees it; the host's permissions stay as they are."""
+    shadowed: set[Path] = set()
+    pending = sorted({p.resolve() for p in needed})
+    for target in pending:
+        for anchor in [*reversed(target.parents), target][:-1]:
+            if anchor in shadowed or not _blocks_others(anchor):
+                continue
+            children = sorted({Path(anchor, t.relative_to(anchor).parts[0]) for t in pending
+                               if anchor in t.parents})
+            keep = []
+            for i, child in enumerate(children):
+                held = scratch / f"keep{len(shadowed)}-{i}"
+                held.mkdir(parents=True) if child.is_dir() else held.touch()
+                _mount("--bind", str(child), str(held))
+                keep.append((child, held))
+            _mount("-t", "tmpfs", "-o", "mode=0755,size=1m", "tmpfs", str(anchor))
+            for child, held in keep:
+                child.mkdir() if held.is_dir() else child.touch()
+                _mount("--bind", str(held), str(child))
+            shadowed.add(anchor)
+
+
+def python_paths() -> list[Path]:
+    """What a process needs to run this Python: the environment and the interpreter's own installation."""
+    return [Path(sys.prefix), Path(sys.base_prefix), Path(os.path.realpath(sys.executable)).parent]
+
+
 def setpriv_argv(run: dict[str, Any]) -> list[str]:
     caps = ",".join(["-all"] + [f"+{c.lower()}" for c in run["caps"]])
     argv = ["setpriv", "--bounding-set", caps, "--inh-caps", "-all", "--ambient-caps", "-all"]
@@ -72,6 +106,8 @@ def main() -> None:
         _mount("--bind", m["source"], str(target))
         if m["read_only"]:
             _mount("-o", "remount,bind,ro", str(target))
+    if run["uid"] != 0:
+        expose(python_paths(), scratch)
     if run["read_only_root"]:
         _mount("-o", "remount,bind,ro", "/")
     os.chdir("/")

@@ -13,7 +13,6 @@ import base64
 import json
 import os
 import re
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -327,20 +326,7 @@ def podexec_argv(run: PodRun) -> list[str]:
 
 
 def start(run: PodRun) -> int:
-    if run.uid != 0:
-        _check_readable(run)
     return processes.spawn(run.name, run.netns, podexec_argv(run))
-
-
-def _check_readable(run: PodRun) -> None:
-    """A pod that runs as another user needs this Python environment readable by that user, as an image's
-    files are; say so instead of a bare EACCES in the daemon's log."""
-    res = subprocess.run(["setpriv", "--reuid", str(run.uid), "--regid", str(run.gid), "--clear-groups", "--",
-                          sys.executable, "-c", "import lbctl"], capture_output=True, text=True)
-    if res.returncode:
-        raise PodError(f"{run.name} runs as uid {run.uid} (the chart's securityContext) but cannot use this Python "
-                       f"environment ({sys.prefix}): install lbctl where other users can read it (not under a "
-                       f"0700 home or temporary directory). {res.stderr.strip()[-300:]}")
 
 
 def saved() -> dict[str, PodRun]:

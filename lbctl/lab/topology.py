@@ -7,14 +7,18 @@ interfaces, routes and sysctls are never touched.
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-PREFIX = "lbctl-"
-BRIDGE_NS = "lbctl-br"
-CP_NS = "lbctl-cp"
-CLIENT_NS = "lbctl-client"
+# LBCTL_LAB_PREFIX (with LBCTL_LAB_STATE) lets several labs share a machine, e.g. parallel developers.
+PREFIX = os.environ.get("LBCTL_LAB_PREFIX", "lbctl-")
+BRIDGE_NS = f"{PREFIX}br"
+CP_NS = f"{PREFIX}cp"
+CLIENT_NS = f"{PREFIX}client"
+_OURS = re.compile(re.escape(PREFIX) + r"(br|cp|client|node\d+)")
 NET4, NET6 = "198.18.0", "2001:db8:18:"
 CP_IP4 = f"{NET4}.11"
 POOL4 = f"{NET4}.50-{NET4}.99"
@@ -84,7 +88,8 @@ def in_ns(ns: str, *argv: str, check: bool = True, timeout: float = 30) -> subpr
 
 def lab_namespaces() -> list[str]:
     out = sh("ip", "netns", "list", check=False).stdout
-    return [line.split()[0] for line in out.splitlines() if line.split() and line.split()[0].startswith(PREFIX)]
+    # Exactly this lab's names: another lab's "lbctl-x-node1" must not match "lbctl-".
+    return [line.split()[0] for line in out.splitlines() if line.split() and _OURS.fullmatch(line.split()[0])]
 
 
 def build(topo: Topology) -> None:

@@ -21,9 +21,9 @@ REPO = Path(__file__).resolve().parents[2]
 def venv() -> Iterator[Path]:
     if os.geteuid() != 0:
         pytest.skip("the lab needs root")
-    # Readable by others, as an install would be: the chart runs the controller as a non-root user.
+    # mkdtemp makes it 0700, like a root-only home: the chart runs the controller as a non-root user, and the
+    # lab must still let it reach this Python environment.
     d = Path(tempfile.mkdtemp(prefix="lbctl-wheel-"))
-    d.chmod(0o755)
     try:
         subprocess.run([sys.executable, "-m", "venv", str(d / "venv")], check=True)
         res = subprocess.run([str(d / "venv" / "bin" / "pip"), "install", "-q", str(REPO)], capture_output=True,

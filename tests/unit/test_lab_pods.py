@@ -47,3 +47,11 @@ def test_setpriv_keeps_only_the_added_capabilities() -> None:
     controller = setpriv_argv({"caps": [], "uid": 65532, "gid": 65532, "no_new_privs": False, "argv": ["c"]})
     assert controller[2] == "-all" and controller[controller.index("--reuid") + 1] == "65532"
     assert "--no-new-privs" not in controller
+
+
+def test_a_lab_claims_only_its_own_namespaces() -> None:
+    from lbctl.lab.topology import _OURS
+    assert _OURS.pattern.startswith("lbctl")
+    assert _OURS.fullmatch("lbctl-node12") and _OURS.fullmatch("lbctl-br")
+    assert not _OURS.fullmatch("lbctl-h1-node1")  # another lab, started with LBCTL_LAB_PREFIX=lbctl-h1-
+    assert not _OURS.fullmatch("lbctl-e2e-speaker")
