@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-ALL = ["codec", "controller", "status", "lab"]
+ALL = ["codec", "controller", "status", "fuzz", "lab"]
 
 
 def main() -> None:
