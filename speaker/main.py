@@ -27,6 +27,7 @@ from .lease import LeaseRenewer
 from .metrics import Metrics
 from .state import KubeState, StaticState
 from .status import StatusWriter, TakeoverEvents, status_body
+from .withheld import WithheldReporter
 
 logger = log.get("speaker")
 HANDOVER_GRACE = 1.0  # keep answering after LEAVING: the new owner has announced by then
@@ -49,6 +50,7 @@ class Speaker:
                                      args.dead_after, self.dirty.set, metrics)
         self.announcer = Announcer(self.interfaces, metrics, args.garp_count, args.garp_refresh)
         self.source: KubeState | StaticState | None = None
+        self.withheld = WithheldReporter(None, self.node)
         self.status: StatusWriter | None = None
         self.events: TakeoverEvents | None = None
         self.warm = False
@@ -91,6 +93,7 @@ class Speaker:
         announced = list(self.announcer.current.values())
         if self.events:
             self.events.update(mine, announced)
+        self.withheld.update(self.source.withheld(), live)
         if self.status:
             self.status.update(status_body(self.node, announced, live))
 
@@ -130,6 +133,7 @@ async def run(args: argparse.Namespace, key: bytes) -> None:
         sp.source = state
         recorder = EventRecorder(kube, "lbctl-speaker", args.node_name)
         sp.events = TakeoverEvents(recorder, args.node_name)
+        sp.withheld = WithheldReporter(recorder, args.node_name)
         sp.status = StatusWriter(kube, args.node_name)
         tasks += state.tasks()
         tasks.append(asyncio.create_task(sp.status.run(), name="status"))

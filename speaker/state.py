@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lbctl import log
-from lbctl.core.announce import ClusterModel, IpIntent, static_intents
+from lbctl.core.announce import ClusterModel, IpIntent, ServiceRef, static_intents
 from lbctl.core.election import NodeInfo
 from lbctl.kube.client import ApiError, Kube
 from lbctl.kube.resources import IPPOOLS, NODES, SERVICES
@@ -40,6 +40,9 @@ class KubeState:
 
     def nodes(self) -> dict[str, NodeInfo]:
         return self.model.nodes
+
+    def withheld(self) -> dict[str, tuple[str, tuple[ServiceRef, ...]]]:
+        return self.model.withheld(self.lb_class)
 
     def tasks(self) -> list[asyncio.Task[None]]:
         return [asyncio.create_task(self._watch("Service", SERVICES), name="watch-services"),
@@ -111,3 +114,6 @@ class StaticState:
 
     def nodes(self) -> dict[str, NodeInfo]:
         return self._nodes
+
+    def withheld(self) -> dict[str, tuple[str, tuple[ServiceRef, ...]]]:
+        return {}  # a static file is trusted: it is the test's own

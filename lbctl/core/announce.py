@@ -85,6 +85,7 @@ class ClusterModel:
         self.slices: dict[str, tuple[str | None, frozenset[str]]] = {}
         self.nodes: dict[str, NodeInfo] = {}
         self.pools: dict[str, PoolSpec] = {}
+        self.unready_pools: dict[str, str] = {}  # name -> the message of its Ready=False condition
 
     # Each apply returns True when something election-relevant may have changed.
     def apply(self, kind: str, event: str, obj: Any) -> bool:
@@ -137,12 +138,16 @@ class ClusterModel:
 
     def _pool(self, obj: Mapping[str, Any], deleted: bool) -> bool:
         name = _name(obj)
-        old = self.pools.pop(name, None)
+        old = self.pools.pop(name, None), self.unready_pools.pop(name, None)
         if not deleted and name:
             spec = obj.get("spec")
             self.pools[name] = parse_pool(name, spec if isinstance(spec, Mapping) else None,
                                           str((obj.get("metadata") or {}).get("creationTimestamp") or ""))
-        return old != self.pools.get(name)
+            conds = _map(obj.get("status")).get("conditions")
+            for c in conds if isinstance(conds, list) else []:
+                if isinstance(c, Mapping) and c.get("type") == "Ready" and c.get("status") == "False":
+                    self.unready_pools[name] = str(c.get("message") or c.get("reason") or "not Ready")
+        return old != (self.pools.get(name), self.unready_pools.get(name))
 
     def ready_by_service(self) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
@@ -159,8 +164,28 @@ class ClusterModel:
                 return pool
         return None
 
-    def intents(self, lb_class: str | None) -> dict[str, IpIntent]:
-        ready = self.ready_by_service()
+    def withheld_reason(self, ip: str) -> str | None:
+        """Why `ip` must not be announced: whoever may write a Service's status must not be able to make the
+        cluster answer ARP for any address (a gateway, say), so only addresses of a usable IPPool are."""
+        pool = self.pool_for(ip)
+        if pool is None:
+            return "it is outside every IPPool"
+        if pool.error:
+            return f"IPPool {pool.name} is invalid: {pool.error}"
+        if pool.name in self.unready_pools:
+            return f"IPPool {pool.name} is not Ready: {self.unready_pools[pool.name]}"
+        return None
+
+    def withheld(self, lb_class: str | None) -> dict[str, tuple[str, tuple[ServiceRef, ...]]]:
+        """ip -> (reason, Services) for every assigned address that is not announced."""
+        out: dict[str, tuple[str, tuple[ServiceRef, ...]]] = {}
+        for ip, svcs in self._by_ip(lb_class).items():
+            reason = self.withheld_reason(ip)
+            if reason:
+                out[ip] = (reason, tuple(sorted(ServiceRef(s.namespace, s.name, s.uid) for s in svcs)))
+        return out
+
+    def _by_ip(self, lb_class: str | None) -> dict[str, list[ServiceRequest]]:
         by_ip: dict[str, list[ServiceRequest]] = {}
         for svc in self.services.values():
             if not svc.wants(lb_class):
@@ -169,8 +194,14 @@ class ClusterModel:
                 ip = canonical_ip(raw)
                 if ip:
                     by_ip.setdefault(ip, []).append(svc)
+        return by_ip
+
+    def intents(self, lb_class: str | None) -> dict[str, IpIntent]:
+        ready = self.ready_by_service()
         out: dict[str, IpIntent] = {}
-        for ip, svcs in by_ip.items():
+        for ip, svcs in self._by_ip(lb_class).items():
+            if self.withheld_reason(ip):
+                continue
             pool = self.pool_for(ip)
             sels, ifs = layer2_of(pool.layer2) if pool else ((), ())
             nodes: set[str] = set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import time
 import subprocess
 import sys
 
@@ -140,3 +141,19 @@ def test_lab_kubectl_and_shell(fresh: Lab) -> None:
     out = subprocess.run([sys.executable, "-m", "lbctl.cli", "lab", "shell", "cp", "sh", "-c", "echo $KUBECONFIG"],
                          capture_output=True, text=True, timeout=60)
     assert out.stdout.strip().endswith("kubeconfig-admin")
+
+
+def test_addresses_outside_every_pool_are_not_announced(fresh: Lab) -> None:
+    """Whoever can write services/status must not make the cluster answer ARP for any address: a status
+    patched to a gateway-like address outside every IPPool is kept (IPRetained) but never announced."""
+    fresh.service("hijack")
+    outside = "198.18.0.1"  # nobody's: not a node, not in the pool
+    fresh.api.call("PATCH", "/api/v1/namespaces/default/services/hijack/status",
+                   {"status": {"loadBalancer": {"ingress": [{"ip": outside}]}}},
+                   content_type="application/merge-patch+json")
+    event = wait_for(lambda: next((e for e in fresh.api.get("/api/v1/namespaces/default/events",
+                                                            fieldSelector="involvedObject.name=hijack")["items"]
+                                   if e["reason"] == "NotAnnounced"), None), 15, "a NotAnnounced Event")
+    assert outside in event["message"] and "outside every IPPool" in event["message"]
+    time.sleep(1.0)  # a speaker that wrongly claimed it would have announced by now
+    assert fresh.arp_owners(outside, count=3) == set()

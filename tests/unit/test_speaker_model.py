@@ -83,8 +83,33 @@ def test_odd_objects_do_not_raise() -> None:
         m.apply(kind, "ADDED", {"metadata": None, "spec": "x", "status": 3})
         m.apply(kind, "SYNC", [None, 1, {}])
     m.apply("IPPool", "ADDED", pool("bad", ["not a range"]))
+    m.apply("IPPool", "ADDED", pool("good", ["198.18.0.0/28"]))
     m.apply("Service", "ADDED", svc("weird", ["not-an-ip", "198.18.0.1"]))
     assert set(m.intents(None)) == {"198.18.0.1"}
+
+
+def test_only_addresses_of_a_usable_pool_are_announced() -> None:
+    """Whoever can write services/status must not make the cluster answer ARP for any address."""
+    m = model()
+    m.apply("Service", "ADDED", svc("gateway", ["198.18.1.1"]))  # outside every pool
+    intents, withheld = m.intents(None), m.withheld(None)
+    assert "198.18.1.1" not in intents
+    reason, refs = withheld["198.18.1.1"]
+    assert reason == "it is outside every IPPool" and [r.key for r in refs] == ["default/gateway"]
+    assert "198.18.0.10" in intents and "198.18.0.10" not in withheld
+    # A pool the controller marked not Ready (Invalid, Overlap) withdraws its addresses, saying why.
+    unready = pool("q", ["2001:db8::/64"])
+    unready["status"] = {"conditions": [{"type": "Ready", "status": "False", "reason": "Overlap",
+                                         "message": "2001:db8::/64 overlaps IPPool r"}]}
+    assert m.apply("IPPool", "MODIFIED", unready)
+    assert "2001:db8::5" not in m.intents(None)
+    assert m.withheld(None)["2001:db8::5"][0] == "IPPool q is not Ready: 2001:db8::/64 overlaps IPPool r"
+    unready["status"]["conditions"][0]["status"] = "True"
+    assert m.apply("IPPool", "MODIFIED", unready)
+    assert "2001:db8::5" in m.intents(None)
+    # An unusable spec (the controller may not have said so yet): withheld too.
+    m.apply("IPPool", "MODIFIED", pool("p", ["198.18.0.9-198.18.0.1"]))
+    assert "198.18.0.10" not in m.intents(None) and "198.18.0.10" in m.withheld(None)
 
 
 def test_pool_node_selector_list_form() -> None:
