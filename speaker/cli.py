@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from lbctl.core.heartbeat import DEFAULT_DEAD_AFTER, DEFAULT_INTERVAL
+from lbctl.core.heartbeat import DEFAULT_DEAD_AFTER, DEFAULT_INTERVAL, MAX_KEYS, Keyring
+
+MIN_KEY = 16
 
 
 def _interfaces(value: str) -> frozenset[str]:
@@ -19,8 +21,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, then in-cluster)")
     p.add_argument("--lb-class", default=os.environ.get("LBCTL_LB_CLASS") or None,
                    help="also handle Services with this spec.loadBalancerClass (unset ones are always handled)")
-    p.add_argument("--heartbeat-key-file", metavar="PATH",
-                   help="file with the shared heartbeat HMAC key (default: $LBCTL_HEARTBEAT_KEY)")
+    p.add_argument("--heartbeat-key-file", metavar="PATH", action="append",
+                   help="file with a shared heartbeat HMAC key (default: $LBCTL_HEARTBEAT_KEY); repeat for a "
+                        f"keyring of up to {MAX_KEYS}: beacons are signed with the first and accepted under any, "
+                        "so keys rotate node by node without failover")
     p.add_argument("--heartbeat-port", type=int, default=7946, help="UDP port for speaker heartbeats")
     p.add_argument("--heartbeat-interval", type=float, default=DEFAULT_INTERVAL, help="seconds between heartbeats")
     p.add_argument("--dead-after", type=float, default=DEFAULT_DEAD_AFTER,
@@ -50,16 +54,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def read_key(args: argparse.Namespace) -> bytes:
-    """The heartbeat HMAC key; ValueError with a message for the user when missing or empty."""
-    if args.heartbeat_key_file:
+def read_keys(args: argparse.Namespace) -> Keyring:
+    """The heartbeat keyring, signing key first; ValueError naming the bad file when one is unusable."""
+    keys: list[tuple[str, bytes]] = []
+    for path in args.heartbeat_key_file or []:
         try:
-            key = open(args.heartbeat_key_file, "rb").read().strip()
+            with open(path, "rb") as f:
+                keys.append((f"--heartbeat-key-file {path}", f.read().strip()))
         except OSError as exc:
             raise ValueError(f"cannot read --heartbeat-key-file: {exc}") from None
-    else:
-        key = os.environ.get("LBCTL_HEARTBEAT_KEY", "").strip().encode()
-    if len(key) < 16:
-        raise ValueError("a heartbeat key of at least 16 bytes is required "
-                         "(--heartbeat-key-file or $LBCTL_HEARTBEAT_KEY)")
-    return key
+    if not keys:
+        keys.append(("$LBCTL_HEARTBEAT_KEY", os.environ.get("LBCTL_HEARTBEAT_KEY", "").strip().encode()))
+    for source, key in keys:
+        if len(key) < MIN_KEY:
+            raise ValueError(f"a heartbeat key of at least {MIN_KEY} bytes is required; {source} has {len(key)}")
+    return Keyring(key for _, key in keys)

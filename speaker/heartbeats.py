@@ -8,6 +8,10 @@ arrived (dated by kernel receive timestamps, so deadlines stay exact), sends its
 also wakes at the next peer's deadline. The event loop is only woken when the live set *changes* (a
 new peer, a goodbye, an expiry), so an idle speaker costs one thread wake-up per interval, whatever
 the number of peers. A goodbye is noticed within one interval; the leaver keeps answering longer.
+
+Identity (docs/reliability.md): the incarnation is random, never the clock, so a clock step changes
+nothing. Peers count us live only on beacons echoing our incarnation; if a peer we keep hearing stops
+echoing us (it refuses our incarnation, e.g. after a forged goodbye), we take a new one.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from lbctl import log
-from lbctl.core.heartbeat import Heartbeat, PeerTable, decode, encode
+from lbctl.core.heartbeat import Heartbeat, Keyring, PeerTable, decode, encode, incarnation_bytes
 
 from .metrics import Metrics
 
@@ -34,6 +38,10 @@ RX_AGE_SLACK = 0.01
 SO_TIMESTAMPNS = 35  # asm-generic; SCM_TIMESTAMPNS has the same value
 _TIMESPEC = struct.Struct("@qq")
 _CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
+
+
+def new_incarnation() -> int:
+    return int.from_bytes(os.urandom(8), "big")
 
 
 def open_heartbeat_socket(ifname: str, port: int) -> socket.socket:
@@ -52,13 +60,17 @@ def open_heartbeat_socket(ifname: str, port: int) -> socket.socket:
 
 
 class Heartbeats:
-    def __init__(self, node: str, key: bytes, port: int, interval: float, dead_after: float,
+    def __init__(self, node: str, keys: Keyring, port: int, interval: float, dead_after: float,
                  on_change: Callable[[], None], metrics: Metrics) -> None:
-        self.node, self.key, self.port, self.interval = node, key, port, interval
+        self.node, self.keys, self.port, self.interval = node, keys, port, interval
+        self.dead_after = dead_after
         self.peers = PeerTable(node, dead_after)
         self.on_change = on_change  # called on the event loop's thread
         self.metrics = metrics
-        self.incarnation = time.time_ns()  # a restart starts a new sequence space
+        self.incarnation = new_incarnation()  # random: a restart starts a new sequence space, whatever the clock
+        self._mine: tuple[bytes, ...] = (incarnation_bytes(self.incarnation),)  # echoes that count as us
+        self._previous_until = 0.0  # the incarnation before a reincarnation still counts until then
+        self._next_reincarnation = 0.0
         self._seq = 0
         self._lock = threading.Lock()  # guards peers, _socks, _seq
         self._socks: dict[str, tuple[socket.socket, tuple[str, ...]]] = {}
@@ -148,6 +160,7 @@ class Heartbeats:
             now = time.monotonic()
             self._drain(now, last_drain)
             last_drain = now
+            self._check_heard(now)
             if self._sending and now >= next_send:
                 self._send(False)
                 # Keep the cadence; after a stall (suspend, CPU starvation) resume rather than burst.
@@ -160,6 +173,26 @@ class Heartbeats:
                     self._loop.call_soon_threadsafe(self.on_change)
                 except RuntimeError:  # loop closed during shutdown
                     return
+
+    def _check_heard(self, now: float) -> None:
+        """Take a new incarnation when peers we hear keep refusing ours (rate-limited)."""
+        if len(self._mine) > 1 and now >= self._previous_until:
+            self._mine = self._mine[:1]
+        with self._lock:
+            deaf = self.peers.deaf(now)
+        if not deaf or now < self._next_reincarnation:
+            return
+        old = self.incarnation
+        with self._lock:
+            self.incarnation, self._seq = new_incarnation(), 0
+        # Echoes of the old incarnation still count until peers have heard the new one: no gap.
+        self._mine = (incarnation_bytes(self.incarnation), incarnation_bytes(old))
+        self._previous_until = now + 2 * self.dead_after
+        self._next_reincarnation = now + 4 * self.dead_after
+        self.metrics.heartbeat_reincarnations.inc()
+        logger.warning("heartbeat_not_heard_by_peers", peers=sorted(deaf),
+                       action="new incarnation", hint="they refuse our beacons (a forged goodbye or sequence "
+                                                      "under our incarnation, or a one-way link)")
 
     def _drain(self, now: float, last_drain: float) -> None:
         with self._lock:
@@ -174,10 +207,12 @@ class Heartbeats:
                     break
                 except OSError:  # closed by set_targets meanwhile, or the link went away
                     break
-                hb = decode(data, self.key)
+                hb = decode(data, self.keys, self._mine)
                 if hb is None:
                     self.metrics.heartbeats_rejected.inc()
                     continue
+                if hb.key_index:
+                    self.metrics.heartbeats_previous_key.inc()
                 if hb.node == self.node:
                     continue  # our own broadcast, looped back (or a forgery of our name, which changes nothing)
                 # Kernel timestamps are wall-clock: turn them into an age, bounded so a clock step
@@ -193,9 +228,10 @@ class Heartbeats:
     def _send(self, leaving: bool) -> None:
         with self._lock:
             self._seq += 1
-            seq = self._seq
+            seq, inc = self._seq, self.incarnation
             targets = list(self._socks.values())
-        data = encode(Heartbeat(self.node, self.incarnation, seq, int(self.interval * 1000), leaving), self.key)
+            echo = self.peers.heard(time.monotonic())
+        data = encode(Heartbeat(self.node, inc, seq, int(self.interval * 1000), leaving), self.keys, echo)
         for sock, brds in targets:
             for brd in brds:
                 try:

@@ -15,12 +15,13 @@ import time
 
 from lbctl import arpsysctl, httpserver, log
 from lbctl.core.announce import IpIntent, owners
+from lbctl.core.heartbeat import Keyring
 from lbctl.kube import config
 from lbctl.kube.client import Kube
 from lbctl.kube.events import EventRecorder
 
 from .announcer import Announcer, can_open_raw
-from .cli import parse_args, read_key
+from .cli import parse_args, read_keys
 from .heartbeats import Heartbeats
 from .interfaces import InterfaceTable
 from .lease import LeaseRenewer
@@ -42,11 +43,11 @@ def check_strict_arp(interfaces: InterfaceTable) -> None:
 
 
 class Speaker:
-    def __init__(self, args: argparse.Namespace, key: bytes, metrics: Metrics) -> None:
+    def __init__(self, args: argparse.Namespace, keys: Keyring, metrics: Metrics) -> None:
         self.args, self.node, self.metrics = args, args.node_name, metrics
         self.dirty = asyncio.Event()
         self.interfaces = InterfaceTable(args.interfaces, self.dirty.set)
-        self.heartbeats = Heartbeats(self.node, key, args.heartbeat_port, args.heartbeat_interval,
+        self.heartbeats = Heartbeats(self.node, keys, args.heartbeat_port, args.heartbeat_interval,
                                      args.dead_after, self.dirty.set, metrics)
         self.announcer = Announcer(self.interfaces, metrics, args.garp_count, args.garp_refresh)
         self.source: KubeState | StaticState | None = None
@@ -107,13 +108,13 @@ class Speaker:
             self.dirty.set()
 
 
-async def run(args: argparse.Namespace, key: bytes) -> None:
+async def run(args: argparse.Namespace, keys: Keyring) -> None:
     metrics = Metrics()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    sp = Speaker(args, key, metrics)
+    sp = Speaker(args, keys, metrics)
     loop.add_signal_handler(signal.SIGHUP, sp.reload_static)
     await sp.interfaces.refresh()
     check_strict_arp(sp.interfaces)
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     log.setup(args.log_format, args.log_level)
     try:
-        key = read_key(args)
+        keys = read_keys(args)
     except ValueError as exc:
         print(f"lbctl-speaker: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
               "(securityContext.capabilities.add: [NET_RAW]) and hostNetwork", file=sys.stderr)
         raise SystemExit(2)
     try:
-        asyncio.run(run(args, key))
+        asyncio.run(run(args, keys))
     except config.ConfigError as exc:
         raise SystemExit(f"lbctl-speaker: {exc}") from None
     except (OSError, ValueError) as exc:

@@ -21,5 +21,11 @@ class Metrics:
                                          "IPs this node started or stopped announcing", ["change"], registry=r)
         self.heartbeats_rejected = Counter("lbctl_speaker_heartbeats_rejected_total",
                                            "Heartbeats dropped: bad signature, malformed or replayed", registry=r)
+        self.heartbeats_previous_key = Counter("lbctl_speaker_heartbeats_previous_key_total",
+                                               "Heartbeats verified by a key other than our signing key "
+                                               "(a key rotation is under way)", registry=r)
+        self.heartbeat_reincarnations = Counter("lbctl_speaker_heartbeat_reincarnations_total",
+                                                "New heartbeat incarnations taken because peers refused ours",
+                                                registry=r)
         self.socket_errors = Counter("lbctl_speaker_socket_errors_total", "Send/receive errors on raw sockets",
                                      ["interface"], registry=r)

@@ -138,7 +138,7 @@ def test_speaker_daemonset_is_least_privilege_host_network() -> None:
     assert (args.lb_class, args.heartbeat_port, args.heartbeat_interval, args.dead_after) == \
         ("example.com/lb", 17946, 0.2, 0.9)
     assert args.interfaces == {"eth1", "bond0"} and args.http_host == "198.18.0.21"
-    assert args.heartbeat_key_file == "/etc/lbctl/heartbeat/key"
+    assert args.heartbeat_key_file == ["/etc/lbctl/heartbeat/key"]
 
 
 def test_controller_deployment_is_non_root_without_capabilities() -> None:
@@ -196,6 +196,16 @@ def test_service_monitor_only_when_enabled() -> None:
         assert svc["spec"]["selector"]["app.kubernetes.io/component"] == component
 
 
+def test_heartbeat_keyring_from_listed_secret_keys() -> None:
+    """Key rotation: each listed data key is mounted and passed in order; the first signs."""
+    pod = render({"speaker": {"heartbeat": {"keys": ["next", "key"]}}})[("DaemonSet", "r-lbctl-speaker")][
+        "spec"]["template"]["spec"]
+    assert pod["volumes"][0]["secret"]["items"] == [{"key": "next", "path": "next"}, {"key": "key", "path": "key"}]
+    args = pod["containers"][0]["args"]
+    assert [a for a in args if a.startswith("--heartbeat-key-file")] == [
+        "--heartbeat-key-file=/etc/lbctl/heartbeat/next", "--heartbeat-key-file=/etc/lbctl/heartbeat/key"]
+
+
 def test_existing_heartbeat_secret_replaces_the_generated_one() -> None:
     docs = render({"speaker": {"heartbeat": {"existingSecret": "my-key"}}})
     assert not [k for k in docs if k[0] == "Secret"]
@@ -218,6 +228,8 @@ BAD_VALUES = [
      ["/pools/0/addresses/0", "192.168.56.50-192.168.56"]),
     ({"speaker": {"heartbeat": {"interval": -0.1}}}, ["/speaker/heartbeat/interval"]),
     ({"logFormat": "text"}, ["/logFormat", "auto", "json", "console"]),
+    ({"speaker": {"heartbeat": {"keys": ["../etc"]}}}, ["/speaker/heartbeat/keys/0"]),
+    ({"speaker": {"heartbeat": {"keys": []}}}, ["/speaker/heartbeat/keys"]),
     ({"speaker": {"heartbeat": {"interval": 0.5, "deadAfter": 0.5}}},
      ["speaker.heartbeat.deadAfter (0.5) must be greater than speaker.heartbeat.interval (0.5)"]),
     ({"pools": [{"name": "Default_Pool", "addresses": ["198.18.0.1"]}]}, ["/pools/0/name", "Default_Pool"]),
@@ -278,6 +290,15 @@ def test_install_upgrade_uninstall(control_plane: ControlPlane) -> None:
         again = kget(cp, "secret", f"{name}-heartbeat", "-n", ns)
         assert again["data"] == secret["data"]
         assert ok(helm(cp, "history", release, "--namespace", ns, "-o", "json")).count('"revision"') == 2
+
+        # Key rotation, step 1 (docs/values.md): a `next` key added to the generated Secret survives upgrades.
+        nxt = base64.b64encode(b"n" * 32).decode()
+        ok(kubectl(cp, "-n", ns, "patch", "secret", f"{name}-heartbeat", "-p", f'{{"data":{{"next":"{nxt}"}}}}'))
+        ok(helm(cp, "upgrade", release, CHART, "--namespace", ns,
+                values={"pools": pools, "speaker": {"heartbeat": {"keys": ["key", "next"]}}}))
+        assert kget(cp, "secret", f"{name}-heartbeat", "-n", ns)["data"] == {**secret["data"], "next": nxt}
+        args = container(kget(cp, "daemonset", f"{name}-speaker", "-n", ns))["args"]
+        assert "--heartbeat-key-file=/etc/lbctl/heartbeat/next" in args
 
         ok(helm(cp, "uninstall", release, "--namespace", ns, "--wait"))
         for kind, obj in (("deployment", f"{name}-controller"), ("daemonset", f"{name}-speaker"),

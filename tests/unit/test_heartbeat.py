@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -14,10 +15,12 @@ from lbctl.core.heartbeat import (
     DEFAULT_DEAD_AFTER,
     DEFAULT_INTERVAL,
     MAGIC,
+    MAX_ECHO,
     Heartbeat,
     PeerTable,
     decode,
     encode,
+    incarnation_bytes,
 )
 
 KEY = b"k" * 32
@@ -33,18 +36,36 @@ def test_defaults_give_subsecond_failover():
     "hb", [HB, Heartbeat("n" * 253, 2**64 - 1, 2**64 - 1, 2**32 - 1, leaving=True), Heartbeat("nœud-é", 0, 0, 0)]
 )
 def test_round_trip(hb):
-    assert decode(encode(hb, KEY), KEY) == hb
-    assert decode(bytearray(encode(hb, KEY)), KEY) == hb
+    me = incarnation_bytes(42)
+    assert decode(encode(hb, KEY, [7, 42]), KEY, [me]) == hb
+    assert decode(bytearray(encode(hb, KEY, [42])), KEY, [me]) == hb
+    assert decode(encode(hb, KEY), KEY, [me]) == replace(hb, echoes_us=False)
 
 
 def test_layout_is_as_documented():
-    data = encode(HB, KEY)
-    assert data.startswith(MAGIC + b"\x01\x00")
-    inc, seq, interval, nlen = struct.unpack_from("!QQIB", data, 6)
-    assert (inc, seq, interval, nlen) == (HB.incarnation, 7, 100, 6)
-    assert data[27:33] == b"node-a"
-    assert data[33:] == hmac.new(KEY, data[:33], hashlib.sha256).digest()
-    assert len(data) == 27 + 6 + 32
+    data = encode(HB, KEY, [5, 2**64 - 1])
+    assert data.startswith(MAGIC + b"\x02\x00")
+    inc, seq, interval, nlen, ecount = struct.unpack_from("!QQIBB", data, 6)
+    assert (inc, seq, interval, nlen, ecount) == (HB.incarnation, 7, 100, 6, 2)
+    assert data[28:34] == b"node-a"
+    assert struct.unpack_from("!QQ", data, 34) == (5, 2**64 - 1)
+    assert data[50:] == hmac.new(KEY, data[:50], hashlib.sha256).digest()
+    assert len(data) == 28 + 6 + 16 + 32
+
+
+def test_echo_matches_only_whole_aligned_entries():
+    me = incarnation_bytes(0x0102030405060708)
+    # The bytes of `me` straddle two echo entries: not an echo.
+    straddle = [0x0000000001020304, 0x0506070800000000]
+    assert not decode(encode(HB, KEY, straddle), KEY, [me]).echoes_us
+    assert decode(encode(HB, KEY, [*straddle, 0x0102030405060708]), KEY, [me]).echoes_us
+    assert decode(encode(HB, KEY, [9]), KEY, [incarnation_bytes(3), incarnation_bytes(9)]).echoes_us
+
+
+def test_echo_count_bounded():
+    with pytest.raises(ValueError):
+        encode(HB, KEY, list(range(MAX_ECHO + 1)))
+    assert len(encode(Heartbeat("n" * 253, 1, 1), KEY, list(range(MAX_ECHO)))) + 28 <= 1500
 
 
 def test_forged_with_wrong_key_rejected():
@@ -68,12 +89,12 @@ def test_truncation_and_extension_rejected():
 
 def test_bad_magic_or_version_rejected_even_with_valid_mac():
     data = encode(HB, KEY)
-    for body in (b"XXXX" + data[4:33], data[:4] + b"\x02" + data[5:33]):
+    for body in (b"XXXX" + data[4:34], data[:4] + b"\x01" + data[5:34]):
         assert decode(body + hmac.new(KEY, body, hashlib.sha256).digest(), KEY) is None
 
 
 def test_unknown_flags_ignored():
-    body = bytearray(encode(HB, KEY)[:33])
+    body = bytearray(encode(HB, KEY)[:34])
     body[5] = 0x80 | 0x01
     hb = decode(bytes(body) + hmac.new(KEY, bytes(body), hashlib.sha256).digest(), KEY)
     assert hb is not None and hb.leaving
@@ -119,11 +140,13 @@ def test_replay_rejected_and_fresh_accepted():
     assert t.observe(hb(6), 0.1)
 
 
-def test_restart_with_newer_incarnation_accepted_older_rejected():
+def test_restart_with_another_incarnation_accepted_either_way():
     t = PeerTable("node-a", 0.45)
     assert t.observe(hb(1000, inc=10), 0.0)
-    assert t.observe(hb(0, inc=11), 0.1)  # restarted: sequence starts over
-    assert not t.observe(hb(2000, inc=10), 0.2)  # the old process's messages are replays now
+    assert t.observe(hb(0, inc=3), 0.1)  # restarted: incarnations carry no order, sequence starts over
+    assert not t.observe(hb(0, inc=3), 0.2)
+    assert t.observe(hb(1, inc=3), 0.2)
+    assert t.live(0.6) == {"node-a", "node-b"}  # the old incarnation expired, the new one is live
 
 
 def test_dead_after_expiry():
