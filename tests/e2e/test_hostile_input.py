@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
-import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -51,20 +50,6 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def capture_beacons(lab: Lab, seconds: float = 1.0) -> list[bytes]:
-    with in_netns(lab.client):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("", PORT))
-        s.settimeout(0.1)
-        out, deadline = [], time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            with contextlib.suppress(TimeoutError):
-                out.append(s.recv(2048))
-    return out
-
-
 def _answer_of(frame: bytes) -> str | None:
     """The address an ARP reply or a neighbour advertisement answers for (None: neither)."""
     if len(frame) >= 42 and frame[12:14] == b"\x08\x06" and frame[20:22] == b"\x00\x02":
@@ -78,7 +63,7 @@ def attack(lab: Lab, l2_count: int, hb_count: int, seed: int = 1) -> Outcome:
     out = Outcome()
     pids = {n: lab.procs[n].pid for n in NODES}
     before = {n: rss_kib(p) for n, p in pids.items()}
-    beacons = capture_beacons(lab)
+    beacons = lab.beacons(1.0)
     owned = set(OWNED4) | set(OWNED6)
     # The nodes' kernels answer for their own addresses (a mutated frame may ask for them): not the speaker's.
     kernel = {"198.18.0.1", "198.18.0.2", "2001:db8::1", "2001:db8::2"}

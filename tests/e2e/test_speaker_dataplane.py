@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from lbctl.core.election import rank
-from lbctl.core.heartbeat import Heartbeat, encode
+from lbctl.core.heartbeat import Heartbeat, decode, encode
 from tests.wait import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
@@ -194,6 +194,20 @@ class Lab:
                 with contextlib.suppress(OSError):
                     s.send(f)
 
+    def beacons(self, seconds: float = 0.5) -> list[bytes]:
+        """Heartbeats the speakers broadcast, as the client hears them."""
+        with in_netns(self.client):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("", PORT))
+            s.settimeout(0.05)
+            out, deadline = [], time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    out.append(s.recv(2048))
+        return out
+
     def broadcast(self, payloads: list[bytes]) -> None:
         with in_netns(self.client):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -283,11 +297,14 @@ def test_garbage_frames_do_not_kill_it(lab: Lab) -> None:
 
 def test_forged_heartbeat_is_ignored(lab: Lab) -> None:
     wait_for(lambda: owner_is(lab, VIP_GHOST, "node1"), timeout=5, what="node1 owns the ghost's VIP")
-    inc = time.time_ns()
+    inc = random.getrandbits(63)
+    # A real peer echoes the incarnations it hears; liveness needs that echo, so the ghost echoes the speakers'.
+    heard = {hb.incarnation for b in lab.beacons() if (hb := decode(b, KEY)) is not None}
+    assert heard, "no beacons captured from the speakers"
 
     def beats(key: bytes, seq0: int, n: int = 12) -> None:
         for i in range(n):
-            lab.broadcast([encode(Heartbeat(GHOST, inc, seq0 + i), key)])
+            lab.broadcast([encode(Heartbeat(GHOST, inc, seq0 + i), key, echo=sorted(heard))])
             time.sleep(0.05)
 
     beats(b"not-the-key-" * 3, 1)  # forged: wrong HMAC key
