@@ -5,10 +5,8 @@ keeps its Service informer and kopf indexes warm, so on takeover the table is re
 goes through FencedKube, which checks the Fence (monotonic clock) just before the request: a leader that
 could not renew within the renew deadline stops writing before anyone else may consider the lease expired.
 
-On losing leadership the process exits (LeadershipLost -> exit status 1) and Kubernetes restarts it as a
-standby, as kube-controller-manager does: its allocator table, pending retries and notices were built as
-leader, and some of their writes may have been refused by the fence, so nothing in memory can be trusted to
-match the API any more; a new process rebuilds from the Service statuses in well under a second.
+On losing leadership (LeadershipLost) the process starts over: it re-executes itself and comes back as a
+standby (controller/main.py says why neither an in-process step-down nor an exit).
 Lease RBAC in the release namespace: get, create, update (optimistic concurrency by resourceVersion, so two
 candidates can never both acquire: the second update gets 409 Conflict).
 """
@@ -32,7 +30,7 @@ logger = log.get(__name__)
 
 
 class LeadershipLost(Exception):
-    """This process may no longer write: it must exit (the Deployment restarts it as a standby)."""
+    """This process may no longer write: it starts over as a fresh process (a standby)."""
 
 
 class NotLeader(ApiError):

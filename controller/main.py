@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import socket
+import sys
 import uuid
 
 import kopf
@@ -20,7 +21,7 @@ from lbctl.kube.events import EventRecorder
 from lbctl.core.leader import Timing
 
 from .informer import watch_services
-from .leader import FencedKube, LeaderElector
+from .leader import FencedKube, LeaderElector, LeadershipLost
 from .metrics import Metrics
 from .operator import build_registry
 from .reconciler import Reconciler
@@ -119,9 +120,25 @@ async def run(args: argparse.Namespace) -> None:
         if elector is not None:
             await elector.release()  # writers are stopped: hand over now rather than after the lease expires
         await http.cleanup()
+        if any(isinstance(t.exception(), LeadershipLost) for t in failed):
+            restart_as_candidate()
         logger.info("stopped")
         if failed:
             raise SystemExit(1)
+
+
+def restart_as_candidate() -> None:
+    """Leadership lost: writes already stopped (fence); start over as a fresh process, as a standby.
+
+    Not an in-process step-down: the allocator table, retries and notices were built as leader and some of
+    their writes were refused, so none of it can be trusted; a new process rebuilds from the API in well under
+    a second. Not an exit either: the kubelet's CrashLoopBackOff grows to minutes when leadership flaps (say
+    during an API server outage), which would leave this replica down when it is needed.
+    """
+    logger.warning("restarting_as_candidate")
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os.execv(sys.executable, sys.orig_argv)
 
 
 def main(argv: list[str] | None = None) -> None:

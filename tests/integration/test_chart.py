@@ -192,7 +192,6 @@ def test_controller_replicas_elect_a_leader_roll_and_keep_one_up() -> None:
     assert dep["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
     pdb = two[("PodDisruptionBudget", "r-lbctl-controller")]["spec"]
     assert pdb["minAvailable"] == 1 and "maxUnavailable" not in pdb
-    assert ("PodDisruptionBudget", "r-lbctl-controller") not in render_with({"controller": {"replicas": 2}})
     role = two[("Role", "r-lbctl-controller")]
     assert role["metadata"]["namespace"] == "ns"
     assert role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],

@@ -163,10 +163,11 @@ def test_paused_leader_stops_writing_before_the_lease_expires_and_exits(
         assigned = all_ips(ha_lab)
     finally:
         leader.signal(signal.SIGCONT)
-    # The old leader wakes up with a lapsed fence: it writes nothing and exits for Kubernetes to restart it.
-    assert leader.proc.wait(20) == 1
+    # The old leader wakes up with a lapsed fence: it writes nothing and starts over as a standby (re-exec).
+    wait_for(lambda: leader.log().count('"starting"') == 2, 20, 0.1, "the old leader to start over")
     log = leader.log()
-    assert "leadership_lost" in log, log[-3000:]
+    assert "leadership_lost" in log and "restarting_as_candidate" in log, log[-3000:]
+    assert wait_for(lambda: is_leader(leader) is False, 20, 0.1, "the old leader back as a standby")
     assert written(leader) == wrote_before, "the old leader wrote after losing its lease"
     time.sleep(1)
     assert all_ips(ha_lab) == assigned  # nothing rewritten or moved
@@ -176,5 +177,5 @@ def test_paused_leader_stops_writing_before_the_lease_expires_and_exits(
     record_property("fenced_writes", fenced)
     print(f"writes refused by the fence after SIGCONT: {fenced}")
     assert kube.get(LEASE)["spec"]["holderIdentity"] == standby.identity
-    leader.start()
     assert the_leader(pair) == (standby, leader)
+    assert written(leader) == wrote_before
