@@ -8,6 +8,8 @@ import contextlib
 import os
 import signal
 import socket
+import sys
+import uuid
 
 import kopf
 
@@ -16,7 +18,10 @@ from lbctl.kube import config
 from lbctl.kube.client import Kube
 from lbctl.kube.events import EventRecorder
 
+from lbctl.core.leader import Timing
+
 from .informer import watch_services
+from .leader import FencedKube, LeaderElector, LeadershipLost
 from .metrics import Metrics
 from .operator import build_registry
 from .reconciler import Reconciler
@@ -33,7 +38,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--http-port", type=int, default=7472)
     p.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
     p.add_argument("--log-level", default="info")
-    return p.parse_args(argv)
+    le = p.add_argument_group("leader election (several replicas; only the leader writes)")
+    le.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True,
+                    help="hold a coordination.k8s.io/v1 Lease before writing anything (default: on; with one "
+                         "replica it is acquired at start)")
+    le.add_argument("--leader-election-namespace", default=os.environ.get("POD_NAMESPACE") or None,
+                    help="namespace of the Lease (default: $POD_NAMESPACE, else the service account's in a pod, "
+                         "else lbctl-system)")
+    le.add_argument("--leader-election-name", default="lbctl-controller", help="name of the Lease")
+    le.add_argument("--leader-election-id", default=os.environ.get("POD_NAME") or None,
+                    help="this replica's identity in the Lease (default: $POD_NAME, else hostname_random); a "
+                         "restart with the same identity takes its own lease back at once")
+    le.add_argument("--leader-election-lease-duration", type=float, default=Timing.lease_duration, metavar="S",
+                    help="how long others wait after the last renewal they saw before taking over")
+    le.add_argument("--leader-election-renew-deadline", type=float, default=Timing.renew_deadline, metavar="S",
+                    help="a leader that has not renewed within this stops writing and exits (< lease duration)")
+    le.add_argument("--leader-election-retry-period", type=float, default=Timing.retry_period, metavar="S",
+                    help="renew / look again every this many seconds (< renew deadline)")
+    args = p.parse_args(argv)
+    args.timing = Timing(args.leader_election_lease_duration, args.leader_election_renew_deadline,
+                         args.leader_election_retry_period)
+    if problems := args.timing.problems():
+        p.error("leader election: " + "; ".join(problems))
+    return args
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -44,34 +71,74 @@ async def run(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with Kube(cfg, user_agent="lbctl-controller") as kube:
-        events = EventRecorder(kube, "lbctl-controller", socket.gethostname())
-        reconciler = Reconciler(kube, events, metrics, args.lb_class)
+        identity = args.leader_election_id or f"{socket.gethostname()}_{uuid.uuid4().hex[:12]}"
+        elector: LeaderElector | None = None
+        writer = kube
+        if args.leader_elect:
+            # In a pod the service account's namespace is the release's, where the chart grants the Lease.
+            ns = args.leader_election_namespace or (cfg.namespace if cfg.in_cluster else "lbctl-system")
+            elector = LeaderElector(kube, ns, args.leader_election_name, identity, args.timing, metrics.registry)
+            writer = FencedKube(kube, elector.may_write)  # Service/IPPool status and Events: leader only
+        events = EventRecorder(writer, "lbctl-controller", identity)
+        reconciler = Reconciler(writer, events, metrics, args.lb_class)
         registry = build_registry(reconciler, cfg)
-        http = await httpserver.serve(args.http_host, args.http_port, metrics.registry,
-                                      ready=reconciler.ready.is_set)
-        logger.info("starting", server=cfg.server, lb_class=args.lb_class, http_port=args.http_port)
-        worker = asyncio.create_task(reconciler.run(), name="reconciler")
+
+        def ready() -> bool:
+            # Leader: once the table is rebuilt. Standby: once it knows who leads (it serves metrics and keeps
+            # its caches warm; like kube-controller-manager, both replicas are healthy and ready).
+            if elector is None or elector.leading.is_set():
+                return reconciler.ready.is_set()
+            return elector.decided and not elector.fence.lapsed
+
+        http = await httpserver.serve(args.http_host, args.http_port, metrics.registry, ready=ready)
+        logger.info("starting", server=cfg.server, lb_class=args.lb_class, http_port=args.http_port,
+                    identity=identity, lease=elector.lease if elector else None)
+
+        async def lead() -> None:
+            if elector is not None:
+                await elector.leading.wait()  # a standby decides and writes nothing
+            await reconciler.run()
+
+        worker = asyncio.create_task(lead(), name="reconciler")
+        election = asyncio.create_task(elector.run() if elector else stop.wait(), name="leader-election")
         informer = asyncio.create_task(watch_services(kube, reconciler), name="services")
         # kopf would name itself after the login user; an arbitrary non-root UID has none (KeyError).
-        identity = os.environ.get("POD_NAME") or socket.gethostname()
         operator = asyncio.create_task(kopf.operator(registry=registry, standalone=True, clusterwide=True,
                                                      stop_flag=stop, identity=identity),  # type: ignore[arg-type]
                                        name="kopf")
-        done, _ = await asyncio.wait({worker, operator, asyncio.create_task(stop.wait())},
+        done, _ = await asyncio.wait({worker, operator, election, asyncio.create_task(stop.wait())},
                                      return_when=asyncio.FIRST_COMPLETED)
         stop.set()
         failed = [t for t in done if t is not None and t.done() and not t.cancelled() and t.exception()]
         for task in failed:  # a daemon task that ends on its own is a failure: say which and why
             logger.error("task_failed", task=task.get_name(), error=repr(task.exception()))
-        for task in (worker, informer, operator):
+        for task in (worker, informer, operator, election):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await events.drain()
+        if elector is not None:
+            await elector.release()  # writers are stopped: hand over now rather than after the lease expires
         await http.cleanup()
+        if any(isinstance(t.exception(), LeadershipLost) for t in failed):
+            restart_as_candidate()
         logger.info("stopped")
         if failed:
             raise SystemExit(1)
+
+
+def restart_as_candidate() -> None:
+    """Leadership lost: writes already stopped (fence); start over as a fresh process, as a standby.
+
+    Not an in-process step-down: the allocator table, retries and notices were built as leader and some of
+    their writes were refused, so none of it can be trusted; a new process rebuilds from the API in well under
+    a second. Not an exit either: the kubelet's CrashLoopBackOff grows to minutes when leadership flaps (say
+    during an API server outage), which would leave this replica down when it is needed.
+    """
+    logger.warning("restarting_as_candidate")
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os.execv(sys.executable, sys.orig_argv)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -12,11 +14,19 @@ from lbctl.controlplane import RELEASE, SA_NS, ControlPlane, free_port
 from tests import httpget
 
 
-class ControllerProcess:
-    """The real controller as a subprocess, authenticated as the chart's ServiceAccount (its RBAC applies)."""
+_ids = itertools.count()
 
-    def __init__(self, cp: ControlPlane, logdir: Path, *extra: str) -> None:
+
+class ControllerProcess:
+    """The real controller as a subprocess, authenticated as the chart's ServiceAccount (its RBAC applies).
+
+    Each instance keeps one leader-election identity across restarts, as a pod keeps its name across
+    container restarts (so a restarted sole controller takes its own Lease back at once).
+    """
+
+    def __init__(self, cp: ControlPlane, logdir: Path, *extra: str, identity: str | None = None) -> None:
         self.cp, self.logdir, self.extra = cp, logdir, extra
+        self.identity = identity or f"test-controller-{os.getpid()}-{next(_ids)}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.starts = 0
@@ -29,7 +39,8 @@ class ControllerProcess:
         started = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "controller", "--kubeconfig", str(kubeconfig),
-             "--http-host", "127.0.0.1", "--http-port", str(self.port), "--log-format", "json", *self.extra],
+             "--http-host", "127.0.0.1", "--http-port", str(self.port), "--log-format", "json",
+             "--leader-election-id", self.identity, *self.extra],
             stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
         while time.monotonic() - started < timeout:
             if self.proc.poll() is not None:
@@ -47,6 +58,10 @@ class ControllerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc
+        self.proc.send_signal(sig)
 
     def log(self) -> str:
         return (self.logdir / f"controller-{self.starts}.log").read_text(errors="replace")

@@ -160,13 +160,44 @@ def test_controller_deployment_is_non_root_without_capabilities() -> None:
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert c["resources"] == {"limits": {"memory": "256Mi"}}
     assert c["command"] == ["lbctl-controller"]
-    assert c["args"] == ["--log-format=console", "--log-level=debug", "--http-port=9472"]
+    assert c["args"] == ["--log-format=console", "--log-level=debug", "--http-port=9472",
+                         "--leader-election-name=r-lbctl-controller", "--leader-election-lease-duration=12",
+                         "--leader-election-renew-deadline=8", "--leader-election-retry-period=2"]
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"]}
+    assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
 
     from controller.main import parse_args
     args = parse_args(c["args"])
     assert (args.lb_class, args.log_format, args.log_level, args.http_port) == (None, "console", "debug", 9472)
+    assert args.leader_elect and args.leader_election_name == "r-lbctl-controller"
+    assert (args.timing.lease_duration, args.timing.renew_deadline, args.timing.retry_period) == (12, 8, 2)
     assert parse_args(container(render({"lbClass": "x.io/y"})[("Deployment", "r-lbctl-controller")])["args"]) \
         .lb_class == "x.io/y"
+
+
+def render_with(values: dict[str, Any], *api_versions: str) -> dict[tuple[str, str], dict]:
+    args = [a for v in api_versions for a in ("--api-versions", v)]
+    res = subprocess.run([str(k8sbin.helm()), "template", "r", CHART, "--namespace", "ns", *args, "--values", "-"],
+                         input=json.dumps(values), capture_output=True, text=True)
+    return {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(ok(res)) if d}
+
+
+def test_controller_replicas_elect_a_leader_roll_and_keep_one_up() -> None:
+    one = render_with({}, "policy/v1")
+    assert one[("Deployment", "r-lbctl-controller")]["spec"]["strategy"] == {"type": "Recreate"}
+    assert one[("PodDisruptionBudget", "r-lbctl-controller")]["spec"]["maxUnavailable"] == 1
+    two = render_with({"controller": {"replicas": 2}}, "policy/v1")
+    dep = two[("Deployment", "r-lbctl-controller")]
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    pdb = two[("PodDisruptionBudget", "r-lbctl-controller")]["spec"]
+    assert pdb["minAvailable"] == 1 and "maxUnavailable" not in pdb
+    role = two[("Role", "r-lbctl-controller")]
+    assert role["metadata"]["namespace"] == "ns"
+    assert role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                              "verbs": ["get", "create", "update"]}]
+    binding = two[("RoleBinding", "r-lbctl-controller")]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "r-lbctl-controller", "namespace": "ns"}]
 
 
 def test_pools_render_as_ippools_and_names_follow_the_release() -> None:
@@ -237,7 +268,11 @@ BAD_VALUES = [
     ({"pools": [{"name": "a", "addresses": ["198.18.0.1"]}, {"name": "a", "addresses": ["198.18.0.2"]}]},
      ['pools: the name "a" is used twice']),
     ({"controller": {"httpPort": 70000}}, ["/controller/httpPort"]),
-    ({"controller": {"replicas": 2}}, ["/controller/replicas"]),
+    ({"controller": {"replicas": -1}}, ["/controller/replicas"]),
+    ({"controller": {"leaderElection": {"leaseDuration": 8, "renewDeadline": 8, "retryPeriod": 2}}},
+     ["controller.leaderElection: leaseDuration (8) > renewDeadline (8)"]),
+    ({"controller": {"leaderElection": {"leaseDuration": 12, "renewDeadline": 8, "retryPeriod": 0}}},
+     ["/controller/leaderElection/retryPeriod"]),
     ({"image": {"repository": ""}}, ["/image/repository"]),
 ]
 
@@ -368,6 +403,9 @@ SPEAKER_RULES = {
     ("speakerstatuses.lbctl.io/status", "", "", frozenset({"patch"})),
     ("events", "", "", frozenset({"create"})),
 }
+CONTROLLER_NAMESPACE_RULES = {
+    ("leases.coordination.k8s.io", "", "", frozenset({"get", "create", "update"})),  # controller/leader.py
+}
 SPEAKER_NAMESPACE_RULES = {
     ("leases.coordination.k8s.io", "", "", frozenset({"create", "patch"})),
 }
@@ -388,7 +426,7 @@ def can_i_list(cp: ControlPlane, sa: str, namespace: str) -> set[tuple[str, str,
 
 
 @pytest.mark.parametrize("sa,cluster_rules,ns_rules", [
-    (f"{RELEASE}-controller", CONTROLLER_RULES, set()),
+    (f"{RELEASE}-controller", CONTROLLER_RULES, CONTROLLER_NAMESPACE_RULES),
     (f"{RELEASE}-speaker", SPEAKER_RULES, SPEAKER_NAMESPACE_RULES),
 ])
 def test_rbac_is_exactly_what_each_component_calls(control_plane: ControlPlane, sa: str,
@@ -419,6 +457,9 @@ def test_rbac_is_exactly_what_each_component_calls(control_plane: ControlPlane, 
     ("controller", "patch", "services/status", "default", True),
     ("controller", "update", "ippools.lbctl.io/status", "", False),
     ("controller", "patch", "ippools.lbctl.io", "", False),
+    ("controller", "update", "leases.coordination.k8s.io", SA_NS, True),
+    ("controller", "update", "leases.coordination.k8s.io", "default", False),
+    ("controller", "delete", "leases.coordination.k8s.io", SA_NS, False),
 ])
 def test_rbac_spot_checks(control_plane: ControlPlane, sa: str, verb: str, resource: str, namespace: str,
                           allowed: bool) -> None:

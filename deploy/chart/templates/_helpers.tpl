@@ -50,6 +50,10 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- if le (float64 $hb.deadAfter) (float64 $hb.interval) -}}
 {{- fail (printf "speaker.heartbeat.deadAfter (%v) must be greater than speaker.heartbeat.interval (%v)" $hb.deadAfter $hb.interval) -}}
 {{- end -}}
+{{- $le := .Values.controller.leaderElection -}}
+{{- if or (le (float64 $le.leaseDuration) (float64 $le.renewDeadline)) (le (float64 $le.renewDeadline) (float64 $le.retryPeriod)) -}}
+{{- fail (printf "controller.leaderElection: leaseDuration (%v) > renewDeadline (%v) > retryPeriod (%v) is required" $le.leaseDuration $le.renewDeadline $le.retryPeriod) -}}
+{{- end -}}
 {{- $seen := dict -}}
 {{- range .Values.pools -}}
 {{- if hasKey $seen .name -}}
