@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import time
 import subprocess
 import sys
+import time
+from pathlib import Path
 
-from lbctl.lab import probes, processes
+from lbctl.lab import pods, probes, processes
 from lbctl.lab.api import wait_for
 from lbctl.lab.topology import IPVS_DEV, Topology
 
@@ -157,3 +158,26 @@ def test_addresses_outside_every_pool_are_not_announced(fresh: Lab) -> None:
     assert outside in event["message"] and "outside every IPPool" in event["message"]
     time.sleep(1.0)  # a speaker that wrongly claimed it would have announced by now
     assert fresh.arp_owners(outside, count=3) == set()
+
+
+def test_no_secret_or_token_in_logs_or_metrics(fresh: Lab) -> None:
+    """The ServiceAccount tokens and the heartbeat key the pods were given never show up in what the daemons
+    print or serve."""
+    fresh.service("secrets-check")
+    secrets_ = set()
+    for run in pods.saved().values():
+        for m in run.mounts:
+            for f in Path(m.source).rglob("*") if Path(m.source).is_dir() else []:
+                if f.is_file() and f.name in ("token", "key"):
+                    secrets_.add(f.read_text().strip())
+    assert len(secrets_) >= 2, "expected the SA tokens and the heartbeat key"
+    texts = [p.read_text(errors="replace") for p in processes.LOGS.glob("*.log")]
+    for name, run in pods.saved().items():
+        if run.ready_url:
+            metrics = subprocess.run(["ip", "netns", "exec", run.netns, "curl", "-sf", "-m", "3",
+                                      run.ready_url.replace("/readyz", "/metrics")], capture_output=True, text=True)
+            assert metrics.returncode == 0 and "# HELP" in metrics.stdout, name
+            texts.append(metrics.stdout)
+    for secret in secrets_:
+        for piece in (secret, secret[:24], secret[-24:]):
+            assert not any(piece in t for t in texts), "a secret appears in a log or in /metrics"
