@@ -40,6 +40,9 @@ PORT = 7946
 NODES = ["node1", "node2"]
 GHOST = "node3"  # in the node list, but no speaker runs for it
 CLONE_NEWNET = 0x40000000
+# As the chart runs it: root holding CAP_NET_RAW and nothing else, no privilege escalation.
+NET_RAW_ONLY = ["setpriv", "--bounding-set", "-all,+net_raw", "--inh-caps", "-all", "--ambient-caps", "-all",
+                "--no-new-privs", "--"]
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -107,7 +110,7 @@ class Lab:
         keyfile.write_bytes(KEY)
         log = open(self.tmp / f"{node}.log", "ab")
         self.procs[node] = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns[node], sys.executable, "-m", "speaker", "--node-name", node,
+            ["ip", "netns", "exec", self.ns[node], *NET_RAW_ONLY, sys.executable, "-m", "speaker", "--node-name", node,
              "--static-config", str(cfg), "--heartbeat-key-file", str(keyfile), "--http-host", "127.0.0.1",
              "--log-format", "json", "--log-level", "debug"],
             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
@@ -250,6 +253,9 @@ def test_exactly_one_mac_answers_each_owned_ip(lab: Lab) -> None:
     assert lab.arp_who_has("198.18.0.200") == set()  # not assigned: nobody answers
     metrics = lab.http("node1", "/metrics")
     assert "lbctl_speaker_arp_replies_total" in metrics and "lbctl_speaker_live_peers 2.0" in metrics
+    for node in NODES:  # and all of it with CAP_NET_RAW alone
+        status = Path(f"/proc/{lab.procs[node].pid}/status").read_text()
+        assert re.search(r"^CapEff:\s+0000000000002000$", status, re.M), status
 
 
 def arp_requests_seen(lab: Lab, node: str) -> float:
