@@ -23,7 +23,7 @@ class Metrics:
                                            "Heartbeats dropped: bad signature, malformed or replayed", registry=r)
         self.socket_errors = Counter("lbctl_speaker_socket_errors_total", "Send/receive errors on raw sockets",
                                      ["interface"], registry=r)
-        self.conflicts = Gauge("lbctl_speaker_ip_conflicts",
+        self.conflicts = Gauge("lbctl_speaker_ip_conflicts_active",
                                "Announced IPs another MAC claims right now (RFC 5227 conflict)", registry=r)
         self.conflicts_detected = Counter("lbctl_speaker_ip_conflicts_total",
                                           "Conflicts opened: another MAC announced or answered for an owned IP",

@@ -99,7 +99,7 @@ def test_rogue_host_conflict_is_reported_defended_and_cleared(fresh: Lab, rogue:
     # The metric, polled from the owner's node while the rogue is at it.
     t_metric = None
     while time.monotonic() - t0 < 3:
-        if metric(fresh, owner, "lbctl_speaker_ip_conflicts") >= 1:
+        if metric(fresh, owner, "lbctl_speaker_ip_conflicts_active") >= 1:
             t_metric = time.monotonic()
             break
         time.sleep(0.02)
@@ -128,7 +128,7 @@ def test_rogue_host_conflict_is_reported_defended_and_cleared(fresh: Lab, rogue:
     # Cleared once the rogue has been quiet: status back to Announced, the gauge back to 0, an Event says so.
     assert "status_cleared" in seen, f"lbctl status still shows the conflict {quiet_s} s after the rogue stopped"
     assert "event_cleared" in seen
-    assert metric(fresh, owner, "lbctl_speaker_ip_conflicts") == 0
+    assert metric(fresh, owner, "lbctl_speaker_ip_conflicts_active") == 0
     print(f"cleared {seen['status_cleared'] - (t0 + claim_s):.1f} s after the rogue stopped")
 
     # And the real CLI agrees, in a fresh conflict.

@@ -38,7 +38,8 @@ class Frame:
 _RECORD = r"""
 import json, socket, struct, sys, time
 stop = time.monotonic() + float(sys.argv[1])
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+# ETH_P_ALL: frames entering a bridge port reach only taps before the bridge takes them.
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
 s.settimeout(0.2)
 print("ready", flush=True)
 out = []
@@ -48,7 +49,7 @@ while time.monotonic() < stop:
         data, addr = s.recvfrom(2048)
     except socket.timeout:
         continue
-    if addr[2] == socket.PACKET_OUTGOING or len(data) < 42:
+    if addr[2] == socket.PACKET_OUTGOING or addr[0] == "br0" or len(data) < 42 or data[12:14] != b"\x08\x06":
         continue  # each frame once: where it entered the bridge
     op = struct.unpack("!H", data[20:22])[0]
     out.append([time.monotonic(), addr[0], op, mac(data[22:28]), socket.inet_ntoa(data[28:32]), mac(data[32:38]),

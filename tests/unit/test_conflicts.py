@@ -55,3 +55,14 @@ def test_a_flood_is_defended_at_most_once_per_interval(gaps: list[float]) -> Non
     assert defended and defended[0] == gaps[0]
     assert all(b - a >= 10 for a, b in zip(defended, defended[1:]))
     assert len(defended) <= 1 + int((now - defended[0]) // 10)
+
+
+def test_speaker_metrics_register_without_clashes() -> None:
+    from speaker.metrics import Metrics
+
+    m = Metrics()
+    m.conflicts.set(1)
+    m.conflicts_detected.labels("eth0").inc()
+    names = {s.name for fam in m.registry.collect() for s in fam.samples}
+    assert {"lbctl_speaker_ip_conflicts_active", "lbctl_speaker_ip_conflicts_total",
+            "lbctl_speaker_conflict_defences_total", "lbctl_speaker_handover_yields_total"} <= names
