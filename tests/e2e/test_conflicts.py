@@ -44,7 +44,8 @@ async def main():
             t = time.monotonic()
             doc = cli.build(snap, dt.datetime.now(dt.timezone.utc))
             state = next((s["state"] for s in doc["services"] if s["name"] == svc), None)
-            foreign = [f["mac"] for s in doc["services"] if s["name"] == svc for a in s["addresses"] for f in a.get("foreign", [])]
+            foreign = [f["mac"] for s in doc["services"] if s["name"] == svc
+                       for a in s["addresses"] for f in a.get("foreign", [])]
             if state == "Conflict" and mac in foreign:
                 out.setdefault("status", t)
             elif "status" in out and state == "Announced":

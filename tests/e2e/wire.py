@@ -76,7 +76,8 @@ class Recorder:
 _CLAIM = r"""
 import socket, sys, time
 from lbctl.core.arp import ARP_FRAME_LEN, build_gratuitous, mac_to_bytes
-ip, mac, seconds, every = socket.inet_aton(sys.argv[1]), mac_to_bytes(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+ip, mac = socket.inet_aton(sys.argv[1]), mac_to_bytes(sys.argv[2])
+seconds, every = float(sys.argv[3]), float(sys.argv[4])
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
 s.bind(("eth0", 0))
 start = time.monotonic()
@@ -126,7 +127,8 @@ class RogueHost:
 _ASK = r"""
 import socket, sys, time
 from lbctl.core.arp import build_arp_request
-ip, src, seconds, every = socket.inet_aton(sys.argv[1]), socket.inet_aton(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+ip, src = socket.inet_aton(sys.argv[1]), socket.inet_aton(sys.argv[2])
+seconds, every = float(sys.argv[3]), float(sys.argv[4])
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
 s.bind(("eth0", 0))
 start = time.monotonic()
