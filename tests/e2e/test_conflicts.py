@@ -17,7 +17,7 @@ from lbctl.lab.api import wait_for
 from lbctl.lab.processes import STATE
 from lbctl.lab.topology import BRIDGE_NS, CLIENT_NS, CP_NS
 
-from .conftest import Lab, ipv4_of
+from .conftest import Lab, ipv4_of, ipv6_of
 from .wire import ROGUE_MAC, Recorder, RogueHost, asker, asker_seq
 
 DETECT_S = 1.0
@@ -139,6 +139,30 @@ def test_rogue_host_conflict_is_reported_defended_and_cleared(fresh: Lab, rogue:
                           "--kubeconfig", str(KUBECONFIG)], capture_output=True, text=True, timeout=60)
     proc.communicate(timeout=30)
     assert "Conflict" in res.stdout and ROGUE_MAC in res.stdout + res.stderr, res.stdout + res.stderr
+
+
+def test_rogue_neighbor_advertisement_is_a_conflict(fresh: Lab, rogue: RogueHost) -> None:
+    svc = "conflict6"
+    fresh.service(svc, wait_ip=False, ipFamilyPolicy="PreferDualStack")
+    ip6 = ipv6_of(fresh.wait_ips(svc, count=2))
+    assert ip6
+    owner = wait_for(lambda: (m := fresh.ndp_macs(ip6)) and len(m) == 1 and fresh.node_of(m.pop()), 10,
+                     f"one NDP owner of {ip6}")
+    before = metric(fresh, owner, "lbctl_speaker_ip_conflicts_total")
+    proc, t0 = rogue.advertise(ip6, 3.0)
+    t_metric = None
+    while time.monotonic() - t0 < 3:
+        if metric(fresh, owner, "lbctl_speaker_ip_conflicts_active") >= 1:
+            t_metric = time.monotonic()
+            break
+        time.sleep(0.02)
+    proc.communicate(timeout=30)
+    assert t_metric is not None, "no conflict for a rogue unsolicited NA"
+    assert metric(fresh, owner, "lbctl_speaker_ip_conflicts_total") == before + 1
+    events = fresh.api.get("/api/v1/namespaces/default/events", fieldSelector=f"involvedObject.name={svc}")["items"]
+    assert any(e["reason"] == "IPConflict" and ROGUE_MAC in e["message"] for e in events), events
+    print(f"NDP conflict detected {t_metric - t0:.3f} s after the rogue's first NA")
+    assert t_metric - t0 < DETECT_S
 
 
 _MONITOR = ["ip", "netns", "exec", CLIENT_NS, "ip", "monitor", "neigh"]

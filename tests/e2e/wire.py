@@ -92,6 +92,21 @@ print(n, flush=True)
 """
 
 
+_ADVERTISE = r"""
+import sys, time
+from scapy.all import Ether, ICMPv6ND_NA, ICMPv6NDOptDstLLAddr, IPv6, conf
+ip6, mac, seconds, every = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+frame = (Ether(src=mac, dst="33:33:00:00:00:01") / IPv6(src="fe80::66", dst="ff02::1", hlim=255)
+         / ICMPv6ND_NA(tgt=ip6, R=0, S=0, O=1) / ICMPv6NDOptDstLLAddr(lladdr=mac))
+s = conf.L2socket(iface="eth0")
+start = time.monotonic()
+print(start, flush=True)
+while time.monotonic() - start < seconds:
+    s.send(frame)
+    time.sleep(every)
+"""
+
+
 class RogueHost:
     """A host of our own on the lab LAN: its own namespace, a veth into the bridge namespace's br0."""
 
@@ -113,6 +128,15 @@ class RogueHost:
     def claim(self, ip: str, seconds: float, every: float = 0.2) -> tuple[subprocess.Popen[str], float]:
         """Announce `ip` as ours for `seconds`; returns the process and the monotonic time of the first frame."""
         proc = subprocess.Popen(["ip", "netns", "exec", ROGUE_NS, sys.executable, "-c", _CLAIM, ip, ROGUE_MAC,
+                                 str(seconds), str(every)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip(), proc.stderr.read() if proc.stderr else ""
+        return proc, float(line)
+
+    def advertise(self, ip6: str, seconds: float, every: float = 0.2) -> tuple[subprocess.Popen[str], float]:
+        """Unsolicited Neighbor Advertisements (override set) of `ip6` with the rogue MAC, to all-nodes."""
+        proc = subprocess.Popen(["ip", "netns", "exec", ROGUE_NS, sys.executable, "-c", _ADVERTISE, ip6, ROGUE_MAC,
                                  str(seconds), str(every)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert proc.stdout is not None
         line = proc.stdout.readline()
