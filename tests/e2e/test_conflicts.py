@@ -75,6 +75,15 @@ def metric(lab: Lab, node: str, name: str) -> float:
     return total
 
 
+def conflict_seen(lab: Lab, node: str, t0: float, within: float = 3.0) -> float | None:
+    """When the node's conflict gauge first reads ≥ 1 (polled from its /metrics), or None."""
+    while time.monotonic() - t0 < within:
+        if metric(lab, node, "lbctl_speaker_ip_conflicts_active") >= 1:
+            return time.monotonic()
+        time.sleep(0.02)
+    return None
+
+
 @pytest.fixture
 def rogue() -> Iterator[RogueHost]:
     host = RogueHost()
@@ -97,13 +106,7 @@ def test_rogue_host_conflict_is_reported_defended_and_cleared(fresh: Lab, rogue:
     assert watch.stdout and watch.stdout.readline().strip() == "ready", watch.stderr.read() if watch.stderr else ""
     wire = Recorder(claim_s + 1)
     proc, t0 = rogue.claim(ip, claim_s, every=0.2)
-    # The metric, polled from the owner's node while the rogue is at it.
-    t_metric = None
-    while time.monotonic() - t0 < 3:
-        if metric(fresh, owner, "lbctl_speaker_ip_conflicts_active") >= 1:
-            t_metric = time.monotonic()
-            break
-        time.sleep(0.02)
+    t_metric = conflict_seen(fresh, owner, t0)
     proc.communicate(timeout=claim_s + 30)
     frames = wire.frames()
     seen = json.loads(watch.communicate(timeout=claim_s + quiet_s + 60)[0].strip().splitlines()[-1])
@@ -150,12 +153,7 @@ def test_rogue_neighbor_advertisement_is_a_conflict(fresh: Lab, rogue: RogueHost
                      f"one NDP owner of {ip6}")
     before = metric(fresh, owner, "lbctl_speaker_ip_conflicts_total")
     proc, t0 = rogue.advertise(ip6, 3.0)
-    t_metric = None
-    while time.monotonic() - t0 < 3:
-        if metric(fresh, owner, "lbctl_speaker_ip_conflicts_active") >= 1:
-            t_metric = time.monotonic()
-            break
-        time.sleep(0.02)
+    t_metric = conflict_seen(fresh, owner, t0)
     proc.communicate(timeout=30)
     assert t_metric is not None, "no conflict for a rogue unsolicited NA"
     assert metric(fresh, owner, "lbctl_speaker_ip_conflicts_total") == before + 1

@@ -127,19 +127,18 @@ class RogueHost:
 
     def claim(self, ip: str, seconds: float, every: float = 0.2) -> tuple[subprocess.Popen[str], float]:
         """Announce `ip` as ours for `seconds`; returns the process and the monotonic time of the first frame."""
-        proc = subprocess.Popen(["ip", "netns", "exec", ROGUE_NS, sys.executable, "-c", _CLAIM, ip, ROGUE_MAC,
-                                 str(seconds), str(every)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.strip(), proc.stderr.read() if proc.stderr else ""
-        return proc, float(line)
+        return self._run(_CLAIM, ip, seconds, every)
 
     def advertise(self, ip6: str, seconds: float, every: float = 0.2) -> tuple[subprocess.Popen[str], float]:
         """Unsolicited Neighbor Advertisements (override set) of `ip6` with the rogue MAC, to all-nodes."""
-        proc = subprocess.Popen(["ip", "netns", "exec", ROGUE_NS, sys.executable, "-c", _ADVERTISE, ip6, ROGUE_MAC,
+        return self._run(_ADVERTISE, ip6, seconds, every)
+
+    @staticmethod
+    def _run(script: str, ip: str, seconds: float, every: float) -> tuple[subprocess.Popen[str], float]:
+        proc = subprocess.Popen(["ip", "netns", "exec", ROGUE_NS, sys.executable, "-c", script, ip, ROGUE_MAC,
                                  str(seconds), str(every)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert proc.stdout is not None
-        line = proc.stdout.readline()
+        line = proc.stdout.readline()  # the monotonic time of its first frame
         assert line.strip(), proc.stderr.read() if proc.stderr else ""
         return proc, float(line)
 
