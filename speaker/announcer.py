@@ -11,12 +11,12 @@ import asyncio
 import datetime as dt
 import ipaddress
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from lbctl import log
 from lbctl.core.announce import IpIntent
-from lbctl.core.arp import mac_to_bytes
+from lbctl.core.arp import mac_to_bytes, mac_to_str
 from lbctl.core.netifs import Interface
 
 from .arp_socket import ArpResponder
@@ -47,8 +47,10 @@ Key = tuple[str, str]  # (ip, interface)
 
 
 class Announcer:
-    def __init__(self, interfaces: InterfaceTable, metrics: Metrics, garp_count: int, garp_refresh: float) -> None:
+    def __init__(self, interfaces: InterfaceTable, metrics: Metrics, garp_count: int, garp_refresh: float,
+                 on_foreign: Callable[[str, str, str], None] | None = None) -> None:
         self.interfaces = interfaces
+        self.on_foreign = on_foreign  # (interface, ip, foreign MAC): another MAC claims an IP we announce
         self.metrics = metrics
         self.garp_count, self.garp_refresh = garp_count, garp_refresh
         self.current: dict[Key, Announcement] = {}
@@ -129,7 +131,7 @@ class Announcer:
             if r is None:
                 iface = ifs[name]
                 try:
-                    r = table[name] = cls(name, iface.index, mac_to_bytes(iface.mac), self.metrics)
+                    r = table[name] = cls(name, iface.index, mac_to_bytes(iface.mac), self.metrics, self._foreign)
                     self._broken.pop((kind, name), None)
                 except (OSError, ValueError) as exc:
                     if self._broken.get((kind, name)) != str(exc):
@@ -138,15 +140,45 @@ class Announcer:
                     continue
             r.set_owned(frozenset(ips))
 
-    def _announce_once(self, key: Key) -> None:
+    def _foreign(self, ifname: str, ip: bytes, mac: bytes) -> None:
+        if self.on_foreign is not None:
+            self.on_foreign(ifname, ipaddress.ip_address(ip).compressed, mac_to_str(mac))
+
+    def our_macs(self) -> set[str]:
+        return {i.mac.lower() for i in self.interfaces.links if i.mac}
+
+    def defend(self, ip: str) -> int:
+        """One gratuitous announcement of `ip` on every interface announcing it; how many were sent."""
+        sent = 0
+        for key in [k for k in self.current if k[0] == ip]:
+            if self._announce_once(key):
+                sent += 1
+        return sent
+
+    def start_yielding(self) -> None:
+        """Leaving: from now on each responder drops an IP the moment another MAC announces it."""
+        for table in (self._arp, self._ndp):
+            for r in table.values():
+                r.yielding = True
+
+    def serving(self) -> set[str]:
+        """IPs some responder still answers for (shrinks while yielding)."""
+        out = set()
+        for table in (self._arp, self._ndp):
+            for r in table.values():
+                out |= {ipaddress.ip_address(ip).compressed for ip in r.owned}
+        return out
+
+    def _announce_once(self, key: Key) -> bool:
         ann = self.current.get(key)
         if ann is None:
-            return
+            return False
         ip, name = key
         ok = (self._arp[name].gratuitous(ann._packed) if name in self._arp and ":" not in ip
               else self._ndp[name].unsolicited(ann._packed) if name in self._ndp else False)
         if ok:
             ann.last_garp = now_iso()
+        return ok
 
     async def _burst(self, key: Key, count: int) -> None:
         for i in range(count):

@@ -15,6 +15,7 @@ import time
 
 from lbctl import arpsysctl, httpserver, log
 from lbctl.core.announce import IpIntent, owners
+from lbctl.core.conflicts import Conflict, ConflictTable
 from lbctl.core.heartbeat import Keyring
 from lbctl.kube import config
 from lbctl.kube.client import Kube
@@ -27,11 +28,12 @@ from .interfaces import InterfaceTable
 from .lease import LeaseRenewer
 from .metrics import Metrics
 from .state import KubeState, StaticState
-from .status import StatusWriter, TakeoverEvents, status_body
+from .status import ConflictEvents, StatusWriter, TakeoverEvents, status_body
 from .withheld import WithheldReporter
 
 logger = log.get("speaker")
-HANDOVER_GRACE = 1.0  # keep answering after LEAVING: the new owner has announced by then
+HANDOVER_GRACE = 1.0  # at most this long answering after LEAVING; each IP stops once its successor announces it
+CONFIRM_S = 0.25  # a foreign claim counts only if we still own the IP this much later (not a move in flight)
 
 
 def check_strict_arp(interfaces: InterfaceTable) -> None:
@@ -49,27 +51,46 @@ class Speaker:
         self.interfaces = InterfaceTable(args.interfaces, self.dirty.set)
         self.heartbeats = Heartbeats(self.node, keys, args.heartbeat_port, args.heartbeat_interval,
                                      args.dead_after, self.dirty.set, metrics)
-        self.announcer = Announcer(self.interfaces, metrics, args.garp_count, args.garp_refresh)
+        self.announcer = Announcer(self.interfaces, metrics, args.garp_count, args.garp_refresh, self.on_foreign)
         self.source: KubeState | StaticState | None = None
         self.withheld = WithheldReporter(None, self.node)
         self.status: StatusWriter | None = None
         self.events: TakeoverEvents | None = None
+        self.conflict_events: ConflictEvents | None = None
+        self.conflicts = ConflictTable()
         self.warm = False
+        self.leaving = False
         self._mine: set[str] = set()
+        self._intents: dict[str, IpIntent] = {}
+        self._live: set[str] = set()
+        self._links: set[str] = set()
+        self._conflict_wake = asyncio.Event()
 
     def ready(self) -> bool:
         return self.warm and self.source is not None and self.source.synced
+
+    def _up_links(self) -> set[str]:
+        return {i.name for i in self.interfaces.candidates}
 
     async def elect_forever(self) -> None:
         # Listen for a full dead_after first: electing before hearing the peers would make a restarted
         # speaker grab (and GARP) every IP for a moment.
         await asyncio.sleep(self.args.dead_after)
         self.warm = True
+        self._links = self._up_links()
         while True:
             # The heartbeat thread wakes us only when the live set changes; so do the informers and
             # the interface table. An idle speaker does no work here at all.
             self.dirty.clear()
             self.heartbeats.set_targets(self.interfaces.heartbeat_targets())
+            links = self._up_links()
+            back, self._links = links - self._links, links
+            if back:
+                # A link that was down has expired every peer heard on it: warm up again, as at start,
+                # before claiming (and GARPing) anything on it. Nothing is announced there meanwhile.
+                logger.info("link_back", interfaces=sorted(back), hold_s=self.args.dead_after)
+                await asyncio.sleep(self.args.dead_after)
+                continue
             try:
                 self.reconcile(time.monotonic())
             except Exception:  # a bug on one input must not stop announcing for the rest
@@ -89,14 +110,74 @@ class Speaker:
             self.metrics.ownership_changes.labels("lost").inc(len(lost))
             logger.info("ownership", gained=sorted(gained), lost=sorted(lost), live=sorted(live))
         self._mine = set(mine)
+        self._intents, self._live = mine, live
+        self.conflicts.keep_only(self.announcer.owned_ips())
+        self.metrics.conflicts.set(len(self.conflicts.active))
         for ann in new:
             logger.info("announcing", ip=ann.ip, interface=ann.interface, mac=ann.mac)
         announced = list(self.announcer.current.values())
         if self.events:
             self.events.update(mine, announced)
         self.withheld.update(self.source.withheld(), live)
+        self._publish()
+
+    def _publish(self) -> None:
         if self.status:
-            self.status.update(status_body(self.node, announced, live))
+            self.status.update(status_body(self.node, list(self.announcer.current.values()), self._live,
+                                           list(self.conflicts.active.values())))
+
+    # --- another MAC claims an address we announce -----------------------------------------------
+
+    def on_foreign(self, interface: str, ip: str, mac: str) -> None:
+        """From a responder (on the loop): `mac` announced or answered for `ip`, which we announce."""
+        if mac in self.announcer.our_macs():
+            return  # our own other NIC on the same segment
+        if self.leaving:
+            logger.info("handover_seen", ip=ip, successor_mac=mac)  # the responder already let go of it
+            return
+        asyncio.get_running_loop().call_later(CONFIRM_S, self._confirm, interface, ip, mac)
+
+    def _confirm(self, interface: str, ip: str, mac: str) -> None:
+        if self.leaving or ip not in self.announcer.owned_ips():
+            return  # the address moved away from us meanwhile: that was a handover, not a conflict
+        v = self.conflicts.observe(ip, interface, mac, time.monotonic())
+        defended = False
+        if v.defend:
+            defended = self.announcer.defend(ip) > 0
+            if defended:
+                self.metrics.conflict_defences.inc()
+        self.metrics.conflicts.set(len(self.conflicts.active))
+        if v.new:
+            self.metrics.conflicts_detected.labels(interface).inc()
+            logger.warning("ip_conflict", ip=ip, foreign_mac=mac, interface=interface, defended=defended)
+            if self.conflict_events:
+                self.conflict_events.opened(self.conflicts.active[ip], self._services(ip), defended)
+            self._publish()
+            self._conflict_wake.set()
+
+    def _services(self, ip: str) -> tuple:
+        intent = self._intents.get(ip)
+        return intent.services if intent else ()
+
+    def _cleared(self, gone: list[Conflict]) -> None:
+        for c in gone:
+            logger.info("ip_conflict_cleared", ip=c.ip, foreign_mac=c.mac, frames=c.count)
+            if self.conflict_events:
+                self.conflict_events.cleared(c, self._services(c.ip))
+        if gone:
+            self.metrics.conflicts.set(len(self.conflicts.active))
+            self._publish()
+
+    async def sweep_conflicts(self) -> None:
+        """Clear conflicts whose foreign host has gone quiet; sleeps on an event while there are none."""
+        while True:
+            nxt = self.conflicts.next_expiry()
+            if nxt is None:
+                self._conflict_wake.clear()
+                await self._conflict_wake.wait()
+                continue
+            await asyncio.sleep(max(0.05, nxt - time.monotonic()))
+            self._cleared(self.conflicts.expire(time.monotonic()))
 
     def reload_static(self) -> None:
         if isinstance(self.source, StaticState):
@@ -135,6 +216,7 @@ async def run(args: argparse.Namespace, keys: Keyring) -> None:
         recorder = EventRecorder(kube, "lbctl-speaker", args.node_name)
         sp.events = TakeoverEvents(recorder, args.node_name)
         sp.withheld = WithheldReporter(recorder, args.node_name)
+        sp.conflict_events = ConflictEvents(recorder, args.node_name)
         sp.status = StatusWriter(kube, args.node_name)
         tasks += state.tasks()
         tasks.append(asyncio.create_task(sp.status.run(), name="status"))
@@ -148,6 +230,7 @@ async def run(args: argparse.Namespace, keys: Keyring) -> None:
     sp.heartbeats.start()
     beat = sp.heartbeats.ended
     tasks += [asyncio.create_task(sp.elect_forever(), name="election"),
+              asyncio.create_task(sp.sweep_conflicts(), name="conflicts"),
               asyncio.create_task(sp.interfaces.run(), name="interfaces")]
     if args.garp_refresh > 0:
         tasks.append(asyncio.create_task(sp.announcer.refresh_loop(), name="garp-refresh"))
@@ -162,10 +245,20 @@ async def run(args: argparse.Namespace, keys: Keyring) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        # Graceful handover: peers drop us at once, while we keep answering until they have announced.
+        # Graceful handover: peers drop us at once; we keep answering each IP until its successor's
+        # announcement is seen (the responder drops it on that very frame), HANDOVER_GRACE at most.
+        sp.leaving = True
+        sp.announcer.start_yielding()
         await sp.heartbeats.leave()
-        logger.info("leaving", grace_s=HANDOVER_GRACE, announced=sorted(sp.announcer.owned_ips()))
-        await asyncio.sleep(HANDOVER_GRACE)
+        held = sp.announcer.serving()
+        logger.info("leaving", grace_s=HANDOVER_GRACE, announced=sorted(held))
+        t0 = time.monotonic()
+        while sp.announcer.serving() and time.monotonic() - t0 < HANDOVER_GRACE:
+            await asyncio.sleep(0.02)
+        left = sp.announcer.serving()
+        metrics.handover_yields.inc(len(held - left))
+        logger.info("handover", yielded=sorted(held - left), no_successor_heard=sorted(left),
+                    took_ms=round((time.monotonic() - t0) * 1000))
     finally:
         sp.announcer.close()
         sp.heartbeats.close()

@@ -29,3 +29,13 @@ class Metrics:
                                                 registry=r)
         self.socket_errors = Counter("lbctl_speaker_socket_errors_total", "Send/receive errors on raw sockets",
                                      ["interface"], registry=r)
+        self.conflicts = Gauge("lbctl_speaker_ip_conflicts_active",
+                               "Announced IPs another MAC claims right now (RFC 5227 conflict)", registry=r)
+        self.conflicts_detected = Counter("lbctl_speaker_ip_conflicts_total",
+                                          "Conflicts opened: another MAC announced or answered for an owned IP",
+                                          ["interface"], registry=r)
+        self.conflict_defences = Counter("lbctl_speaker_conflict_defences_total",
+                                         "Gratuitous re-announcements made to defend an owned IP", registry=r)
+        self.handover_yields = Counter("lbctl_speaker_handover_yields_total",
+                                       "IPs released on SIGTERM as soon as the successor's announcement was seen",
+                                       registry=r)

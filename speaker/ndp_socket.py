@@ -2,7 +2,8 @@
 
 The kernel verifies and fills ICMPv6 checksums. RFC 4861 wants hop limit 255 both ways, so we read
 it from IPV6_HOPLIMIT ancillary data and drop anything else. Solicitations for a VIP go to its
-solicited-node group, which we join (reference-counted: VIPs can share a group).
+solicited-node group, which we join (reference-counted: VIPs can share a group). Advertisements sent to
+all-nodes are read too: another MAC advertising an owned target is a conflict (or our successor).
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+from collections.abc import Callable
 
-from lbctl.core.ndp import (ALL_NODES, ICMP6_FILTER, ICMPV6_NS, NDP_HOP_LIMIT, UNSPECIFIED,
-                            build_neighbor_advertisement, icmp6_filter_only, parse_neighbor_solicitation,
-                            solicited_node_multicast)
+from lbctl.core.ndp import (ALL_NODES, ICMP6_FILTER, ICMPV6_NA, ICMPV6_NS, NDP_HOP_LIMIT, UNSPECIFIED,
+                            build_neighbor_advertisement, foreign_advertisement, icmp6_filter_only,
+                            parse_neighbor_solicitation, solicited_node_multicast)
 
 from .metrics import Metrics
 
@@ -25,7 +27,7 @@ ALL_NODES_TEXT = socket.inet_ntop(socket.AF_INET6, ALL_NODES)
 def open_ndp_socket(ifname: str, index: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
     try:
-        sock.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, icmp6_filter_only(ICMPV6_NS))
+        sock.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, icmp6_filter_only(ICMPV6_NS, ICMPV6_NA))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, NDP_HOP_LIMIT)
@@ -40,8 +42,11 @@ def open_ndp_socket(ifname: str, index: int) -> socket.socket:
 
 
 class NdpResponder:
-    def __init__(self, ifname: str, index: int, mac: bytes, metrics: Metrics) -> None:
+    def __init__(self, ifname: str, index: int, mac: bytes, metrics: Metrics,
+                 on_foreign: Callable[[str, bytes, bytes], None] | None = None) -> None:
         self.ifname, self.index, self.mac = ifname, index, mac
+        self.yielding = False  # see ArpResponder.yielding
+        self._on_foreign = on_foreign
         self._owned: frozenset[bytes] = frozenset()
         self._groups: dict[bytes, int] = {}  # joined solicited-node group -> owned IPs in it
         self._answered = metrics.ndp_answered.labels(ifname)
@@ -92,6 +97,10 @@ class NdpResponder:
                 source = socket.inet_pton(socket.AF_INET6, addr[0].split("%")[0])
             except (OSError, ValueError, IndexError):
                 continue
+            if data[:1] == bytes([ICMPV6_NA]):
+                if hop_limit == NDP_HOP_LIMIT:
+                    self._foreign(data)
+                continue
             # Without the hop limit we cannot tell an on-link NS from a routed one: drop (RFC 4861 §7.1.1).
             ns = parse_neighbor_solicitation(data, hop_limit if hop_limit is not None else -1, source)
             if ns is None or ns.target not in owned:
@@ -107,6 +116,19 @@ class NdpResponder:
             self._answered.inc(answered)
         if errors:
             self._errors.inc(errors)
+
+    def _foreign(self, payload: bytes) -> None:
+        claim = foreign_advertisement(payload, self._owned, self.mac)
+        if claim is None:
+            return
+        ip, mac = claim
+        if self.yielding:
+            self.set_owned(self._owned - {ip})
+        if self._on_foreign is not None:
+            self._on_foreign(self.ifname, ip, mac)
+
+    def release(self, ip: bytes) -> None:
+        self.set_owned(self._owned - {ip})
 
     def unsolicited(self, ip: bytes) -> bool:
         """Unsolicited NA with O set to all-nodes: neighbours update their cache to our MAC."""

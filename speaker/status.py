@@ -7,12 +7,14 @@ logged and retried on the next change, never fatal. Events fire on ownership tra
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from collections.abc import Iterable
 from typing import Any
 
 from lbctl import log
-from lbctl.core.announce import IpIntent
+from lbctl.core.announce import IpIntent, ServiceRef
+from lbctl.core.conflicts import Conflict
 from lbctl.kube.client import ApiError, Kube
 from lbctl.kube.events import EventRecorder
 
@@ -24,9 +26,11 @@ COLLECTION = f"/apis/{GROUP_VERSION}/speakerstatuses"
 MIN_GAP = 1.0
 
 
-def status_body(node: str, announcements: Iterable[Announcement], live: Iterable[str]) -> dict[str, Any]:
+def status_body(node: str, announcements: Iterable[Announcement], live: Iterable[str],
+                conflicts: Iterable[Conflict] = ()) -> dict[str, Any]:
     anns = sorted(announcements, key=lambda a: (a.ip, a.interface))
     peers = sorted(live)
+    wall, mono = time.time(), time.monotonic()  # conflicts keep monotonic times; the object wants wall clock
     return {
         "node": node,
         "announcedCount": len({a.ip for a in anns}),
@@ -34,7 +38,14 @@ def status_body(node: str, announcements: Iterable[Announcement], live: Iterable
                        "lastGARP": a.last_garp, "services": list(a.services)} for a in anns],
         "livePeerCount": len(peers),
         "livePeers": peers,
+        "conflicts": [{"ip": c.ip, "interface": c.interface, "foreignMAC": c.mac,
+                       "since": iso(wall - (mono - c.first_seen))}
+                      for c in sorted(conflicts, key=lambda c: c.ip)],
     }
+
+
+def iso(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class StatusWriter:
@@ -109,3 +120,26 @@ class TakeoverEvents:
                                         "namespace": ref.namespace, "uid": ref.uid}, "Normal", "Announcing",
                                        f"announcing {ip} from {self.node} ({ann.interface}, {ann.mac})")
         self._owned = now
+
+
+def service_object(ref: ServiceRef) -> dict[str, str]:
+    return {"apiVersion": "v1", "kind": "Service", "name": ref.name, "namespace": ref.namespace, "uid": ref.uid}
+
+
+class ConflictEvents:
+    """Warning `IPConflict` on each Service of an address another MAC claims; Normal `IPConflictResolved`
+    once that host has gone quiet. One Event per opening, not per frame."""
+
+    def __init__(self, recorder: EventRecorder, node: str) -> None:
+        self.recorder, self.node = recorder, node
+
+    def opened(self, c: Conflict, services: Iterable[ServiceRef], defended: bool) -> None:
+        for ref in services:
+            self.recorder.emit(service_object(ref), "Warning", "IPConflict",
+                               f"{c.ip} is also claimed by MAC {c.mac} on {c.interface} (seen by {self.node}); "
+                               + ("re-announced it" if defended else "defended recently, not re-announcing yet"))
+
+    def cleared(self, c: Conflict, services: Iterable[ServiceRef]) -> None:
+        for ref in services:
+            self.recorder.emit(service_object(ref), "Normal", "IPConflictResolved",
+                               f"MAC {c.mac} has stopped claiming {c.ip} (seen by {self.node})")

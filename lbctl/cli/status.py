@@ -47,7 +47,9 @@ def service_doc(s: core.ServiceState) -> dict[str, Any]:
     for a in s.addresses:
         owner = a.claims[0] if a.state == core.ANNOUNCED else None
         addrs.append({"ip": a.ip, "state": a.state, **_claim(owner),
-                      "claims": [_claim(c) for c in a.claims]})
+                      "claims": [_claim(c) for c in a.claims],
+                      "foreign": [{"mac": f.mac, "seenBy": f.node, "interface": f.interface, "since": f.since}
+                                  for f in a.foreign]})
     return {"namespace": s.namespace, "name": s.name, "state": s.state, "ips": [a.ip for a in s.addresses],
             "addresses": addrs}
 
@@ -92,7 +94,9 @@ def render(doc: Mapping[str, Any]) -> str:
             svcs.append([key, "<pending>", s["state"], "-", "-", "-", "-"])
         for a in s["addresses"]:
             nodes = ",".join(dict.fromkeys(c["node"] for c in a["claims"])) or "-"
-            svcs.append([key, a["ip"], a["state"], nodes, a["interface"] or "-", a["mac"] or "-",
+            mac = a["mac"] or ("also " + ",".join(dict.fromkeys(f["mac"] for f in a["foreign"])) if a["foreign"]
+                               else "-")
+            svcs.append([key, a["ip"], a["state"], nodes, a["interface"] or "-", mac,
                          _age(a["since"], now) if a["since"] else "-"])
     speakers = [[sp["node"], ("yes" if sp["alive"] else "no") + (f" ({sp['reason']})" if sp["reason"] else ""),
                  tables.age(sp["lastHeardSecondsAgo"]) + (" ago" if sp["lastHeard"] else ""),

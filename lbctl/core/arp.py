@@ -68,42 +68,90 @@ ARP_REQUEST_BPF: tuple[Insn, ...] = (
 )
 
 BPF_JMP_JGT_K = 0x25
+BPF_JMP_JA = 0x05  # unconditional, 32-bit offset in k: how a miss skips a long chain of owned IPs
 BPF_MAXINSNS = 4096
-FILTER_BUCKET = 64  # IPs per bucket: a bucket's body (2n+1 insns) must fit an 8-bit jump
-MAX_FILTER_IPS = 1024  # beyond this the generic filter is used and the owned set alone decides
+FILTER_BUCKET = 64  # IPs per bucket: a bucket's body (2n+2 insns) must fit an 8-bit jump
+MAX_FILTER_IPS = 960  # two chains (target, sender) of this many fit BPF_MAXINSNS; beyond: the generic filter
+
+# Generic fallback when the owned set is too large for a narrow program: every untagged ARP request or
+# reply (replies can only matter as conflicts; the owned set decides in user space).
+ARP_BPF: tuple[Insn, ...] = (
+    (BPF_LD_W_ABS, 0, 0, _u32(SKF_AD_OFF + SKF_AD_VLAN_TAG_PRESENT)),  # 0
+    (BPF_JMP_JEQ_K, 0, 8, 0),  # 1: tagged -> drop
+    (BPF_LD_H_ABS, 0, 0, 12),  # 2
+    (BPF_JMP_JEQ_K, 0, 6, ETH_P_ARP),  # 3
+    (BPF_LD_W_ABS, 0, 0, 14),  # 4
+    (BPF_JMP_JEQ_K, 0, 4, (ARPHRD_ETHER << 16) | ETH_P_IP),  # 5
+    (BPF_LD_W_ABS, 0, 0, 18),  # 6
+    (BPF_JMP_JEQ_K, 1, 0, 0x06040000 | ARPOP_REQUEST),  # 7
+    (BPF_JMP_JEQ_K, 0, 1, 0x06040000 | ARPOP_REPLY),  # 8
+    (BPF_RET_K, 0, 0, SNAP_LEN),  # 9: accept
+    (BPF_RET_K, 0, 0, 0),  # 10: drop
+)
 
 
-def arp_filter_for(owned: frozenset[bytes] | set[bytes]) -> tuple[Insn, ...]:
-    """ARP_REQUEST_BPF narrowed to requests whose target IP is in `owned`.
+def _ip_chain(ips: list[int]) -> list[Insn]:
+    """A = an IPv4 address: accept if it is in `ips` (sorted), else fall through past the chain.
 
-    Every speaker sees every ARP request on the segment; with this filter only the owner's thread
-    wakes for one, the rest never leave the kernel. Sorted buckets of FILTER_BUCKET addresses keep
-    the per-frame cost to a few dozen instructions: "jgt bucket max" skips a bucket, inside it a
-    chain of "jeq ip" each falls into its own accept. Too many IPs: the generic filter.
-    """
-    if len(owned) > MAX_FILTER_IPS:
-        return ARP_REQUEST_BPF
-    ips = sorted(int.from_bytes(ip, "big") for ip in owned if len(ip) == 4)
-    prog: list[Insn] = [  # the generic checks, each mismatch jumping to the drop at 8
-        (BPF_LD_W_ABS, 0, 0, _u32(SKF_AD_OFF + SKF_AD_VLAN_TAG_PRESENT)),  # 0
-        (BPF_JMP_JEQ_K, 0, 6, 0),  # 1
-        (BPF_LD_H_ABS, 0, 0, 12),  # 2
-        (BPF_JMP_JEQ_K, 0, 4, ETH_P_ARP),  # 3
-        (BPF_LD_W_ABS, 0, 0, 14),  # 4
-        (BPF_JMP_JEQ_K, 0, 2, (ARPHRD_ETHER << 16) | ETH_P_IP),  # 5
-        (BPF_LD_W_ABS, 0, 0, 18),  # 6
-        (BPF_JMP_JEQ_K, 1, 0, 0x06040000 | ARPOP_REQUEST),  # 7
-        (BPF_RET_K, 0, 0, 0),  # 8: drop
-        (BPF_LD_W_ABS, 0, 0, 38),  # 9: A = target IP
-    ]
+    Sorted buckets of FILTER_BUCKET addresses: "jgt bucket max" skips a bucket, inside it a chain of
+    "jeq ip" each falls into its own accept; a miss inside a bucket jumps (ja) past the whole chain."""
+    buckets: list[list[Insn]] = []
     for i in range(0, len(ips), FILTER_BUCKET):
         bucket = ips[i:i + FILTER_BUCKET]
         body: list[Insn] = []
         for ip in bucket:
             body += [(BPF_JMP_JEQ_K, 0, 1, ip), (BPF_RET_K, 0, 0, SNAP_LEN)]
-        body.append((BPF_RET_K, 0, 0, 0))  # within this bucket's range but not ours
-        prog.append((BPF_JMP_JGT_K, len(body), 0, bucket[-1]))
-        prog += body
+        body.append((BPF_JMP_JA, 0, 0, 0))  # placeholder: within this bucket's range but not ours
+        buckets.append([(BPF_JMP_JGT_K, len(body), 0, bucket[-1]), *body])
+    out: list[Insn] = []
+    remaining = sum(len(b) for b in buckets)
+    for b in buckets:
+        remaining -= len(b)
+        out += b[:-1]
+        out.append((BPF_JMP_JA, 0, 0, remaining))  # to the first insn after the chain
+    return out
+
+
+def arp_filter_for(owned: frozenset[bytes] | set[bytes], our_mac: bytes | None = None) -> tuple[Insn, ...]:
+    """The kernel filter of one speaker's ARP socket: it passes only
+
+    - requests whose target IP is in `owned` (to answer them), and
+    - requests or replies whose sender IP is in `owned` and whose sender MAC is not `our_mac`: another
+      host announcing or answering for our address (a conflict, or our successor's takeover).
+
+    Every speaker sees every ARP frame on the segment; with this filter only the owner's thread wakes,
+    the rest never leave the kernel. Too many IPs: the generic ARP_BPF.
+    """
+    if len(owned) > MAX_FILTER_IPS:
+        return ARP_BPF
+    ips = sorted(int.from_bytes(ip, "big") for ip in owned if len(ip) == 4)
+    chain = _ip_chain(ips)
+    prog: list[Insn] = [  # the generic checks, each mismatch jumping to the drop at 9
+        (BPF_LD_W_ABS, 0, 0, _u32(SKF_AD_OFF + SKF_AD_VLAN_TAG_PRESENT)),  # 0
+        (BPF_JMP_JEQ_K, 0, 7, 0),  # 1
+        (BPF_LD_H_ABS, 0, 0, 12),  # 2
+        (BPF_JMP_JEQ_K, 0, 5, ETH_P_ARP),  # 3
+        (BPF_LD_W_ABS, 0, 0, 14),  # 4
+        (BPF_JMP_JEQ_K, 0, 3, (ARPHRD_ETHER << 16) | ETH_P_IP),  # 5
+        (BPF_LD_W_ABS, 0, 0, 18),  # 6
+        (BPF_JMP_JEQ_K, 3, 0, 0x06040000 | ARPOP_REQUEST),  # 7: request -> 11
+        (BPF_JMP_JEQ_K, 1, 0, 0x06040000 | ARPOP_REPLY),  # 8: reply -> 10
+        (BPF_RET_K, 0, 0, 0),  # 9: drop
+        (BPF_JMP_JA, 0, 0, len(chain) + 1),  # 10: replies skip the target check
+        (BPF_LD_W_ABS, 0, 0, 38),  # 11: A = target IP
+        *chain,
+    ]
+    # Sender check: sha != our_mac, then spa in owned.
+    if our_mac is not None and len(our_mac) == 6:
+        prog += [
+            (BPF_LD_W_ABS, 0, 0, 22),
+            (BPF_JMP_JEQ_K, 0, 3, int.from_bytes(our_mac[:4], "big")),
+            (BPF_LD_H_ABS, 0, 0, 26),
+            (BPF_JMP_JEQ_K, 0, 1, int.from_bytes(our_mac[4:], "big")),
+            (BPF_RET_K, 0, 0, 0),  # our own frame (looped back on kernels without PACKET_IGNORE_OUTGOING)
+        ]
+    prog.append((BPF_LD_W_ABS, 0, 0, 28))  # A = sender IP
+    prog += _ip_chain(ips)
     prog.append((BPF_RET_K, 0, 0, 0))
     return tuple(prog)
 
@@ -183,6 +231,30 @@ def answer_arp(frame: bytes, owned: frozenset[bytes] | set[bytes], our_mac: byte
     return _REPLY_FRAME.pack(sha, our_mac, _REPLY_HEAD, our_mac, tpa, sha, spa)
 
 
+_SPA = slice(28, 32)
+
+
+def foreign_claim(frame: bytes, owned: frozenset[bytes] | set[bytes], our_mac: bytes) -> tuple[bytes, bytes] | None:
+    """(owned IP, foreign MAC) when `frame` is an ARP request or reply from another MAC whose sender IP is
+    one we own: a gratuitous announcement, or an answer on that address's behalf (RFC 5227 §2.4). Never raises.
+    """
+    if type(frame) is not bytes:
+        try:
+            frame = bytes(frame)
+        except TypeError:
+            return None
+    if len(frame) < ARP_FRAME_LEN:
+        return None
+    spa = frame[_SPA]
+    if spa not in owned:
+        return None
+    head = frame[12:22]
+    if head != _REQUEST_HEAD and head != _REPLY_HEAD:
+        return None
+    sha = frame[22:28]
+    if sha == our_mac or sha[0] & 1 or sha == ZERO_MAC:
+        return None
+    return spa, sha
 
 
 def _frame(dst: bytes, src: bytes, op: int, sha: bytes, spa: bytes, tha: bytes, tpa: bytes) -> bytes:

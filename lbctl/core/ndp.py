@@ -121,3 +121,16 @@ def parse_neighbor_advertisement(payload: bytes | bytearray | memoryview) -> tup
             return target, bytes(payload[i + 2:i + 8])
         i += length
     return target, None
+
+
+def foreign_advertisement(payload: bytes | bytearray | memoryview, owned: frozenset[bytes] | set[bytes],
+                          our_mac: bytes) -> tuple[bytes, bytes] | None:
+    """(owned target, foreign MAC) when an NA advertises one of our addresses with another link-layer
+    address: the IPv6 form of a conflicting announcement. Never raises."""
+    na = parse_neighbor_advertisement(payload)
+    if na is None or na[1] is None:
+        return None
+    target, mac = na
+    if target not in owned or mac == our_mac or mac[0] & 1 or mac == b"\x00" * 6:
+        return None
+    return target, mac

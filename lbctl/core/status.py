@@ -1,6 +1,10 @@
 """What `lbctl status` reports, from listed objects and a clock: which speakers are alive, and whether each
 LoadBalancer Service's addresses are Announced, Pending, Unannounced or in Conflict.
 
+Conflict is either of two things: more than one live speaker claims the address (split brain), or a live
+speaker reports another MAC claiming an address it announces (a rogue host, a second installation; the
+SpeakerStatus `status.conflicts` list, RFC 5227 style detection in the speaker).
+
 A speaker is alive while its Lease (renewed every RENEW_S by the speaker) has not expired, or while a
 speaker alive by its own Lease lists it among the peers it hears: heartbeats keep working when a node
 cannot reach the API server. Peer reports are taken one level deep only, because the status of a speaker
@@ -42,6 +46,17 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class ForeignClaim:
+    """A speaker's report that another MAC answers or announces an address it announces."""
+
+    ip: str
+    node: str  # the reporting speaker
+    mac: str  # the foreign MAC
+    interface: str
+    since: str | None
+
+
+@dataclass(frozen=True)
 class Speaker:
     node: str
     alive: bool
@@ -51,6 +66,7 @@ class Speaker:
     claims: tuple[Claim, ...]
     live_peers: tuple[str, ...]
     has_status: bool
+    conflicts: tuple[ForeignClaim, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -58,6 +74,7 @@ class Address:
     ip: str
     state: str  # ANNOUNCED, UNANNOUNCED or CONFLICT
     claims: tuple[Claim, ...]  # by live speakers only
+    foreign: tuple[ForeignClaim, ...] = ()  # other MACs live speakers hear claiming it
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -114,6 +131,18 @@ def _claims(node: str, status: Mapping[str, Any]) -> tuple[Claim, ...]:
     return tuple(out)
 
 
+def _foreign(node: str, status: Mapping[str, Any]) -> tuple[ForeignClaim, ...]:
+    out = []
+    for c in status.get("conflicts") or []:
+        if not isinstance(c, Mapping):
+            continue
+        ip = canonical_ip(str(c.get("ip", "")))
+        if ip:
+            out.append(ForeignClaim(ip, node, str(c.get("foreignMAC") or ""), str(c.get("interface") or ""),
+                                    c.get("since")))
+    return tuple(out)
+
+
 def speakers(statuses: Iterable[Mapping[str, Any]], leases: Iterable[Mapping[str, Any]],
              now: dt.datetime) -> list[Speaker]:
     """Every speaker known from a SpeakerStatus, a Lease, or a live peer's report; sorted by node."""
@@ -145,12 +174,14 @@ def speakers(statuses: Iterable[Mapping[str, Any]], leases: Iterable[Mapping[str
         out.append(Speaker(node=node, alive=alive, reason=reason, last_heard=renewed, heard_by=peers,
                            claims=_claims(node, st), live_peers=tuple(sorted(p for p in st.get("livePeers") or []
                                                                              if isinstance(p, str))),
-                           has_status=node in status_of))
+                           has_status=node in status_of, conflicts=_foreign(node, st)))
     return out
 
 
-def classify(claims: Iterable[Claim]) -> str:
+def classify(claims: Iterable[Claim], foreign: Iterable[ForeignClaim] = ()) -> str:
     nodes = {c.node for c in claims}
+    if any(True for _ in foreign):
+        return CONFLICT
     return UNANNOUNCED if not nodes else ANNOUNCED if len(nodes) == 1 else CONFLICT
 
 
@@ -158,10 +189,13 @@ def services(items: Iterable[Mapping[str, Any]], speaker_list: Iterable[Speaker]
              lb_class: str | None = None) -> list[ServiceState]:
     """The LoadBalancer Services lbctl handles (see ServiceRequest.wants), sorted by namespace/name."""
     claims: dict[str, list[Claim]] = {}
+    foreign: dict[str, list[ForeignClaim]] = {}
     for sp in speaker_list:
         if sp.alive:
             for c in sp.claims:
                 claims.setdefault(c.ip, []).append(c)
+            for f in sp.conflicts:
+                foreign.setdefault(f.ip, []).append(f)
     out = []
     for obj in items:
         req = read_service(obj)
@@ -171,7 +205,8 @@ def services(items: Iterable[Mapping[str, Any]], speaker_list: Iterable[Speaker]
         for raw in req.current_ips:
             ip = canonical_ip(raw) or raw
             mine = tuple(sorted(claims.get(ip, ()), key=lambda c: (c.node, c.interface)))
-            addrs.append(Address(ip, classify(mine), mine))
+            others = tuple(sorted(foreign.get(ip, ()), key=lambda f: (f.mac, f.node)))
+            addrs.append(Address(ip, classify(mine, others), mine, others))
         state = max((a.state for a in addrs), key=SEVERITY.__getitem__, default=PENDING)
         out.append(ServiceState(req.namespace, req.name, state, tuple(addrs)))
     return sorted(out, key=lambda s: (s.namespace, s.name))
@@ -193,6 +228,9 @@ def attention(svcs: Iterable[ServiceState], speaker_list: Iterable[Speaker],
         for a in s.addresses:
             if a.state == UNANNOUNCED:
                 out.append(f"Service {s.key}: {a.ip} Unannounced (no live speaker announces it)")
+            elif a.state == CONFLICT and a.foreign:
+                macs = ", ".join(sorted({f"{f.mac} (seen by {f.node})" for f in a.foreign}))
+                out.append(f"Service {s.key}: {a.ip} in Conflict (another host claims it: {macs})")
             elif a.state == CONFLICT:
                 out.append(f"Service {s.key}: {a.ip} in Conflict (announced by {', '.join(a.nodes)})")
     for sp in speaker_list:

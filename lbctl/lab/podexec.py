@@ -107,7 +107,8 @@ def main() -> None:
         if m["read_only"]:
             _mount("-o", "remount,bind,ro", str(target))
     if run["uid"] != 0:
-        expose(python_paths(), scratch)
+        extra = [Path(p) for p in run["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
+        expose(python_paths() + extra, scratch)
     if run["read_only_root"]:
         _mount("-o", "remount,bind,ro", "/")
     os.chdir("/")

@@ -24,6 +24,8 @@ from .api import LabApi
 from .processes import STATE
 from .topology import CP_IP4, CP_NS, Host, Topology
 
+SOURCE_ROOT = Path(__file__).resolve().parents[2]  # holds lbctl/, speaker/, controller/
+
 PODS = STATE / "pods"
 SA_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 API_PORT = 6443
@@ -144,7 +146,10 @@ class Kubelet:
         # PATH finds the chart's command in this Python's environment; the rest is what the image sets.
         env = {"PATH": f"{Path(sys.executable).parent}:{DEFAULT_PATH}", "HOME": "/",
                "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
-               "KUBERNETES_SERVICE_HOST": CP_IP4, "KUBERNETES_SERVICE_PORT": str(API_PORT)}
+               "KUBERNETES_SERVICE_HOST": CP_IP4, "KUBERNETES_SERVICE_PORT": str(API_PORT),
+               # The daemons run the code the lab was launched with (a git worktree, not whatever tree the
+               # environment's editable install points at).
+               "PYTHONPATH": str(SOURCE_ROOT)}
         for e in c.get("env") or []:
             env[e["name"]] = self._env_value(e, fields, env, name)
         argv = [expand(a, env) for a in (c.get("command") or []) + (c.get("args") or [])]

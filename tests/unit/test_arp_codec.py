@@ -176,6 +176,8 @@ def run_bpf(prog, pkt: bytes, vlan_tag_present: bool = False) -> int:
             pc += 1 + (jt if acc == k else jf)
         elif code == 0x25:  # jgt #k (unsigned)
             pc += 1 + (jt if acc > k else jf)
+        elif code == 0x05:  # ja k
+            pc += 1 + k
         elif code == 0x06:  # ret #k
             return k
         else:
@@ -313,11 +315,13 @@ def check_well_formed(prog) -> None:
         assert 0 <= k < 1 << 32 and 0 <= jt < 256 and 0 <= jf < 256
         if code in (0x15, 0x25):
             assert pc + 1 + max(jt, jf) < n
+        if code == 0x05:
+            assert pc + 1 + k < n
 
 
 def test_owned_filter_wakes_only_for_owned_targets():
     owned = {ip4(VIP), ip4("192.0.2.7")}
-    prog = arp.arp_filter_for(owned)
+    prog = arp.arp_filter_for(owned, mac_to_bytes(OUR_MAC))
     check_well_formed(prog)
     assert run_bpf(prog, scapy_request()) == 0x40000
     assert run_bpf(prog, scapy_request(pdst="192.0.2.7")) == 0x40000
@@ -328,22 +332,71 @@ def test_owned_filter_wakes_only_for_owned_targets():
     assert all(run_bpf(arp.arp_filter_for(set()), f) == 0 for f in [scapy_request(), scapy_request(psrc=VIP)])
 
 
+ROGUE_MAC = "02:00:00:00:00:66"
+
+
+def test_owned_filter_passes_foreign_claims_of_owned_ips():
+    """A GARP or ARP reply from another MAC with an owned sender IP is a conflict: it must reach us."""
+    owned = {ip4(VIP)}
+    prog = arp.arp_filter_for(owned, mac_to_bytes(OUR_MAC))
+    garp_req = scapy_request(hwsrc=ROGUE_MAC, psrc=VIP, pdst=VIP)
+    garp_reply = scapy_request(op=2, hwsrc=ROGUE_MAC, psrc=VIP, hwdst=ROGUE_MAC, pdst=VIP)
+    answer = scapy_request(op=2, hwsrc=ROGUE_MAC, psrc=VIP, hwdst=PEER_MAC, pdst=PEER_IP)
+    asks_other = scapy_request(hwsrc=ROGUE_MAC, psrc=VIP, pdst="192.0.2.55")  # uses our IP as its source
+    for frame in (garp_req, garp_reply, answer, asks_other):
+        assert run_bpf(prog, frame) == 0x40000
+    # Our own replies, and claims of addresses we do not own, stay in the kernel (our own GARP request
+    # is a request for an owned target and passes as such; answer_arp never answers announcements).
+    ours = [scapy_request(op=2, hwsrc=OUR_MAC, psrc=VIP), scapy_request(op=2, hwsrc=OUR_MAC, psrc=VIP, pdst=VIP)]
+    others = [scapy_request(op=2, hwsrc=ROGUE_MAC, psrc="192.0.2.101", pdst="192.0.2.101"),
+              scapy_request(hwsrc=ROGUE_MAC, psrc="192.0.2.101", pdst="192.0.2.101")]
+    for frame in ours + others:
+        assert run_bpf(prog, frame) == 0
+    assert run_bpf(prog, garp_reply, vlan_tag_present=True) == 0
+    assert run_bpf(arp.arp_filter_for(set(), mac_to_bytes(OUR_MAC)), garp_reply) == 0
+
+
 def test_owned_filter_too_many_ips_falls_back_to_generic():
     many = {(0xC6120000 + i).to_bytes(4, "big") for i in range(arp.MAX_FILTER_IPS + 1)}
-    assert arp.arp_filter_for(many) == ARP_REQUEST_BPF
+    assert arp.arp_filter_for(many) == arp.ARP_BPF
+    check_well_formed(arp.ARP_BPF)
+    assert run_bpf(arp.ARP_BPF, scapy_request()) and run_bpf(arp.ARP_BPF, scapy_request(op=2))
+    assert not run_bpf(arp.ARP_BPF, scapy_request(op=3)) and not run_bpf(arp.ARP_BPF, scapy_request(), True)
     most = set(list(many)[: arp.MAX_FILTER_IPS])
-    check_well_formed(arp.arp_filter_for(most))
+    check_well_formed(arp.arp_filter_for(most, mac_to_bytes(OUR_MAC)))
+
+
+def _dotted(i: int) -> str:
+    return ".".join(str(b) for b in i.to_bytes(4, "big"))
+
+
+ADDR = st.integers(0, 2**32 - 1) | st.integers(0xC6120000, 0xC61200FF)
 
 
 @settings(max_examples=200)
-@given(st.sets(st.integers(0, 2**32 - 1) | st.integers(0xC6120000, 0xC61200FF), max_size=300),
-       st.lists(st.integers(0, 2**32 - 1) | st.integers(0xC6120000, 0xC61200FF), max_size=20), st.booleans())
+@given(st.sets(ADDR, max_size=300), st.lists(ADDR, max_size=20), st.booleans())
 def test_owned_filter_accepts_exactly_requests_for_owned(owned, probes, tagged):
     owned_b = {i.to_bytes(4, "big") for i in owned}
-    prog = arp.arp_filter_for(owned_b)
+    prog = arp.arp_filter_for(owned_b, mac_to_bytes(OUR_MAC))
     check_well_formed(prog)
     for target in list(owned)[:20] + probes:
-        frame = scapy_request(pdst=".".join(str(b) for b in target.to_bytes(4, "big")))
-        want = not tagged and target in owned
+        frame = scapy_request(pdst=_dotted(target))  # sender PEER_IP, never owned here unless drawn
+        want = not tagged and (target in owned or ip4(PEER_IP) in owned_b)
         assert bool(run_bpf(prog, frame, tagged)) == want
-        assert bool(run_bpf(prog, frame, tagged)) <= bool(run_bpf(ARP_REQUEST_BPF, frame, tagged))
+
+
+@settings(max_examples=200)
+@given(st.sets(ADDR, max_size=300), st.lists(ADDR, max_size=20), st.sampled_from([1, 2, 3]),
+       st.sampled_from([ROGUE_MAC, OUR_MAC, "02:00:00:00:00:ab", "03:00:00:00:00:aa"]), st.booleans())
+def test_owned_filter_passes_exactly_foreign_senders_of_owned(owned, senders, op, mac, tagged):
+    owned_b = {i.to_bytes(4, "big") for i in owned}
+    prog = arp.arp_filter_for(owned_b, mac_to_bytes(OUR_MAC))
+    target = 0xC0000237  # 192.0.2.55: not drawn from the owned range's hot spot, checked below
+    for sender in list(owned)[:20] + senders:
+        frame = scapy_request(op=op, hwsrc=mac, psrc=_dotted(sender), pdst=_dotted(target))
+        foreign = sender in owned and mac != OUR_MAC and op in (1, 2)
+        asked = op == 1 and target in owned
+        assert bool(run_bpf(prog, frame, tagged)) == (not tagged and (foreign or asked))
+        # The user-space check agrees with the filter on foreign claims (it also drops group MACs).
+        claim = arp.foreign_claim(frame, owned_b, mac_to_bytes(OUR_MAC))
+        assert (claim is not None) == (foreign and not mac_to_bytes(mac)[0] & 1)

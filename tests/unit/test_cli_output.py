@@ -61,7 +61,8 @@ def test_healthy_status_document() -> None:
                                                "since": "2024-05-01T11:58:00Z",
                                                "claims": [{"node": "n1", "interface": "eth0",
                                                            "mac": "02:00:00:00:00:0a",
-                                                           "since": "2024-05-01T11:58:00Z"}]}]}]
+                                                           "since": "2024-05-01T11:58:00Z"}],
+                                               "foreign": []}]}]
     assert doc["speakers"] == [{"node": "n1", "alive": True, "reason": None, "lastHeard": "2024-05-01T11:59:56Z",
                                 "lastHeardSecondsAgo": 4.0, "heardBy": [], "announcedCount": 1,
                                 "livePeers": ["n1"]}]

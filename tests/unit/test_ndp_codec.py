@@ -161,3 +161,18 @@ def test_probe_solicitation_and_advertisement_match_scapy():
     assert parse_neighbor_advertisement(na) == (target, bytes.fromhex("020000000022"))
     assert all(parse_neighbor_advertisement(na[:n]) in (None, (target, None)) for n in range(len(na)))
     assert parse_neighbor_advertisement(bytes(ns)) is None
+
+
+def test_foreign_advertisement_of_an_owned_target() -> None:
+    from lbctl.core.ndp import foreign_advertisement
+
+    owned = {ip6(VIP)}
+    rogue = bytes(ICMPv6ND_NA(tgt=VIP, R=0, S=0, O=1) / ICMPv6NDOptDstLLAddr(lladdr="02:00:00:00:00:66"))
+    assert foreign_advertisement(rogue, owned, mac(OUR_MAC)) == (ip6(VIP), mac("02:00:00:00:00:66"))
+    ours = bytes(ICMPv6ND_NA(tgt=VIP, O=1) / ICMPv6NDOptDstLLAddr(lladdr=OUR_MAC))
+    other = bytes(ICMPv6ND_NA(tgt="2001:db8::101", O=1) / ICMPv6NDOptDstLLAddr(lladdr="02:00:00:00:00:66"))
+    no_tlla = bytes(ICMPv6ND_NA(tgt=VIP, O=1))
+    group = bytes(ICMPv6ND_NA(tgt=VIP, O=1) / ICMPv6NDOptDstLLAddr(lladdr="33:33:00:00:00:01"))
+    for payload in (ours, other, no_tlla, group, ns(), rogue[:23], b""):
+        assert foreign_advertisement(payload, owned, mac(OUR_MAC)) is None
+    assert icmp6_filter_only(135, 136) != icmp6_filter_only(135)

@@ -125,3 +125,20 @@ def test_malformed_objects_do_not_break_the_view() -> None:
                            [{"metadata": {"name": "x"}, "spec": {"holderIdentity": "a", "renewTime": "yesterday"}}],
                            NOW)
     assert [(s.node, s.alive, s.reason, s.claims) for s in speakers] == [("a", False, "lease expired", ())]
+
+
+def test_a_foreign_mac_claiming_an_announced_address_is_a_conflict() -> None:
+    """One speaker announces the address and reports another MAC claiming it: Conflict, naming the MAC."""
+    body = speaker_status("n1", [("198.18.0.100", "eth0"), ("198.18.0.101", "eth0")])
+    body["status"]["conflicts"] = [{"ip": "198.18.0.100", "interface": "eth0", "foreignMAC": "02:00:00:00:00:66",
+                                    "since": "2024-05-01T11:59:59Z"}, "junk", {"ip": "not an ip"}]
+    sps = st.speakers([body], [lease("n1", 1)], NOW)
+    svcs = {s.name: s for s in st.services([service("a", ["198.18.0.100"]), service("b", ["198.18.0.101"])], sps)}
+    assert svcs["a"].state == st.CONFLICT and svcs["b"].state == st.ANNOUNCED
+    addr = svcs["a"].addresses[0]
+    assert addr.nodes == ("n1",) and [f.mac for f in addr.foreign] == ["02:00:00:00:00:66"]
+    lines = st.attention(svcs.values(), sps, [])
+    assert any("198.18.0.100 in Conflict" in line and "02:00:00:00:00:66" in line and "n1" in line for line in lines)
+    # A dead speaker's old report is history, like its claims.
+    dead = st.speakers([body], [lease("n1", 300)], NOW)
+    assert st.services([service("a", ["198.18.0.100"])], dead)[0].state == st.UNANNOUNCED
