@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from .config import ConfigError, KubeConfig
+from .config import KubeConfig
 
 MERGE = "application/merge-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"
@@ -140,9 +140,7 @@ class Kube:
                                     server_hostname=self.cfg.tls_server_name) as resp:
             if resp.status >= 400:
                 raise _error(resp.status, await resp.text())
-            async for line in resp.content:
-                if not line.strip():
-                    continue
+            async for line in _lines(resp.content):
                 event = json.loads(line)
                 if event.get("type") == "ERROR":
                     status = event.get("object") or {}
@@ -153,7 +151,9 @@ class Kube:
     async def informer(self, path: str, **params: Any) -> AsyncIterator[tuple[str, Any]]:
         """LIST then WATCH forever. Yields ("SYNC", items) after every (re)list, then single events.
 
-        Relists on 410 and after connection errors (with backoff); never returns.
+        Relists on 410 and after any failure of the list or the watch (with backoff): a stream cut, a line
+        that is not JSON, a server error. Never returns; ERROR items carry the exception so callers can log
+        and judge health.
         """
         backoff = 0.2
         while True:
@@ -169,10 +169,33 @@ class Kube:
                             yield kind, obj
             except Gone:
                 continue
-            except (aiohttp.ClientError, asyncio.TimeoutError, ApiError, ValueError, ConfigError) as exc:
+            except Exception as exc:  # whatever breaks one stream, the next list-watch may work: never end here
                 yield "ERROR", exc
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+
+# Far above any object the API server stores (its request body limit is 3 MiB, etcd's 1.5 MiB); only a
+# runaway stream reaches it, and that stream is then dropped and relisted, not kept growing in memory.
+MAX_LINE = 64 << 20
+
+
+async def _lines(stream: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """Newline-separated lines of any length (aiohttp's readline stops at 128 KiB with LineTooLong)."""
+    buf = bytearray()
+    async for chunk in stream.iter_any():
+        scan = len(buf)  # bytes before this chunk hold no newline
+        buf += chunk
+        start = 0
+        while (end := buf.find(b"\n", scan)) != -1:
+            if buf[start:end].strip():
+                yield bytes(buf[start:end])
+            start = scan = end + 1
+        del buf[:start]
+        if len(buf) > MAX_LINE:
+            raise ValueError(f"watch line longer than {MAX_LINE} bytes")
+    if buf.strip():
+        yield bytes(buf)
 
 
 def _clean(params: Mapping[str, Any] | None) -> dict[str, str] | None:
