@@ -1,29 +1,116 @@
-"""Feeds the reconciler from one list-watch on Services (relists on 410 and after outages)."""
+"""The controller's three list-watches (Services, Namespaces, IPPools) on lbctl's informer, and their health.
+
+All three feed one Reconciler, which decides nothing before every one of them has listed (one synced
+barrier). lbctl's informer relists after any failure, so a watch never ends on its own; `WatchHealth` says
+how long each has been failing so /healthz can report a controller that sees nothing.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 from lbctl import log
+from lbctl.core.pools import parse_pool
 from lbctl.core.service import read_service
 from lbctl.kube.client import Kube
-from lbctl.kube.resources import SERVICES
+from lbctl.kube.resources import IPPOOLS, NAMESPACES, SERVICES
 
 from .reconciler import Reconciler
 
 logger = log.get(__name__)
 
 
-async def watch_services(kube: Kube, reconciler: Reconciler) -> None:
-    last_error = 0.0
-    async for kind, obj in kube.informer(SERVICES):
-        if kind == "SYNC":
-            reconciler.services_listed(read_service(o) for o in obj)
-        elif kind in ("ADDED", "MODIFIED"):
-            reconciler.service_seen(read_service(obj))
-        elif kind == "DELETED":
+class WatchHealth:
+    """Since when each watch has been failing (absent: working)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.failing_since: dict[str, float] = {}
+
+    def failed(self, kind: str) -> bool:
+        """Record a failure; True for the first one of an outage (log that one, not every retry)."""
+        if kind in self.failing_since:
+            return False
+        self.failing_since[kind] = self.clock()
+        return True
+
+    def recovered(self, kind: str) -> float | None:
+        since = self.failing_since.pop(kind, None)
+        return None if since is None else self.clock() - since
+
+    def worst(self) -> float:
+        """Seconds the longest-failing watch has been failing (0 when all work)."""
+        now = self.clock()
+        return max((now - t for t in self.failing_since.values()), default=0.0)
+
+
+def _name(obj: Any) -> str:
+    return str((obj.get("metadata") or {}).get("name") or "")
+
+
+def _namespace_labels(obj: Any) -> dict[str, str]:
+    return dict((obj.get("metadata") or {}).get("labels") or {})
+
+
+def _pool(obj: Any) -> Any:
+    meta = obj.get("metadata") or {}
+    return parse_pool(_name(obj), obj.get("spec"), meta.get("creationTimestamp") or "")
+
+
+def _each(kind: str, items: list[Any], convert: Callable[[Any], Any]) -> list[Any]:
+    """Converted objects; one that cannot be read is logged and skipped, never the end of the listing."""
+    out = []
+    for obj in items:
+        try:
+            out.append(convert(obj))
+        except Exception as exc:
+            logger.warning("object_ignored", kind=kind, name=_name(obj) if isinstance(obj, dict) else "",
+                           error=repr(exc))
+    return out
+
+
+async def _watch(kube: Kube, kind: str, path: str, health: WatchHealth, on_list: Callable[[list[Any]], None],
+                 on_event: Callable[[str, Any], None]) -> None:
+    async for event, obj in kube.informer(path):
+        if event == "ERROR":
+            if health.failed(kind):
+                logger.warning("watch_failed", kind=kind, error=str(obj) or repr(obj), retrying=True)
+            continue
+        down = health.recovered(kind)
+        if down is not None:
+            logger.info("watch_recovered", kind=kind, failed_seconds=round(down, 1))
+        if event == "SYNC":
+            on_list(obj)
+            continue
+        try:
+            on_event(event, obj)
+        except Exception as exc:  # an object we cannot read must not end the watch
+            logger.warning("object_ignored", kind=kind, name=_name(obj) if isinstance(obj, dict) else "",
+                           error=repr(exc))
+
+
+async def watch_services(kube: Kube, reconciler: Reconciler, health: WatchHealth) -> None:
+    def event(kind: str, obj: Any) -> None:
+        if kind == "DELETED":
             meta = obj.get("metadata") or {}
             reconciler.service_gone(f"{meta.get('namespace')}/{meta.get('name')}")
-        elif kind == "ERROR" and time.monotonic() - last_error > 10:  # the API may be down for a while
-            last_error = time.monotonic()
-            logger.warning("service_watch_failed", error=str(obj))
+        else:
+            reconciler.service_seen(read_service(obj))
+    await _watch(kube, "Service", SERVICES, health, lambda items: reconciler.services_listed(
+        _each("Service", items, read_service)), event)
+
+
+async def watch_namespaces(kube: Kube, reconciler: Reconciler, health: WatchHealth) -> None:
+    def event(kind: str, obj: Any) -> None:
+        reconciler.namespace_seen(_name(obj), None if kind == "DELETED" else _namespace_labels(obj))
+    await _watch(kube, "Namespace", NAMESPACES, health, lambda items: reconciler.namespaces_listed(
+        dict(_each("Namespace", items, lambda o: (_name(o), _namespace_labels(o))))), event)
+
+
+async def watch_pools(kube: Kube, reconciler: Reconciler, health: WatchHealth) -> None:
+    def event(kind: str, obj: Any) -> None:
+        reconciler.pool_seen(_name(obj), None if kind == "DELETED" else _pool(obj))
+    await _watch(kube, "IPPool", IPPOOLS, health, lambda items: reconciler.pools_listed(
+        dict(_each("IPPool", items, lambda o: (_name(o), _pool(o))))), event)

@@ -11,8 +11,6 @@ import socket
 import sys
 import uuid
 
-import kopf
-
 from lbctl import httpserver, log
 from lbctl.kube import config
 from lbctl.kube.client import Kube
@@ -20,10 +18,9 @@ from lbctl.kube.events import EventRecorder
 
 from lbctl.core.leader import Timing
 
-from .informer import watch_services
+from .informer import WatchHealth, watch_namespaces, watch_pools, watch_services
 from .leader import FencedKube, LeaderElector, LeadershipLost
 from .metrics import Metrics
-from .operator import build_registry
 from .reconciler import Reconciler
 
 logger = log.get("controller")
@@ -36,6 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also handle Services with this spec.loadBalancerClass (unset ones are always handled)")
     p.add_argument("--http-host", default="0.0.0.0", help="address for /healthz, /readyz, /metrics")
     p.add_argument("--http-port", type=int, default=7472)
+    p.add_argument("--unhealthy-after", type=float, default=120.0, metavar="SECONDS",
+                   help="/healthz fails once a watch has been failing this long (default 120)")
     p.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
     p.add_argument("--log-level", default="info")
     le = p.add_argument_group("leader election (several replicas; only the leader writes)")
@@ -81,7 +80,18 @@ async def run(args: argparse.Namespace) -> None:
             writer = FencedKube(kube, elector.may_write)  # Service/IPPool status and Events: leader only
         events = EventRecorder(writer, "lbctl-controller", identity)
         reconciler = Reconciler(writer, events, metrics, args.lb_class)
-        registry = build_registry(reconciler, cfg)
+        health = WatchHealth()
+
+        async def lead() -> None:
+            if elector is not None:
+                await elector.leading.wait()  # a standby decides and writes nothing (its caches stay warm)
+            await reconciler.run()
+
+        tasks = [asyncio.create_task(lead(), name="reconciler"),
+                 *([asyncio.create_task(elector.run(), name="leader-election")] if elector else []),
+                 asyncio.create_task(watch_services(kube, reconciler, health), name="watch-services"),
+                 asyncio.create_task(watch_namespaces(kube, reconciler, health), name="watch-namespaces"),
+                 asyncio.create_task(watch_pools(kube, reconciler, health), name="watch-ippools")]
 
         def ready() -> bool:
             # Leader: once the table is rebuilt. Standby: once it knows who leads (it serves metrics and keeps
@@ -90,29 +100,23 @@ async def run(args: argparse.Namespace) -> None:
                 return reconciler.ready.is_set()
             return elector.decided and not elector.fence.lapsed
 
-        http = await httpserver.serve(args.http_host, args.http_port, metrics.registry, ready=ready)
+        def healthy() -> bool:  # every task alive and no watch failing for longer than allowed
+            return not any(t.done() for t in tasks) and health.worst() < args.unhealthy_after
+
+        http = await httpserver.serve(args.http_host, args.http_port, metrics.registry, ready=ready,
+                                      healthy=healthy)
         logger.info("starting", server=cfg.server, lb_class=args.lb_class, http_port=args.http_port,
                     identity=identity, lease=elector.lease if elector else None)
-
-        async def lead() -> None:
-            if elector is not None:
-                await elector.leading.wait()  # a standby decides and writes nothing
-            await reconciler.run()
-
-        worker = asyncio.create_task(lead(), name="reconciler")
-        election = asyncio.create_task(elector.run() if elector else stop.wait(), name="leader-election")
-        informer = asyncio.create_task(watch_services(kube, reconciler), name="services")
-        # kopf would name itself after the login user; an arbitrary non-root UID has none (KeyError).
-        operator = asyncio.create_task(kopf.operator(registry=registry, standalone=True, clusterwide=True,
-                                                     stop_flag=stop, identity=identity),  # type: ignore[arg-type]
-                                       name="kopf")
-        done, _ = await asyncio.wait({worker, operator, election, asyncio.create_task(stop.wait())},
-                                     return_when=asyncio.FIRST_COMPLETED)
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)
         stop.set()
-        failed = [t for t in done if t is not None and t.done() and not t.cancelled() and t.exception()]
-        for task in failed:  # a daemon task that ends on its own is a failure: say which and why
-            logger.error("task_failed", task=task.get_name(), error=repr(task.exception()))
-        for task in (worker, informer, operator, election):
+        # Every task runs forever: one that ended is a bug (or lost leadership). Exit non-zero so the Deployment
+        # restarts us, rather than stay up, ready and blind.
+        failed = [t for t in done if t is not stopper]
+        for task in failed:
+            error = None if task.cancelled() else task.exception()
+            logger.error("task_failed", task=task.get_name(), error=repr(error), exc_info=error)
+        for task in (*tasks, stopper):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
@@ -120,7 +124,7 @@ async def run(args: argparse.Namespace) -> None:
         if elector is not None:
             await elector.release()  # writers are stopped: hand over now rather than after the lease expires
         await http.cleanup()
-        if any(isinstance(t.exception(), LeadershipLost) for t in failed):
+        if any(not t.cancelled() and isinstance(t.exception(), LeadershipLost) for t in failed):
             restart_as_candidate()
         logger.info("stopped")
         if failed:

@@ -16,6 +16,8 @@ class Metrics:
         self.failures = Counter("lbctl_allocation_failures_total", "Allocation attempts that failed", registry=r)
         self.pending = Gauge("lbctl_services_pending", "LoadBalancer Services waiting for an address", registry=r)
         self.retained = Gauge("lbctl_addresses_retained", "Addresses kept by Services outside every usable pool", registry=r)
+        self.decision_errors = Counter("lbctl_decision_errors_total",
+                                       "Decisions that raised (the Service is retried; the others go on)", registry=r)
         self.patch_seconds = Histogram("lbctl_status_patch_seconds", "Service status patch latency", registry=r,
                                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
         self.patch_errors = Counter("lbctl_status_patch_errors_total", "Failed Service status patches", registry=r)

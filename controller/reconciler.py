@@ -1,8 +1,10 @@
 """The controller's single writer: turns watch events into allocator calls and API writes.
 
 One asyncio task owns the Allocator, so decisions are sequential and race-free; only the resulting
-status patches run concurrently. Pools and namespaces come from a `Sources` view (kopf indexes), Services
-from a list-watch of our own; nothing is decided before both hold the complete picture.
+status patches run concurrently. Services, Namespaces and IPPools come from three list-watches
+(controller/informer.py). Nothing is decided before all three have listed (one synced barrier), and a
+Service whose Namespace is not known yet waits for it: its pool may depend on the Namespace's labels.
+A failure deciding one Service is logged, counted and retried; it never costs the rest of the batch.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import asyncio
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from lbctl import log
 from lbctl.core.allocator import Allocator, Outcome, to_addr
@@ -27,9 +29,8 @@ from .pool_status import PoolStatusWriter
 logger = log.get(__name__)
 
 
-class Sources(Protocol):
-    def pools(self) -> Iterable[PoolSpec]: ...
-    def namespace_labels(self, name: str) -> Mapping[str, str] | None: ...
+RETRY_FAILED = 5.0  # seconds before a Service whose decision raised is tried again
+LISTS = frozenset({"Service", "Namespace", "IPPool"})
 
 
 @dataclass
@@ -42,9 +43,11 @@ class Reconciler:
     def __init__(self, kube: Kube, events: EventRecorder, metrics: Metrics, lb_class: str | None = None) -> None:
         self.kube, self.events, self.metrics, self.lb_class = kube, events, metrics, lb_class
         self.alloc = Allocator()
-        self.sources: Sources | None = None
         self.services: dict[str, ServiceRequest] = {}
-        self._services_synced = False
+        self.pools: dict[str, PoolSpec] = {}
+        self.namespaces: dict[str, Mapping[str, str]] = {}
+        self._listed: set[str] = set()  # which of LISTS have listed at least once
+        self._waiting: dict[str, set[str]] = {}  # namespace not known yet -> Services waiting for it
         self.ready = asyncio.Event()
         self._dirty: set[str] = set()
         self._pools_dirty = False
@@ -54,18 +57,13 @@ class Reconciler:
         self._pool_status = PoolStatusWriter(kube, events, metrics)
 
     # ----- inputs (called from watch handlers; cheap, never block) -------------------------
-    def attach(self, sources: Sources) -> None:
-        if self.sources is None:
-            self.sources = sources
-            self._wake.set()
-
     def services_listed(self, items: Iterable[ServiceRequest]) -> None:
         """A full (re)list: replace the cache; everything present or vanished gets a look."""
         fresh = {r.key: r for r in items}
         self._dirty.update(self.services.keys() - fresh.keys())
         self._dirty.update(fresh)
         self.services = fresh
-        self._services_synced = True
+        self._listed.add("Service")
         self._wake.set()
 
     def service_seen(self, req: ServiceRequest) -> None:
@@ -80,20 +78,55 @@ class Reconciler:
         self._dirty.add(key)
         self._wake.set()
 
+    def pools_listed(self, pools: Mapping[str, PoolSpec]) -> None:
+        self.pools = dict(pools)
+        self._listed.add("IPPool")
+        self.pools_changed()
+
+    def pool_seen(self, name: str, pool: PoolSpec | None) -> None:
+        """pool None: deleted."""
+        if pool is None:
+            self.pools.pop(name, None)
+        else:
+            self.pools[name] = pool
+        self.pools_changed()
+
     def pools_changed(self) -> None:
         self._pools_dirty = True
         self._wake.set()
 
+    def namespaces_listed(self, namespaces: Mapping[str, Mapping[str, str]]) -> None:
+        changed = {n for n in self.namespaces.keys() | namespaces.keys()
+                   if self.namespaces.get(n) != namespaces.get(n)}
+        self.namespaces = dict(namespaces)
+        self._listed.add("Namespace")
+        for name in changed:
+            self.namespace_changed(name)
+        self._wake.set()
+
+    def namespace_seen(self, name: str, labels: Mapping[str, str] | None) -> None:
+        """labels None: deleted."""
+        if labels is None:
+            self.namespaces.pop(name, None)
+        else:
+            self.namespaces[name] = labels
+        self.namespace_changed(name)
+
     def namespace_changed(self, name: str) -> None:
+        self._dirty.update(self._waiting.pop(name, ()))
         self._dirty.update(k for k in self._pending if k.startswith(name + "/"))
         self._wake.set()
+
+    @property
+    def synced(self) -> bool:
+        return self._listed >= LISTS
 
     # ----- the loop ----------------------------------------------------------------------
     async def run(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self.sources is None or not self._services_synced:
+            if not self.synced:
                 continue
             try:
                 if not self.ready.is_set():
@@ -101,26 +134,45 @@ class Reconciler:
                 if self._pools_dirty:
                     self._pools_dirty = False
                     self._apply_pools()
-                batch, self._dirty = self._dirty, set()
-                writes = [w for w in (self._decide(k) for k in sorted(batch)) if w is not None]
-                if writes:
-                    await asyncio.gather(*writes)
-                self.metrics.pending.set(len(self._pending))
-                self._pool_status.update(self.alloc)
-            except Exception:  # never let one bad object stop allocation for the cluster
+            except Exception:  # the pools as a whole: nothing sensible to decide against, try again soon
                 logger.exception("reconcile_failed")
+                self.metrics.decision_errors.inc()
                 await asyncio.sleep(1)
                 self._wake.set()
+                continue
+            batch, self._dirty = self._dirty, set()
+            writes = [(k, w) for k, w in ((k, self._decide_isolated(k)) for k in sorted(batch)) if w is not None]
+            results = await asyncio.gather(*(w for _, w in writes), return_exceptions=True)
+            for (key, _), result in zip(writes, results):
+                if isinstance(result, Exception):
+                    self._failed(key, result)
+            self.metrics.pending.set(len(self._pending) + sum(map(len, self._waiting.values())))
+            self._pool_status.update(self.alloc)
+
+    def _decide_isolated(self, key: str) -> Any:
+        try:
+            return self._decide(key)
+        except Exception as exc:  # one Service's failure must not cost the others their turn
+            self._failed(key, exc)
+            return None
+
+    def _failed(self, key: str, exc: BaseException) -> None:
+        self.metrics.decision_errors.inc()
+        logger.error("decision_failed", service=key, error=repr(exc), retry_in=RETRY_FAILED, exc_info=exc)
+        asyncio.get_running_loop().call_later(RETRY_FAILED, self.service_changed, key)
 
     def _bootstrap(self) -> None:
         """Rebuild the table from Service statuses before deciding anything (restart safety)."""
-        assert self.sources is not None
         started = time.monotonic()
-        self.alloc.set_pools(self.sources.pools())
+        self.alloc.set_pools(self.pools.values())
         restored = 0
         for req in sorted(self.services.values(), key=lambda r: (r.created, r.key)):
             if req.wants(self.lb_class) and req.current_ips and not req.error:
-                outcome = self.alloc.restore(req)
+                try:
+                    outcome = self.alloc.restore(req)
+                except Exception as exc:
+                    self._failed(req.key, exc)
+                    continue
                 if outcome.error:
                     self._warn(req, "IPConflict", outcome.error + "; a new address will be allocated")
                 restored += 1
@@ -131,14 +183,12 @@ class Reconciler:
                     seconds=round(time.monotonic() - started, 3))
 
     def _apply_pools(self) -> None:
-        assert self.sources is not None
-        self.alloc.set_pools(self.sources.pools())
+        self.alloc.set_pools(self.pools.values())
         # New or freed capacity, or pools that stopped covering addresses: revisit everyone affected.
         self._dirty.update(self._pending)
         self._dirty.update(self.alloc.assignments())
 
     def _decide(self, key: str) -> Any:
-        assert self.sources is not None
         req = self.services.get(key)
         if req is None:  # deleted
             released = self.alloc.release(key)
@@ -148,7 +198,13 @@ class Reconciler:
                 logger.info("released", service=key, ips=list(released), why="deleted")
                 self._retry_pending()
             return None
-        outcome = self.alloc.sync(req, self.sources.namespace_labels(req.namespace), self.lb_class)
+        labels = self.namespaces.get(req.namespace)
+        if labels is None and req.wants(self.lb_class):
+            # Listed or watched before its Namespace: the pool may depend on the Namespace's labels, and an
+            # address once given stays. Decided when the Namespace arrives (it exists: the API server checked).
+            self._waiting.setdefault(req.namespace, set()).add(key)
+            return None
+        outcome = self.alloc.sync(req, labels, self.lb_class)
         if outcome.released:
             self._retry_pending()
         if not req.wants(self.lb_class):
@@ -205,6 +261,11 @@ class Reconciler:
         self.events.emit(_service_ref(req), "Warning", reason, message)
 
     def _forget(self, key: str) -> None:
+        ns = key.split("/", 1)[0]
+        if ns in self._waiting:
+            self._waiting[ns].discard(key)
+            if not self._waiting[ns]:
+                del self._waiting[ns]
         self._pending.pop(key, None)
         self._notices.pop(key, None)
 
