@@ -21,20 +21,10 @@ from lbctl.controlplane import RELEASE, SA_NS, ControlPlane, free_port
 from lbctl.kube import config
 from lbctl.kube.client import Kube
 from tests import httpget
+from tests.big_objects import big_metadata
 from tests.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def big_metadata(kib: int = 700) -> dict[str, Any]:
-    """Labels and annotations whose JSON is about `kib` KiB (every label within the API server's limits)."""
-    annotations = {"lbctl.io/test-padding": "a" * (200 * 1024)}
-    labels, size = {}, 200 * 1024
-    while size < kib * 1024:
-        key = f"pad{len(labels):05d}.example.com/" + "k" * 50
-        labels[key] = "v" * 63
-        size += len(key) + 63 + 6
-    return {"annotations": annotations, "labels": labels}
 
 
 def big_service(lab: Any, name: str) -> dict[str, Any]:
