@@ -1,7 +1,7 @@
 """Leader election for controller replicas: a coordination.k8s.io/v1 Lease, polled (decisions: lbctl/core/leader.py).
 
 Only the leader runs the reconciler (the only writer of Service status, IPPool status and Events); a standby
-keeps its Service informer and kopf indexes warm, so on takeover the table is rebuilt from memory. Every write
+keeps its list-watches (Services, Namespaces, IPPools) warm, so on takeover the table is rebuilt from memory. Every write
 goes through FencedKube, which checks the Fence (monotonic clock) just before the request: a leader that
 could not renew within the renew deadline stops writing before anyone else may consider the lease expired.
 

@@ -72,7 +72,8 @@ def test_healthz_reports_watches_failing_for_too_long(control_plane: ControlPlan
     deleted after the restart (kopf used to stop watching IPPools after a 403 while RBAC warmed up)."""
     from tests.conftest import admin_client
     with tempfile.TemporaryDirectory(prefix="lbctl-ctl-") as d, admin_client(control_plane) as kube:
-        ctl = ControllerProcess(control_plane, Path(d), "--unhealthy-after", "2")
+        ctl = ControllerProcess(control_plane, Path(d), "--unhealthy-after", "2", "--no-leader-elect")
+        pool = f"view-after-outage-{int(time.time())}"
         ctl.start()
         try:
             health = lambda: httpget.get(f"http://127.0.0.1:{ctl.port}/healthz", timeout=2)[0]  # noqa: E731
@@ -85,14 +86,17 @@ def test_healthz_reports_watches_failing_for_too_long(control_plane: ControlPlan
                 outage.join()
             wait_for(lambda: health() == 200, 30, what="/healthz healthy again after the outage")
             assert ctl.proc.poll() is None
-            pool = f"view-after-outage-{int(time.time())}"
             kube.create("/apis/lbctl.io/v1alpha1/ippools", {"apiVersion": "lbctl.io/v1alpha1", "kind": "IPPool",
                                                             "metadata": {"name": pool},
-                                                            "spec": {"addresses": ["198.18.42.0/30"],
+                                                            "spec": {"addresses": ["198.18.46.0/30"],
                                                                      "autoAssign": False}})
-            wait_for(lambda: f'lbctl_pool_ready{{pool="{pool}"}}' in ctl.metrics(), 20, what="the new pool seen")
+            try:
+                wait_for(lambda: f'lbctl_pool_ready{{pool="{pool}"}}' in ctl.metrics(), 20, what="the new pool seen")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{ctl.log()[-4000:]}") from None
             kube.delete(f"/apis/lbctl.io/v1alpha1/ippools/{pool}")
             wait_for(lambda: f'lbctl_pool_ready{{pool="{pool}"}}' not in ctl.metrics(), 20,
                      what="the deleted pool dropped")
         finally:
             ctl.stop()
+            kube.delete(f"/apis/lbctl.io/v1alpha1/ippools/{pool}")
