@@ -37,14 +37,14 @@ def test_big_service_keeps_the_data_plane_up(fresh: Lab) -> None:
         time.sleep(0.3)
     out, err = run.communicate(timeout=30)
     result = prober.analyse(prober.read_probes(out), t_big)
+    still = {h.name: fresh.speaker_pid(h.name) for h in fresh.topo.node_hosts}
+    print(f"big Service: {arp_checks - arp_misses}/{arp_checks} ARP checks answered by {owner}, "
+          f"HTTP {result.total - result.failures}/{result.total} ok, longest gap {result.gap_s * 1000:.0f} ms")
+    assert still == pids, f"speakers restarted: {pids} -> {still}"
+    assert arp_misses == 0, f"{arp_misses} of {arp_checks} ARP checks unanswered"
+    assert result.failures == 0 and result.after is None, (result, err)
     big_ip = ipv4_of(fresh.wait_ips("big"))
     big_owner = fresh.wait_arp_owner(big_ip)
     after = ipv4_of(fresh.service("after-big"))
     fresh.wait_arp_owner(after)
-    still = {h.name: fresh.speaker_pid(h.name) for h in fresh.topo.node_hosts}
-    print(f"big Service: {arp_checks - arp_misses}/{arp_checks} ARP checks answered by {owner}, "
-          f"HTTP {result.total - result.failures}/{result.total} ok, longest gap {result.gap_s * 1000:.0f} ms; "
-          f"big got {big_ip} on {big_owner}")
-    assert still == pids, f"speakers restarted: {pids} -> {still}"
-    assert arp_misses == 0, f"{arp_misses} of {arp_checks} ARP checks unanswered"
-    assert result.failures == 0 and result.after is None, (result, err)
+    print(f"big Service got {big_ip}, announced by {big_owner}; the next Service got {after}")
