@@ -24,7 +24,7 @@ def setup(fmt: str = "auto", level: str = "info") -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    # kopf and aiohttp log through stdlib logging; render them the same way.
+    # aiohttp and asyncio log through stdlib logging; render them the same way.
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
@@ -33,8 +33,6 @@ def setup(fmt: str = "auto", level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("kopf").setLevel(max(logging.INFO, root.level))
-    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
 
 def get(name: str) -> structlog.stdlib.BoundLogger:

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import itertools
 import tempfile
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -101,12 +100,7 @@ class Lab:
             def dropped() -> bool:
                 text = ctl.metrics()
                 return not any(f'lbctl_pool_ready{{pool="{name}"}}' in text for name in self.pools)
-            try:
-                wait_for(dropped, what=f"the controller to drop deleted pools {self.pools}")
-            except AssertionError as exc:
-                # Known: after an API server restart kopf may stop watching IPPools for good (a 403
-                # while RBAC warms up); said loudly here, and the test's own assertions still stand.
-                warnings.warn(str(exc), stacklevel=1)
+            wait_for(dropped, what=f"the controller to drop deleted pools {self.pools}")
 
 
 @pytest.fixture
