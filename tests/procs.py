@@ -78,3 +78,36 @@ class ControllerProcess:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
         return 0.0
+
+
+class ConfinedSpeaker:
+    """The real speaker in Kubernetes mode as the chart's ServiceAccount, confined to an interface that does not
+    exist: no raw socket is opened and no heartbeat leaves on any network (no root or namespaces needed)."""
+
+    def __init__(self, cp: ControlPlane, node: str, workdir: Path) -> None:
+        self.node, self.port, self.log_file = node, free_port(), workdir / "speaker.log"
+        key = workdir / "key"
+        key.write_text(os.urandom(32).hex())
+        key.chmod(0o400)
+        self.kubeconfig = cp.service_account_kubeconfig(SA_NS, f"{RELEASE}-speaker")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "speaker", "--node-name", node, "--kubeconfig", str(self.kubeconfig),
+             "--heartbeat-key-file", str(key), "--interfaces", "lbctl-none0", "--http-host", "127.0.0.1",
+             "--http-port", str(self.port), "--log-format", "json"],
+            stdout=open(self.log_file, "wb"), stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+    def ready(self) -> bool:
+        assert self.proc.poll() is None, self.log()[-3000:]
+        return httpget.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1)[0] == 200
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

@@ -13,15 +13,14 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 
 from tests import hostile
 
-from .test_speaker_dataplane import CONFIG, NODES, PORT, VIP1, VIP2, VIP6, VIP_GHOST, Lab, in_netns, owner_is
+from .test_speaker_dataplane import NODES, PORT, VIP1, VIP2, VIP6, VIP_GHOST, Lab, in_netns, owner_is
+from .test_speaker_dataplane import lab  # noqa: F401  (the same two-speaker harness, one per module)
 
 SOL_PACKET, PACKET_IGNORE_OUTGOING = 263, 23  # <linux/if_packet.h>; not in the socket module
 OWNED4 = [VIP1, VIP2, VIP_GHOST]
@@ -117,18 +116,6 @@ def attack(lab: Lab, l2_count: int, hb_count: int, seed: int = 1) -> Outcome:
     out.ghost_dead = out.ghost_dead and owner_is(lab, VIP_GHOST, "node1")
     out.rss_growth_kib = {n: rss_kib(p) - before[n] for n, p in pids.items()}
     return out
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    lab = Lab(tmp_path_factory.mktemp("hostile-lab"))
-    try:
-        lab.setup()
-        for node in NODES:
-            lab.start(node, CONFIG)
-        yield lab
-    finally:
-        lab.cleanup()
 
 
 def test_hostile_frames_short_form(lab: Lab) -> None:

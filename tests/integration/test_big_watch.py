@@ -8,20 +8,18 @@ controller's Service informer (silently) and every speaker.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from lbctl.controlplane import RELEASE, SA_NS, ControlPlane, free_port
+from lbctl.controlplane import ControlPlane
 from lbctl.kube import config
 from lbctl.kube.client import Kube
 from tests import httpget
 from tests.big_objects import big_metadata
+from tests.procs import ConfinedSpeaker
 from tests.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,21 +77,9 @@ def test_controller_allocates_around_and_for_a_700_kib_service(lab, controller):
 def test_speaker_survives_a_700_kib_service(lab, control_plane: ControlPlane, tmp_path: Path):
     """The real speaker (Kubernetes mode, the chart's ServiceAccount, confined to an interface that does not
     exist: nothing leaves on any network) keeps running and ready through the big Service's ADDED/MODIFIED."""
-    node, port = f"big-watch-node-{os.getpid()}", free_port()
-    key = tmp_path / "key"
-    key.write_text(base64.b16encode(os.urandom(32)).decode())
-    key.chmod(0o400)
-    log = tmp_path / "speaker.log"
-    kubeconfig = control_plane.service_account_kubeconfig(SA_NS, f"{RELEASE}-speaker")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "speaker", "--node-name", node, "--kubeconfig", str(kubeconfig),
-         "--heartbeat-key-file", str(key), "--interfaces", "lbctl-none0", "--http-host", "127.0.0.1",
-         "--http-port", str(port), "--log-format", "json"],
-        stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    sp = ConfinedSpeaker(control_plane, f"big-watch-node-{os.getpid()}", tmp_path)
+    node, proc, ready = sp.node, sp.proc, sp.ready
     try:
-        def ready() -> bool:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            return httpget.get(f"http://127.0.0.1:{port}/readyz", timeout=1)[0] == 200
         wait_for(ready, 30, what="the speaker's informers to sync")
         big_service(lab, "big")
         lab.kube.patch(f"/api/v1/namespaces/{lab.ns}/services/big", {"metadata": {"labels": {"touched": "yes"}}})
@@ -101,12 +87,10 @@ def test_speaker_survives_a_700_kib_service(lab, control_plane: ControlPlane, tm
         # The speaker logs each Service it learns of only through its model; give the watch time to deliver
         # both big events and the small one, then demand it is still up, ready and never lost a task.
         time.sleep(3)
-        assert proc.poll() is None, log.read_text()[-3000:]
+        assert proc.poll() is None, sp.log()[-3000:]
         assert ready()
-        text = log.read_text()
+        text = sp.log()
         assert "task_ended" not in text and "LineTooLong" not in text, text[-3000:]
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(15)
+        sp.stop()
         lab.kube.delete(f"/apis/lbctl.io/v1alpha1/speakerstatuses/{node}")

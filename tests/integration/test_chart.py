@@ -22,10 +22,10 @@ import pytest
 import yaml
 
 from lbctl import assets
-from lbctl.controlplane import RELEASE, SA_NS, ControlPlane, free_port
+from lbctl.controlplane import RELEASE, SA_NS, ControlPlane
 from lbctl.lab import k8sbin
 from lbctl.lab.api import wait_for
-from tests.procs import ControllerProcess
+from tests.procs import ConfinedSpeaker, ControllerProcess
 
 CHART = str(assets.chart_dir())
 ROOT = Path(__file__).resolve().parents[2]
@@ -518,37 +518,19 @@ def test_speaker_works_under_the_charts_rbac(control_plane: ControlPlane, tmp_pa
     through the EndpointSlice v1beta1 fallback), it creates its SpeakerStatus and patches the status.
     Confined to an interface that does not exist: no socket is opened on any network, no heartbeat leaves.
     (Moved here from tests/e2e: it needs neither root nor network namespaces.)"""
-    cp, node = control_plane, f"chart-rbac-node-{os.getpid()}"
-    port = free_port()
-    key = tmp_path / "key"
-    key.write_text(base64.b16encode(os.urandom(32)).decode())
-    key.chmod(0o400)
-    log = tmp_path / "speaker.log"
-    kubeconfig = cp.service_account_kubeconfig(SA_NS, f"{RELEASE}-speaker")
-    assert kubeconfig.parent == cp.workdir and kubeconfig.stat().st_mode & 0o777 == 0o600
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "speaker", "--node-name", node, "--kubeconfig", str(kubeconfig),
-         "--heartbeat-key-file", str(key), "--interfaces", "lbctl-none0", "--http-host", "127.0.0.1",
-         "--http-port", str(port), "--log-format", "json"],
-        stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    cp = control_plane
+    sp = ConfinedSpeaker(cp, f"chart-rbac-node-{os.getpid()}", tmp_path)
+    node, proc = sp.node, sp.proc
+    assert sp.kubeconfig.parent == cp.workdir and sp.kubeconfig.stat().st_mode & 0o777 == 0o600
     try:
-        def ready() -> bool:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                    return r.status == 200
-            except OSError:
-                return False
-        wait_for(ready, 30, "the speaker's informers to sync")
+        wait_for(sp.ready, 30, "the speaker's informers to sync")
         status = wait_for(lambda: (kget(cp, "speakerstatuses", node) or {}).get("status"), 20,
                           "the speaker's SpeakerStatus")
         assert status["node"] == node and status["livePeers"] == [node] and status["announced"] == []
-        text = log.read_text()
+        text = sp.log()
         assert "watch_failed" not in text and not DENIED.search(text), text[-3000:]
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == 0, log.read_text()[-3000:]
+        assert proc.wait(15) == 0, sp.log()[-3000:]
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        sp.stop()
         kubectl(cp, "delete", "speakerstatuses", node, "--ignore-not-found")
