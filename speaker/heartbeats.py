@@ -9,6 +9,11 @@ also wakes at the next peer's deadline. The event loop is only woken when the li
 new peer, a goodbye, an expiry), so an idle speaker costs one thread wake-up per interval, whatever
 the number of peers. A goodbye is noticed within one interval; the leaver keeps answering longer.
 
+Segments (docs/reliability.md, "Which segment is alive"): besides the one table that drives identity
+and echoes, each interface keeps its own PeerTable fed only by its own socket, so the election can ask
+who is live on the segment an IP is announced on. A multi-NIC peer whose VIP NIC died still beacons on
+its other NICs, but not on that segment, and loses that segment's IPs.
+
 Identity (docs/reliability.md): the incarnation is random, never the clock, so a clock step changes
 nothing. Peers count us live only on beacons echoing our incarnation; if a peer we keep hearing stops
 echoing us (it refuses our incarnation, e.g. after a forged goodbye), we take a new one.
@@ -64,7 +69,8 @@ class Heartbeats:
                  on_change: Callable[[], None], metrics: Metrics) -> None:
         self.node, self.keys, self.port, self.interval = node, keys, port, interval
         self.dead_after = dead_after
-        self.peers = PeerTable(node, dead_after)
+        self.peers = PeerTable(node, dead_after)  # identity, echoes and the overall live set
+        self.segments: dict[str, PeerTable] = {}  # interface -> who is heard on it (guarded by _lock)
         self.on_change = on_change  # called on the event loop's thread
         self.metrics = metrics
         self.incarnation = new_incarnation()  # random: a restart starts a new sequence space, whatever the clock
@@ -89,6 +95,7 @@ class Heartbeats:
             for name in list(self._socks):
                 if name not in targets:
                     self._socks.pop(name)[0].close()
+                    self.segments.pop(name, None)
             for name, brds in targets.items():
                 if name in self._socks:
                     self._socks[name] = (self._socks[name][0], brds)
@@ -99,6 +106,7 @@ class Heartbeats:
                     logger.warning("heartbeat_socket_failed", interface=name, error=str(exc))
                     continue
                 self._socks[name] = (sock, brds)
+                self.segments[name] = PeerTable(self.node, self.dead_after)  # heard afresh from now on
                 self._warned_alone = False
             empty = not self._socks
         if empty and not self._warned_alone:
@@ -112,6 +120,16 @@ class Heartbeats:
             live = self.peers.live(now)
         self.metrics.live_peers.set(len(live))
         return live
+
+    def live_on(self, now: float) -> dict[str, set[str]]:
+        """Interface -> speakers live on it (ourselves included while its socket is open)."""
+        return self._snapshot(now)[1]
+
+    def _snapshot(self, now: float) -> tuple[set[str], dict[str, set[str]]]:
+        with self._lock:
+            live = self.peers.live(now)
+            # Never more than the overall table says: its identity checks (retired incarnations) hold here too.
+            return live, {name: t.live(now) & live for name, t in self.segments.items()}
 
     # --- the thread -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -141,11 +159,14 @@ class Heartbeats:
         poller = select.poll()
         poller.register(self._wake_r, select.POLLIN)
         now = next_send = last_drain = time.monotonic()
-        with self._lock:
-            last_live = self.peers.live(now)
+        last_live = self._snapshot(now)
         while not self._stop:
             with self._lock:
                 expiry = self.peers.next_expiry(now)
+                for table in self.segments.values():
+                    t = table.next_expiry(now)
+                    if t is not None and (expiry is None or t < expiry):
+                        expiry = t
             times = [t for t in (next_send if self._sending else None, expiry) if t is not None]
             wake_at = min(times, default=now + 1.0)
             timeout_ms = max(0, int((wake_at - now + EXPIRY_SLACK) * 1000) + 1)
@@ -165,8 +186,7 @@ class Heartbeats:
                 self._send(False)
                 # Keep the cadence; after a stall (suspend, CPU starvation) resume rather than burst.
                 next_send = max(next_send + self.interval, now)
-            with self._lock:
-                live = self.peers.live(now)
+            live = self._snapshot(now)
             if live != last_live:
                 last_live = live
                 try:
@@ -196,10 +216,10 @@ class Heartbeats:
 
     def _drain(self, now: float, last_drain: float) -> None:
         with self._lock:
-            socks = [s for s, _ in self._socks.values()]
+            socks = [(s, self.segments.get(name)) for name, (s, _) in self._socks.items()]
         wall = time.time()
         oldest = now - last_drain + RX_AGE_SLACK  # no beacon can be older than our last drain
-        for sock in socks:
+        for sock, segment in socks:
             for _ in range(1024):
                 try:
                     data, anc, _flags, _addr = sock.recvmsg(2048, _CMSG_SPACE)
@@ -224,6 +244,8 @@ class Heartbeats:
                         age = min(max(wall - (sec + nsec / 1e9), 0.0), oldest)
                 with self._lock:
                     self.peers.observe(hb, now - age)  # replays and duplicates are refused inside
+                    if segment is not None:  # the same beacon sent on two NICs counts once per segment
+                        segment.observe(hb, now - age)
 
     def _send(self, leaving: bool) -> None:
         with self._lock:

@@ -14,7 +14,7 @@ import sys
 import time
 
 from lbctl import arpsysctl, httpserver, log
-from lbctl.core.announce import IpIntent, owners
+from lbctl.core.announce import IpIntent, owners, segment_live
 from lbctl.core.conflicts import Conflict, ConflictTable
 from lbctl.core.heartbeat import Keyring
 from lbctl.kube import config
@@ -27,6 +27,7 @@ from .heartbeats import Heartbeats
 from .interfaces import InterfaceTable
 from .lease import LeaseRenewer
 from .metrics import Metrics
+from .registered import PeerCensus
 from .state import KubeState, StaticState
 from .status import ConflictEvents, StatusWriter, TakeoverEvents, status_body
 from .withheld import WithheldReporter
@@ -101,7 +102,9 @@ class Speaker:
         assert self.source is not None
         live = self.heartbeats.live(now)
         intents = self.source.intents()
-        won = owners(intents, live, self.source.nodes())
+        # Each IP among the speakers heard on the segment it is announced on (docs/reliability.md).
+        where = {ip: [i.name for i in self.interfaces.for_ip(ip, intent.interfaces)] for ip, intent in intents.items()}
+        won = owners(intents, live, self.source.nodes(), segment_live(where, self.heartbeats.live_on(now)))
         mine: dict[str, IpIntent] = {ip: intents[ip] for ip, who in won.items() if who == self.node}
         new = self.announcer.apply(mine)
         gained, lost = set(mine) - self._mine, self._mine - set(mine)
@@ -224,6 +227,9 @@ async def run(args: argparse.Namespace, keys: Keyring) -> None:
         lease_ns = args.lease_namespace or (cfg.namespace if cfg.in_cluster else "lbctl-system")
         lease = LeaseRenewer(kube, args.node_name, lease_ns)
         tasks.append(asyncio.create_task(lease.run(), name="lease"))
+        census = PeerCensus(kube, args.node_name, lease_ns, lambda: sp.heartbeats.live(time.monotonic()),
+                            lambda: sp.warm, metrics)
+        tasks.append(asyncio.create_task(census.run(), name="peer-census"))
     http = await httpserver.serve(args.http_host, args.http_port, metrics.registry, ready=sp.ready)
     logger.info("starting", node=args.node_name, interfaces=[i.name for i in sp.interfaces.candidates],
                 heartbeat_port=args.heartbeat_port, http_port=args.http_port)
