@@ -1,7 +1,8 @@
-"""Speaker-to-speaker liveness: signed UDP broadcasts on every announcing interface's IPv4 subnet.
+"""Speaker-to-speaker liveness: signed UDP broadcasts on every announcing interface's IPv4 subnet, or on
+an IPv6-only interface to a link-local multicast group (speaker/interfaces.py HEARTBEAT_GROUP6).
 
-One socket per interface (SO_BINDTODEVICE, SO_BROADCAST, shared port via SO_REUSEADDR) both sends and
-receives. A peer is live only while we keep hearing it; we are always live ourselves.
+One socket per interface (SO_BINDTODEVICE, SO_BROADCAST or the joined group, shared port via SO_REUSEADDR)
+both sends and receives. A peer is live only while we keep hearing it; we are always live ourselves.
 
 Beacons are sent and received by one dedicated thread that wakes once per interval: it drains what
 arrived (dated by kernel receive timestamps, so deadlines stay exact), sends its own beacon, and
@@ -49,19 +50,41 @@ def new_incarnation() -> int:
     return int.from_bytes(os.urandom(8), "big")
 
 
-def open_heartbeat_socket(ifname: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+def open_heartbeat_socket(ifname: str, port: int, group6: str | None = None) -> socket.socket:
+    """IPv4 broadcast socket, or with `group6` an IPv6 one joined to that link-local group on `ifname`."""
+    sock = socket.socket(socket.AF_INET6 if group6 else socket.AF_INET, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        sock.bind(("", port))
+        if group6:
+            index = socket.if_nametoindex(ifname)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP,
+                            socket.inet_pton(socket.AF_INET6, group6) + struct.pack("@I", index))
+            sock.bind(("::", port))
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            sock.bind(("", port))
         sock.setblocking(False)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def _group6(targets: tuple[str, ...]) -> str | None:
+    """The IPv6 group of an IPv6 interface's targets (first; unicast peers may follow), else None (IPv4)."""
+    return targets[0] if targets and targets[0].startswith("ff02:") else None
+
+
+def _destinations(ifname: str, targets: tuple[str, ...], port: int) -> tuple[tuple, ...]:
+    """Socket addresses to send to; a link-local group needs the interface as its scope."""
+    if _group6(targets):
+        index = socket.if_nametoindex(ifname)
+        return tuple((t, port, 0, index if t.startswith(("ff02:", "fe80:")) else 0) for t in targets)
+    return tuple((t, port) for t in targets)
 
 
 class Heartbeats:
@@ -79,7 +102,7 @@ class Heartbeats:
         self._next_reincarnation = 0.0
         self._seq = 0
         self._lock = threading.Lock()  # guards peers, _socks, _seq
-        self._socks: dict[str, tuple[socket.socket, tuple[str, ...]]] = {}
+        self._socks: dict[str, tuple[socket.socket, tuple[tuple, ...]]] = {}  # interface -> (socket, sockaddrs)
         self._sending = True
         self._stop = False
         self._warned_alone = False
@@ -90,29 +113,31 @@ class Heartbeats:
 
     # --- interfaces (event loop thread) -------------------------------------------------------
     def set_targets(self, targets: Mapping[str, tuple[str, ...]]) -> None:
-        """Interface -> broadcast addresses; opens and closes sockets to match."""
+        """Interface -> IPv4 broadcast addresses, or (IPv6 group,); opens and closes sockets to match."""
         with self._lock:
             for name in list(self._socks):
-                if name not in targets:
+                family = socket.AF_INET6 if _group6(targets.get(name, ())) else socket.AF_INET
+                if name not in targets or self._socks[name][0].family != family:  # gone, or IPv4 came/went
                     self._socks.pop(name)[0].close()
                     self.segments.pop(name, None)
             for name, brds in targets.items():
-                if name in self._socks:
-                    self._socks[name] = (self._socks[name][0], brds)
-                    continue
                 try:
-                    sock = open_heartbeat_socket(name, self.port)
+                    dests = _destinations(name, brds, self.port)
+                    if name in self._socks:
+                        self._socks[name] = (self._socks[name][0], dests)
+                        continue
+                    sock = open_heartbeat_socket(name, self.port, _group6(brds))
                 except OSError as exc:
                     logger.warning("heartbeat_socket_failed", interface=name, error=str(exc))
                     continue
-                self._socks[name] = (sock, brds)
+                self._socks[name] = (sock, dests)
                 self.segments[name] = PeerTable(self.node, self.dead_after)  # heard afresh from now on
                 self._warned_alone = False
             empty = not self._socks
         if empty and not self._warned_alone:
             self._warned_alone = True
-            logger.warning("no_heartbeat_interface", hint="no usable interface with an IPv4 broadcast address; "
-                                                          "this speaker cannot see its peers")
+            logger.warning("no_heartbeat_interface", hint="no usable interface with an IPv4 broadcast address "
+                                                          "or IPv6; this speaker cannot see its peers")
 
     def live(self, now: float) -> set[str]:
         """Live speakers now, ourselves included."""
@@ -254,10 +279,10 @@ class Heartbeats:
             targets = list(self._socks.values())
             echo = self.peers.heard(time.monotonic())
         data = encode(Heartbeat(self.node, inc, seq, int(self.interval * 1000), leaving), self.keys, echo)
-        for sock, brds in targets:
-            for brd in brds:
+        for sock, dests in targets:
+            for dest in dests:
                 try:
-                    sock.sendto(data, (brd, self.port))
+                    sock.sendto(data, dest)
                 except OSError:
                     pass  # link down, no route right now, or closed meanwhile; the next beat retries
 

@@ -66,6 +66,7 @@ class Speaker:
         self._live: set[str] = set()
         self._links: set[str] = set()
         self._conflict_wake = asyncio.Event()
+        self.unicast_peers: set[str] = set()  # registered peers once not heard: beaconed to directly too
 
     def ready(self) -> bool:
         return self.warm and self.source is not None and self.source.synced
@@ -83,7 +84,7 @@ class Speaker:
             # The heartbeat thread wakes us only when the live set changes; so do the informers and
             # the interface table. An idle speaker does no work here at all.
             self.dirty.clear()
-            self.heartbeats.set_targets(self.interfaces.heartbeat_targets())
+            self.heartbeats.set_targets(self.interfaces.heartbeat_targets(self._unicast_addresses()))
             links = self._up_links()
             back, self._links = links - self._links, links
             if back:
@@ -97,6 +98,23 @@ class Speaker:
             except Exception:  # a bug on one input must not stop announcing for the rest
                 logger.exception("reconcile_failed")
             await self.dirty.wait()
+
+    def unicast_to(self, missing: tuple[str, ...]) -> None:
+        """Registered peers we do not hear: broadcast/multicast may be filtered between us, so beacon to
+        their InternalIPs as well. Sticky: once heard that way they would go quiet again if we stopped."""
+        new = set(missing) - self.unicast_peers - {self.node}
+        if new:
+            self.unicast_peers |= new
+            logger.warning("heartbeat_unicast_fallback", peers=sorted(new),
+                           addresses=sorted(self._unicast_addresses()))
+            self.dirty.set()
+
+    def _unicast_addresses(self) -> list[str]:
+        if not self.unicast_peers or self.source is None:
+            return []
+        nodes = self.source.nodes()
+        self.unicast_peers &= set(nodes)  # deleted Nodes: forget them
+        return [a for n in sorted(self.unicast_peers) for a in nodes[n].addresses]
 
     def reconcile(self, now: float) -> None:
         assert self.source is not None
@@ -228,7 +246,7 @@ async def run(args: argparse.Namespace, keys: Keyring) -> None:
         lease = LeaseRenewer(kube, args.node_name, lease_ns)
         tasks.append(asyncio.create_task(lease.run(), name="lease"))
         census = PeerCensus(kube, args.node_name, lease_ns, lambda: sp.heartbeats.live(time.monotonic()),
-                            lambda: sp.warm, metrics)
+                            lambda: sp.warm, metrics, sp.unicast_to)
         tasks.append(asyncio.create_task(census.run(), name="peer-census"))
     http = await httpserver.serve(args.http_host, args.http_port, metrics.registry, ready=sp.ready)
     logger.info("starting", node=args.node_name, interfaces=[i.name for i in sp.interfaces.candidates],

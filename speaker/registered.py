@@ -2,7 +2,8 @@
 
 Every RENEW_S the speaker Leases of the release namespace are listed (one request; needs `leases` list
 there) and compared with the heartbeat live set: gauge lbctl_speaker_registered_peers, and a rate-limited
-`fewer_peers_than_registered` warning naming who is not heard. API failures only skip a round: the
+`fewer_peers_than_registered` warning naming who is not heard; the speaker then also beacons to the
+missing peers' InternalIPs directly (speaker/main.py unicast_to). API failures only skip a round: the
 check is advisory, liveness never depends on it.
 """
 
@@ -25,8 +26,10 @@ logger = log.get(__name__)
 
 class PeerCensus:
     def __init__(self, kube: Kube, node: str, namespace: str, live: Callable[[], set[str]],
-                 ready: Callable[[], bool], metrics: Metrics, every: float = RENEW_S) -> None:
+                 ready: Callable[[], bool], metrics: Metrics, on_missing: Callable[[tuple[str, ...]], None],
+                 every: float = RENEW_S) -> None:
         self.kube, self.node, self.live, self.ready, self.metrics = kube, node, live, ready, metrics
+        self.on_missing = on_missing
         self.every = every
         self.collection = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
         self.shortfall = ShortfallLog()
@@ -51,6 +54,8 @@ class PeerCensus:
         live = self.live()
         got = check_peers(leases, live, self.node, dt.datetime.now(dt.timezone.utc))
         self.metrics.registered_peers.set(len(got.registered))
+        if got.missing:
+            self.on_missing(got.missing)
         if self.shortfall.due(got.missing, time.monotonic()):
             logger.warning("fewer_peers_than_registered", registered=len(got.registered), heard=len(live),
                            missing=list(got.missing),

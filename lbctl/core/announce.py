@@ -60,7 +60,11 @@ def node_info(obj: Mapping[str, Any]) -> NodeInfo:
     unavailable = any(isinstance(c, Mapping) and c.get("type") == "NetworkUnavailable" and c.get("status") == "True"
                       for c in conds)
     labels = meta.get("labels")
-    return NodeInfo(str(meta.get("name", "")), dict(labels) if isinstance(labels, Mapping) else {}, unavailable)
+    addrs = _map(obj.get("status")).get("addresses")
+    internal = tuple(ip for a in (addrs if isinstance(addrs, list) else []) if isinstance(a, Mapping)
+                     and a.get("type") == "InternalIP" and (ip := canonical_ip(str(a.get("address", "")))))
+    return NodeInfo(str(meta.get("name", "")), dict(labels) if isinstance(labels, Mapping) else {}, unavailable,
+                    internal)
 
 
 def layer2_of(layer2: Any) -> tuple[tuple[Mapping[str, Any], ...], tuple[str, ...]]:

@@ -110,3 +110,51 @@ def test_shortfall_is_logged_on_change_then_rate_limited() -> None:
     assert log.due(("b", "c"), 71.0)
     assert not log.due((), 72.0)
     assert log.due(("b",), 73.0)  # a new shortfall after a clean check
+
+
+def test_ipv6_only_interfaces_beacon_to_the_link_local_group() -> None:
+    from lbctl.core.netifs import heartbeat_targets, interfaces
+    from speaker.heartbeats import _destinations, _group6
+    from speaker.interfaces import HEARTBEAT_GROUP6
+    up = 0x1 | 0x2 | 0x1000 | 0x10000  # UP BROADCAST MULTICAST LOWER_UP
+    links = [{"index": i, "name": n, "flags": f, "type": 1, "address": f"02:00:00:00:00:0{i}", "port_of": None}
+             for i, n, f in ((2, "dual", up), (3, "v6only", up), (4, "v6nomcast", up & ~0x1000), (5, "v4", up))]
+    addrs = [{"index": 2, "address": "198.18.0.1", "prefixlen": 24}, {"index": 2, "address": "2001:db8::1", "prefixlen": 64},
+             {"index": 3, "address": "fe80::3", "prefixlen": 64}, {"index": 4, "address": "2001:db8:1::4", "prefixlen": 64},
+             {"index": 5, "address": "198.18.1.1", "prefixlen": 24}]
+    cands = interfaces(links, addrs)
+    got = heartbeat_targets(cands, HEARTBEAT_GROUP6)
+    # Dual-stack keeps IPv4 broadcast only (one beacon per segment); without a group, IPv6-only stays silent.
+    assert got == {"dual": ("198.18.0.255",), "v6only": ("ff02::114",), "v4": ("198.18.1.255",)}
+    assert heartbeat_targets(cands) == {"dual": ("198.18.0.255",), "v4": ("198.18.1.255",)}
+    assert _group6(got["v6only"]) == "ff02::114" and _group6(got["dual"]) is None
+    assert _destinations("lo", ("ff02::114",), 7946) == (("ff02::114", 7946, 0, socket.if_nametoindex("lo")),)
+    assert _destinations("x", ("198.18.0.255", "198.18.2.255"), 7946) == (("198.18.0.255", 7946), ("198.18.2.255", 7946))
+
+
+def test_unicast_fallback_goes_on_the_interface_holding_the_peers_address() -> None:
+    from lbctl.core.netifs import heartbeat_targets, interfaces
+    from speaker.interfaces import HEARTBEAT_GROUP6
+    up = 0x1 | 0x2 | 0x1000 | 0x10000
+    links = [{"index": 2, "name": "eth0", "flags": up, "type": 1, "address": "02:00:00:00:00:02", "port_of": None},
+             {"index": 3, "name": "v6", "flags": up, "type": 1, "address": "02:00:00:00:00:03", "port_of": None}]
+    addrs = [{"index": 2, "address": "198.18.0.1", "prefixlen": 24}, {"index": 2, "address": "2001:db8::1", "prefixlen": 64},
+             {"index": 3, "address": "2001:db8:6::1", "prefixlen": 64}]
+    cands = interfaces(links, addrs)
+    peers = ["198.18.0.2", "2001:db8::2", "198.18.0.1", "2001:db8:6::2", "203.0.113.9", "junk", "198.18.0.2"]
+    got = heartbeat_targets(cands, HEARTBEAT_GROUP6, peers)
+    # eth0 beacons IPv4 (broadcast + the on-link peer, once; not ourselves, not off-link); v6 adds its peer.
+    assert got == {"eth0": ("198.18.0.255", "198.18.0.2"), "v6": ("ff02::114", "2001:db8:6::2")}
+    from speaker.heartbeats import _destinations, _group6
+    assert _group6(got["v6"]) == "ff02::114" and _group6(got["eth0"]) is None
+    assert _destinations("lo", ("ff02::114", "2001:db8:6::2"), 1)[1] == ("2001:db8:6::2", 1, 0, 0)
+
+
+def test_node_internal_ips_are_read_for_the_fallback() -> None:
+    from lbctl.core.announce import node_info
+    obj = {"metadata": {"name": "n1"}, "status": {"addresses": [
+        {"type": "InternalIP", "address": "198.18.0.2"}, {"type": "Hostname", "address": "n1"},
+        {"type": "InternalIP", "address": "2001:DB8::2"}, {"type": "ExternalIP", "address": "203.0.113.1"},
+        {"type": "InternalIP", "address": "not-an-ip"}, "junk"]}}
+    assert node_info(obj).addresses == ("198.18.0.2", "2001:db8::2")
+    assert node_info({"metadata": {"name": "n2"}, "status": {"addresses": "junk"}}).addresses == ()
