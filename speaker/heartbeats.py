@@ -1,13 +1,19 @@
-"""Speaker-to-speaker liveness: signed UDP broadcasts on every announcing interface's IPv4 subnet.
+"""Speaker-to-speaker liveness: signed UDP broadcasts on every announcing interface's IPv4 subnet, or on
+an IPv6-only interface to a link-local multicast group (speaker/interfaces.py HEARTBEAT_GROUP6).
 
-One socket per interface (SO_BINDTODEVICE, SO_BROADCAST, shared port via SO_REUSEADDR) both sends and
-receives. A peer is live only while we keep hearing it; we are always live ourselves.
+One socket per interface (SO_BINDTODEVICE, SO_BROADCAST or the joined group, shared port via SO_REUSEADDR)
+both sends and receives. A peer is live only while we keep hearing it; we are always live ourselves.
 
 Beacons are sent and received by one dedicated thread that wakes once per interval: it drains what
 arrived (dated by kernel receive timestamps, so deadlines stay exact), sends its own beacon, and
 also wakes at the next peer's deadline. The event loop is only woken when the live set *changes* (a
 new peer, a goodbye, an expiry), so an idle speaker costs one thread wake-up per interval, whatever
 the number of peers. A goodbye is noticed within one interval; the leaver keeps answering longer.
+
+Segments (docs/reliability.md, "Which segment is alive"): besides the one table that drives identity
+and echoes, each interface keeps its own PeerTable fed only by its own socket, so the election can ask
+who is live on the segment an IP is announced on. A multi-NIC peer whose VIP NIC died still beacons on
+its other NICs, but not on that segment, and loses that segment's IPs.
 
 Identity (docs/reliability.md): the incarnation is random, never the clock, so a clock step changes
 nothing. Peers count us live only on beacons echoing our incarnation; if a peer we keep hearing stops
@@ -44,14 +50,23 @@ def new_incarnation() -> int:
     return int.from_bytes(os.urandom(8), "big")
 
 
-def open_heartbeat_socket(ifname: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+def open_heartbeat_socket(ifname: str, port: int, group6: str | None = None) -> socket.socket:
+    """IPv4 broadcast socket, or with `group6` an IPv6 one joined to that link-local group on `ifname`."""
+    sock = socket.socket(socket.AF_INET6 if group6 else socket.AF_INET, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        sock.bind(("", port))
+        if group6:
+            index = socket.if_nametoindex(ifname)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP,
+                            socket.inet_pton(socket.AF_INET6, group6) + struct.pack("@I", index))
+            sock.bind(("::", port))
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            sock.bind(("", port))
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -59,12 +74,26 @@ def open_heartbeat_socket(ifname: str, port: int) -> socket.socket:
     return sock
 
 
+def _group6(targets: tuple[str, ...]) -> str | None:
+    """The IPv6 group of an IPv6 interface's targets (first; unicast peers may follow), else None (IPv4)."""
+    return targets[0] if targets and targets[0].startswith("ff02:") else None
+
+
+def _destinations(ifname: str, targets: tuple[str, ...], port: int) -> tuple[tuple, ...]:
+    """Socket addresses to send to; a link-local group needs the interface as its scope."""
+    if _group6(targets):
+        index = socket.if_nametoindex(ifname)
+        return tuple((t, port, 0, index if t.startswith(("ff02:", "fe80:")) else 0) for t in targets)
+    return tuple((t, port) for t in targets)
+
+
 class Heartbeats:
     def __init__(self, node: str, keys: Keyring, port: int, interval: float, dead_after: float,
                  on_change: Callable[[], None], metrics: Metrics) -> None:
         self.node, self.keys, self.port, self.interval = node, keys, port, interval
         self.dead_after = dead_after
-        self.peers = PeerTable(node, dead_after)
+        self.peers = PeerTable(node, dead_after)  # identity, echoes and the overall live set
+        self.segments: dict[str, PeerTable] = {}  # interface -> who is heard on it (guarded by _lock)
         self.on_change = on_change  # called on the event loop's thread
         self.metrics = metrics
         self.incarnation = new_incarnation()  # random: a restart starts a new sequence space, whatever the clock
@@ -73,7 +102,7 @@ class Heartbeats:
         self._next_reincarnation = 0.0
         self._seq = 0
         self._lock = threading.Lock()  # guards peers, _socks, _seq
-        self._socks: dict[str, tuple[socket.socket, tuple[str, ...]]] = {}
+        self._socks: dict[str, tuple[socket.socket, tuple[tuple, ...]]] = {}  # interface -> (socket, sockaddrs)
         self._sending = True
         self._stop = False
         self._warned_alone = False
@@ -84,27 +113,31 @@ class Heartbeats:
 
     # --- interfaces (event loop thread) -------------------------------------------------------
     def set_targets(self, targets: Mapping[str, tuple[str, ...]]) -> None:
-        """Interface -> broadcast addresses; opens and closes sockets to match."""
+        """Interface -> IPv4 broadcast addresses, or (IPv6 group,); opens and closes sockets to match."""
         with self._lock:
             for name in list(self._socks):
-                if name not in targets:
+                family = socket.AF_INET6 if _group6(targets.get(name, ())) else socket.AF_INET
+                if name not in targets or self._socks[name][0].family != family:  # gone, or IPv4 came/went
                     self._socks.pop(name)[0].close()
+                    self.segments.pop(name, None)
             for name, brds in targets.items():
-                if name in self._socks:
-                    self._socks[name] = (self._socks[name][0], brds)
-                    continue
                 try:
-                    sock = open_heartbeat_socket(name, self.port)
+                    dests = _destinations(name, brds, self.port)
+                    if name in self._socks:
+                        self._socks[name] = (self._socks[name][0], dests)
+                        continue
+                    sock = open_heartbeat_socket(name, self.port, _group6(brds))
                 except OSError as exc:
                     logger.warning("heartbeat_socket_failed", interface=name, error=str(exc))
                     continue
-                self._socks[name] = (sock, brds)
+                self._socks[name] = (sock, dests)
+                self.segments[name] = PeerTable(self.node, self.dead_after)  # heard afresh from now on
                 self._warned_alone = False
             empty = not self._socks
         if empty and not self._warned_alone:
             self._warned_alone = True
-            logger.warning("no_heartbeat_interface", hint="no usable interface with an IPv4 broadcast address; "
-                                                          "this speaker cannot see its peers")
+            logger.warning("no_heartbeat_interface", hint="no usable interface with an IPv4 broadcast address "
+                                                          "or IPv6; this speaker cannot see its peers")
 
     def live(self, now: float) -> set[str]:
         """Live speakers now, ourselves included."""
@@ -112,6 +145,16 @@ class Heartbeats:
             live = self.peers.live(now)
         self.metrics.live_peers.set(len(live))
         return live
+
+    def live_on(self, now: float) -> dict[str, set[str]]:
+        """Interface -> speakers live on it (ourselves included while its socket is open)."""
+        return self._snapshot(now)[1]
+
+    def _snapshot(self, now: float) -> tuple[set[str], dict[str, set[str]]]:
+        with self._lock:
+            live = self.peers.live(now)
+            # Never more than the overall table says: its identity checks (retired incarnations) hold here too.
+            return live, {name: t.live(now) & live for name, t in self.segments.items()}
 
     # --- the thread -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -141,11 +184,14 @@ class Heartbeats:
         poller = select.poll()
         poller.register(self._wake_r, select.POLLIN)
         now = next_send = last_drain = time.monotonic()
-        with self._lock:
-            last_live = self.peers.live(now)
+        last_live = self._snapshot(now)
         while not self._stop:
             with self._lock:
                 expiry = self.peers.next_expiry(now)
+                for table in self.segments.values():
+                    t = table.next_expiry(now)
+                    if t is not None and (expiry is None or t < expiry):
+                        expiry = t
             times = [t for t in (next_send if self._sending else None, expiry) if t is not None]
             wake_at = min(times, default=now + 1.0)
             timeout_ms = max(0, int((wake_at - now + EXPIRY_SLACK) * 1000) + 1)
@@ -165,8 +211,7 @@ class Heartbeats:
                 self._send(False)
                 # Keep the cadence; after a stall (suspend, CPU starvation) resume rather than burst.
                 next_send = max(next_send + self.interval, now)
-            with self._lock:
-                live = self.peers.live(now)
+            live = self._snapshot(now)
             if live != last_live:
                 last_live = live
                 try:
@@ -196,10 +241,10 @@ class Heartbeats:
 
     def _drain(self, now: float, last_drain: float) -> None:
         with self._lock:
-            socks = [s for s, _ in self._socks.values()]
+            socks = [(s, self.segments.get(name)) for name, (s, _) in self._socks.items()]
         wall = time.time()
         oldest = now - last_drain + RX_AGE_SLACK  # no beacon can be older than our last drain
-        for sock in socks:
+        for sock, segment in socks:
             for _ in range(1024):
                 try:
                     data, anc, _flags, _addr = sock.recvmsg(2048, _CMSG_SPACE)
@@ -224,6 +269,8 @@ class Heartbeats:
                         age = min(max(wall - (sec + nsec / 1e9), 0.0), oldest)
                 with self._lock:
                     self.peers.observe(hb, now - age)  # replays and duplicates are refused inside
+                    if segment is not None:  # the same beacon sent on two NICs counts once per segment
+                        segment.observe(hb, now - age)
 
     def _send(self, leaving: bool) -> None:
         with self._lock:
@@ -232,10 +279,10 @@ class Heartbeats:
             targets = list(self._socks.values())
             echo = self.peers.heard(time.monotonic())
         data = encode(Heartbeat(self.node, inc, seq, int(self.interval * 1000), leaving), self.keys, echo)
-        for sock, brds in targets:
-            for brd in brds:
+        for sock, dests in targets:
+            for dest in dests:
                 try:
-                    sock.sendto(data, (brd, self.port))
+                    sock.sendto(data, dest)
                 except OSError:
                     pass  # link down, no route right now, or closed meanwhile; the next beat retries
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from lbctl import log, netlink
 from lbctl.core import netifs
@@ -18,6 +18,8 @@ from lbctl.core.netifs import Interface
 logger = log.get(__name__)
 REFRESH_EVERY = 30.0
 ON_DEMAND_MIN_GAP = 1.0  # an unplaceable IP asks for a refresh; don't re-read in a tight loop
+# IPv6-only segments beacon to this link-local group (RFC 4727's experimental ff02::114), same UDP port.
+HEARTBEAT_GROUP6 = "ff02::114"
 NETLINK_COALESCE = 0.05  # kube-proxy adds hundreds of addresses in a burst: one re-read per burst
 
 
@@ -100,5 +102,5 @@ class InterfaceTable:
     def for_ip(self, ip: str, pool_interfaces: Sequence[str]) -> list[Interface]:
         return netifs.interfaces_for(ip, self.candidates, pool_interfaces)
 
-    def heartbeat_targets(self) -> dict[str, tuple[str, ...]]:
-        return netifs.heartbeat_targets(self.candidates)
+    def heartbeat_targets(self, unicast: Iterable[str] = ()) -> dict[str, tuple[str, ...]]:
+        return netifs.heartbeat_targets(self.candidates, HEARTBEAT_GROUP6, unicast)

@@ -14,7 +14,7 @@ import sys
 import time
 
 from lbctl import arpsysctl, httpserver, log
-from lbctl.core.announce import IpIntent, owners
+from lbctl.core.announce import IpIntent, owners, segment_live
 from lbctl.core.conflicts import Conflict, ConflictTable
 from lbctl.core.heartbeat import Keyring
 from lbctl.kube import config
@@ -27,6 +27,7 @@ from .heartbeats import Heartbeats
 from .interfaces import InterfaceTable
 from .lease import LeaseRenewer
 from .metrics import Metrics
+from .registered import PeerCensus
 from .state import KubeState, StaticState
 from .status import ConflictEvents, StatusWriter, TakeoverEvents, status_body
 from .withheld import WithheldReporter
@@ -65,6 +66,7 @@ class Speaker:
         self._live: set[str] = set()
         self._links: set[str] = set()
         self._conflict_wake = asyncio.Event()
+        self.unicast_peers: set[str] = set()  # registered peers once not heard: beaconed to directly too
 
     def ready(self) -> bool:
         return self.warm and self.source is not None and self.source.synced
@@ -82,7 +84,7 @@ class Speaker:
             # The heartbeat thread wakes us only when the live set changes; so do the informers and
             # the interface table. An idle speaker does no work here at all.
             self.dirty.clear()
-            self.heartbeats.set_targets(self.interfaces.heartbeat_targets())
+            self.heartbeats.set_targets(self.interfaces.heartbeat_targets(self._unicast_addresses()))
             links = self._up_links()
             back, self._links = links - self._links, links
             if back:
@@ -97,11 +99,30 @@ class Speaker:
                 logger.exception("reconcile_failed")
             await self.dirty.wait()
 
+    def unicast_to(self, missing: tuple[str, ...]) -> None:
+        """Registered peers we do not hear: broadcast/multicast may be filtered between us, so beacon to
+        their InternalIPs as well. Sticky: once heard that way they would go quiet again if we stopped."""
+        new = set(missing) - self.unicast_peers - {self.node}
+        if new:
+            self.unicast_peers |= new
+            logger.warning("heartbeat_unicast_fallback", peers=sorted(new),
+                           addresses=sorted(self._unicast_addresses()))
+            self.dirty.set()
+
+    def _unicast_addresses(self) -> list[str]:
+        if not self.unicast_peers or self.source is None:
+            return []
+        nodes = self.source.nodes()
+        self.unicast_peers &= set(nodes)  # deleted Nodes: forget them
+        return [a for n in sorted(self.unicast_peers) for a in nodes[n].addresses]
+
     def reconcile(self, now: float) -> None:
         assert self.source is not None
         live = self.heartbeats.live(now)
         intents = self.source.intents()
-        won = owners(intents, live, self.source.nodes())
+        # Each IP among the speakers heard on the segment it is announced on (docs/reliability.md).
+        where = {ip: [i.name for i in self.interfaces.for_ip(ip, intent.interfaces)] for ip, intent in intents.items()}
+        won = owners(intents, live, self.source.nodes(), segment_live(where, self.heartbeats.live_on(now)))
         mine: dict[str, IpIntent] = {ip: intents[ip] for ip, who in won.items() if who == self.node}
         new = self.announcer.apply(mine)
         gained, lost = set(mine) - self._mine, self._mine - set(mine)
@@ -224,6 +245,9 @@ async def run(args: argparse.Namespace, keys: Keyring) -> None:
         lease_ns = args.lease_namespace or (cfg.namespace if cfg.in_cluster else "lbctl-system")
         lease = LeaseRenewer(kube, args.node_name, lease_ns)
         tasks.append(asyncio.create_task(lease.run(), name="lease"))
+        census = PeerCensus(kube, args.node_name, lease_ns, lambda: sp.heartbeats.live(time.monotonic()),
+                            lambda: sp.warm, metrics, sp.unicast_to)
+        tasks.append(asyncio.create_task(census.run(), name="peer-census"))
     http = await httpserver.serve(args.http_host, args.http_port, metrics.registry, ready=sp.ready)
     logger.info("starting", node=args.node_name, interfaces=[i.name for i in sp.interfaces.candidates],
                 heartbeat_port=args.heartbeat_port, http_port=args.http_port)

@@ -17,6 +17,9 @@ class Metrics:
         self.garps = Counter("lbctl_speaker_gratuitous_sent_total", "Gratuitous ARPs and unsolicited NAs sent",
                              ["interface"], registry=r)
         self.live_peers = Gauge("lbctl_speaker_live_peers", "Speakers heard recently, this one included", registry=r)
+        self.registered_peers = Gauge("lbctl_speaker_registered_peers",
+                                      "Speakers with a fresh Lease, this one included (compare with live_peers)",
+                                      registry=r)
         self.ownership_changes = Counter("lbctl_speaker_ownership_changes_total",
                                          "IPs this node started or stopped announcing", ["change"], registry=r)
         self.heartbeats_rejected = Counter("lbctl_speaker_heartbeats_rejected_total",

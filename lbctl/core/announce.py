@@ -60,7 +60,11 @@ def node_info(obj: Mapping[str, Any]) -> NodeInfo:
     unavailable = any(isinstance(c, Mapping) and c.get("type") == "NetworkUnavailable" and c.get("status") == "True"
                       for c in conds)
     labels = meta.get("labels")
-    return NodeInfo(str(meta.get("name", "")), dict(labels) if isinstance(labels, Mapping) else {}, unavailable)
+    addrs = _map(obj.get("status")).get("addresses")
+    internal = tuple(ip for a in (addrs if isinstance(addrs, list) else []) if isinstance(a, Mapping)
+                     and a.get("type") == "InternalIP" and (ip := canonical_ip(str(a.get("address", "")))))
+    return NodeInfo(str(meta.get("name", "")), dict(labels) if isinstance(labels, Mapping) else {}, unavailable,
+                    internal)
 
 
 def layer2_of(layer2: Any) -> tuple[tuple[Mapping[str, Any], ...], tuple[str, ...]]:
@@ -216,8 +220,30 @@ class ClusterModel:
         return out
 
 
-def owners(intents: Mapping[str, IpIntent], live: set[str], nodes: Mapping[str, NodeInfo]) -> dict[str, str | None]:
-    return {ip: elect(ip, live, nodes, i.node_selectors, i.etp_local, set(i.ready_nodes)) for ip, i in intents.items()}
+def owners(intents: Mapping[str, IpIntent], live: set[str], nodes: Mapping[str, NodeInfo],
+           live_for: Mapping[str, set[str]] | None = None) -> dict[str, str | None]:
+    """Owner per IP. `live_for` (see segment_live) narrows an IP's candidates to the speakers live on the
+    segment it is announced on; an IP absent from it is elected among `live`."""
+    got = live_for or {}
+    return {ip: elect(ip, got.get(ip, live), nodes, i.node_selectors, i.etp_local, set(i.ready_nodes))
+            for ip, i in intents.items()}
+
+
+def segment_live(segments_of: Mapping[str, Iterable[str]], live_on: Mapping[str, set[str]]) -> dict[str, set[str]]:
+    """Per IP, the speakers live on the segments (our interfaces) it would be announced on.
+
+    `segments_of`: IP -> names of the interfaces this node would announce it on; `live_on`: interface ->
+    speakers heard on it (ourselves included while it is up). A peer that still beacons on another NIC but
+    not on this IP's segment is no candidate for it: its NIC there is dead or cut off. IPs with no tracked
+    segment (no interface here, or none carrying heartbeats, e.g. IPv6-only) are left out: the caller
+    elects them among everyone live, as before.
+    """
+    out: dict[str, set[str]] = {}
+    for ip, names in segments_of.items():
+        tracked = [live_on[n] for n in names if n in live_on]
+        if tracked:
+            out[ip] = set().union(*tracked)
+    return out
 
 
 class StaticConfigError(ValueError):

@@ -47,6 +47,7 @@ class NodeInfo:
     name: str
     labels: Mapping[str, str] = field(default_factory=dict)
     network_unavailable: bool = False  # NodeNetworkUnavailable condition is True
+    addresses: tuple[str, ...] = ()  # status.addresses of type InternalIP: heartbeat unicast fallback
 
 
 def eligible_nodes(

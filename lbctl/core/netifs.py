@@ -150,9 +150,38 @@ def interfaces_for(ip: str, candidates: Sequence[Interface], pool_interfaces: Se
             if any(n.version == addr.version and not n.is_link_local and addr in n.network for n in i.networks)]
 
 
-def heartbeat_targets(candidates: Sequence[Interface]) -> dict[str, tuple[str, ...]]:
-    """Interface name -> IPv4 broadcast addresses to beacon on."""
-    return {i.name: i.broadcasts for i in candidates if i.broadcasts}
+def heartbeat_targets(candidates: Sequence[Interface], group6: str | None = None,
+                      unicast: Iterable[str] = ()) -> dict[str, tuple[str, ...]]:
+    """Interface name -> where to beacon: its IPv4 broadcast addresses; on an IPv6-only interface that can
+    multicast, the link-local group `group6` (when given). Never both: one beacon per segment per tick.
+
+    `unicast`: peers' addresses to beacon to directly as well (broadcast filtered between us); each goes
+    on the interface whose subnet holds it, in that interface's family; our own addresses are skipped.
+    """
+    out: dict[str, tuple[str, ...]] = {}
+    for i in candidates:
+        if i.broadcasts:
+            out[i.name] = i.broadcasts
+        elif group6 and "MULTICAST" in i.flags and any(n.version == 6 for n in i.networks):
+            out[i.name] = (group6,)
+    peers = [a for a in (_ip(u) for u in unicast) if a is not None]
+    for i in candidates:
+        if i.name not in out:
+            continue
+        family = 4 if i.broadcasts else 6
+        ours = {n.ip for n in i.networks}
+        direct = [str(a) for a in peers if a.version == family and a not in ours
+                  and any(n.version == family and not n.is_link_local and a in n.network for n in i.networks)]
+        if direct:
+            out[i.name] = out[i.name] + tuple(dict.fromkeys(direct))
+    return out
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
 
 
 def _is_mac(mac: str) -> bool:

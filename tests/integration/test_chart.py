@@ -406,7 +406,7 @@ CONTROLLER_NAMESPACE_RULES = {
     ("leases.coordination.k8s.io", "", "", frozenset({"get", "create", "update"})),  # controller/leader.py
 }
 SPEAKER_NAMESPACE_RULES = {
-    ("leases.coordination.k8s.io", "", "", frozenset({"create", "patch"})),
+    ("leases.coordination.k8s.io", "", "", frozenset({"create", "patch", "list"})),  # list: speaker/registered.py
 }
 
 
@@ -446,6 +446,9 @@ def test_rbac_is_exactly_what_each_component_calls(control_plane: ControlPlane, 
     ("speaker", "list", "namespaces", "", False),
     ("speaker", "create", "leases.coordination.k8s.io", SA_NS, True),
     ("speaker", "create", "leases.coordination.k8s.io", "default", False),
+    ("speaker", "list", "leases.coordination.k8s.io", SA_NS, True),
+    ("speaker", "list", "leases.coordination.k8s.io", "default", False),
+    ("speaker", "delete", "leases.coordination.k8s.io", SA_NS, False),
     ("speaker", "patch", "speakerstatuses.lbctl.io/status", "", True),
     ("speaker", "update", "speakerstatuses.lbctl.io", "", False),
     ("controller", "patch", "nodes", "", False),
