@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 
 from lbctl.core.election import rank
+from tests.figures import figure
 
 from .conftest import Lab, ipv4_of
 from .speakers import OwnerWatch, add_heartbeat_key, faked_clock_env, start_speaker, stop_speaker
@@ -51,25 +52,26 @@ def test_speaker_restarted_with_its_clock_an_hour_behind_is_heard(fresh: Lab) ->
     heard = {n: metric(fresh, n, "lbctl_speaker_live_peers") for n in NODES}
     answered = _answered_by(fresh, owners)
     print(f"clock -1h on {node}: live peers {heard}; answers {answered}")
+    figure("clock_step_addresses_with_two_macs", sum(len(m) > 1 for m in answered.values()), "count")
     assert heard == {n: 3.0 for n in NODES}, f"a speaker does not count all three live: {heard}"
     assert answered == {ip: {n} for ip, n in owners.items()}, "an address has no owner, two, or the wrong one"
 
 
 def _check_rotation(rounds: list[tuple[float, dict[str, list[str]]]], restarts: list[tuple[float, float, str]],
-                    owners: dict[str, str], macs: dict[str, str]) -> tuple[int, int]:
-    """Asserts that an address whose owner is up is answered by that owner's MAC alone, at every round.
-    The restarting owner's own addresses are handed over and back (a restart, not the key), so they are only
-    counted: (rounds, rounds in which one of them had two MACs in one 50 ms round, the handover's overlap)."""
-    overlaps = 0
+                    owners: dict[str, str], macs: dict[str, str]) -> tuple[list[str], int]:
+    """(answers by another MAC for an address whose owner is up, rounds in which a restarting owner's address
+    had two MACs). The restarting owner's own addresses are handed over and back (the restart, not the key),
+    so within its window they are only counted: two MACs in one 50 ms round is the handover's overlap."""
+    wrong, overlaps = [], 0
     for t, seen in rounds:
         restarting = {n for t0, t1, n in restarts if t0 - ROUND_S <= t <= t1}  # a round listens ROUND_S
         for ip, got in seen.items():
             if owners[ip] in restarting:
                 overlaps += len(got) > 1
-            else:
-                assert set(got) <= {macs[owners[ip]]}, f"{ip} answered by {got} at {t:.2f} while its owner " \
-                                                        f"{owners[ip]} was up (restarting: {restarting})"
-    return len(rounds), overlaps
+            elif set(got) - {macs[owners[ip]]}:
+                wrong.append(f"{ip} answered by {got} at {t:.2f} while its owner {owners[ip]} was up "
+                             f"(restarting: {restarting})")
+    return wrong, overlaps
 
 
 def test_heartbeat_key_rotation_node_by_node_moves_no_address(fresh: Lab) -> None:
@@ -90,10 +92,12 @@ def test_heartbeat_key_rotation_node_by_node_moves_no_address(fresh: Lab) -> Non
                     f"after restarting {node} with keys {keys}, an address is not on its owner alone"
     finally:
         rounds = watch.stop()
-    checked, overlaps = _check_rotation(rounds, restarts, owners, macs)
+    wrong, overlaps = _check_rotation(rounds, restarts, owners, macs)
     previous_key = {n: metric(fresh, n, "lbctl_speaker_heartbeats_previous_key_total") for n in NODES}
-    print(f"key rotation: 9 restarts over {rounds[-1][0] - rounds[0][0]:.0f} s, {checked} ARP rounds x "
-          f"{len(owners)} addresses: 0 answers by another MAC for a live owner's address; {overlaps} handover "
-          f"overlaps (two MACs in one round) for a restarting owner's address; "
+    print(f"key rotation: 9 restarts over {rounds[-1][0] - rounds[0][0]:.0f} s, {len(rounds)} ARP rounds x "
+          f"{len(owners)} addresses: {len(wrong)} answers by another MAC for a live owner's address; "
+          f"{overlaps} handover overlaps (two MACs in one round) for a restarting owner's address; "
           f"previous-key beacons since the last step {previous_key}")
+    figure("key_rotation_answers_off_a_live_owner", len(wrong), "count")
+    assert not wrong, wrong[:5]
     assert previous_key == {n: 0.0 for n in NODES}, "a speaker still hears beacons signed with the old key"
