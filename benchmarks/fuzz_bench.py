@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tests.e2e.test_hostile_input import attack
 from tests.e2e.test_speaker_dataplane import CONFIG, NODES, VIP1, VIP_GHOST, Lab, owner_is
+from tests.figures import figure
 from tests.wait import wait_for
 
 
@@ -47,6 +48,12 @@ def main() -> None:
                 ("RSS growth (max of speakers)", f"{max(out.rss_growth_kib.values()) / 1024:.1f} MiB", "<= 5 MiB",
                  "PASS" if max(out.rss_growth_kib.values()) <= 5 * 1024 else "FAIL"),
             ]
+            figure("fuzz_frames", out.frames, "count")
+            figure("fuzz_heartbeat_datagrams", out.datagrams, "count")
+            figure("fuzz_crashes", sum(lab.procs[n].poll() is not None for n in NODES), "count")
+            figure("fuzz_answers_for_unowned", len(out.wrong_answers), "count")
+            figure("fuzz_dead_peers_kept_alive", 0 if out.ghost_dead else 1, "count")
+            figure("fuzz_rss_growth_mib", max(out.rss_growth_kib.values()) / 1024, "MiB")
             w = max(len(r[0]) for r in rows)
             print(f"{'METRIC'.ljust(w)}  {'VALUE':>14}  {'TARGET':>9}  RESULT")
             for r in rows:

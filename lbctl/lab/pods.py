@@ -15,7 +15,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -325,13 +325,23 @@ def launch(api: LabApi, namespace: str, topo: Topology, ca_file: Path,
     return runs
 
 
-def podexec_argv(run: PodRun) -> list[str]:
+def podexec_argv(run: PodRun, spec_file: Path | None = None) -> list[str]:
     return ["unshare", "--mount", "--propagation", "private", sys.executable, "-m", "lbctl.lab.podexec",
-            str(run.spec_file)]
+            str(spec_file or run.spec_file)]
 
 
-def start(run: PodRun) -> int:
-    return processes.spawn(run.name, run.netns, podexec_argv(run))
+def start(run: PodRun, extra_env: dict[str, str] | None = None) -> int:
+    """Start `run`; with extra_env, or a run that differs from the saved one (tests: a faked clock, another
+    keyring), from a one-off spec file, so the saved spec stays what the chart asked for."""
+    if extra_env:
+        run = replace(run, env={**run.env, **extra_env})
+    spec = run.spec_file
+    if not spec.is_file() or PodRun.load(run.pod) != run:
+        spec = spec.with_name("run-variant.json")
+        fd = os.open(spec, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(asdict(run), out, indent=1)
+    return processes.spawn(run.name, run.netns, podexec_argv(run, spec))
 
 
 def saved() -> dict[str, PodRun]:
@@ -343,9 +353,9 @@ def saved() -> dict[str, PodRun]:
     return out
 
 
-def restart(name: str) -> int:
+def restart(name: str, extra_env: dict[str, str] | None = None) -> int:
     """Start a stopped lab daemon again from its saved pod spec (same token, same mounts)."""
     run = saved().get(name)
     if run is None:
         raise PodError(f"no saved pod for {name!r}")
-    return start(run)
+    return start(run, extra_env)

@@ -12,6 +12,7 @@ import time
 
 from lbctl.lab import probes, prober
 from tests.big_objects import big_metadata
+from tests.figures import figure
 
 from .conftest import SERVICES, Lab, ipv4_of
 
@@ -40,6 +41,8 @@ def test_big_service_keeps_the_data_plane_up(fresh: Lab) -> None:
     still = {h.name: fresh.speaker_pid(h.name) for h in fresh.topo.node_hosts}
     print(f"big Service: {arp_checks - arp_misses}/{arp_checks} ARP checks answered by {owner}, "
           f"HTTP {result.total - result.failures}/{result.total} ok, longest gap {result.gap_s * 1000:.0f} ms")
+    figure("big_object_arp_misses", arp_misses, "count")
+    figure("big_object_http_failures", result.failures, "count")
     assert still == pids, f"speakers restarted: {pids} -> {still}"
     assert arp_misses == 0, f"{arp_misses} of {arp_checks} ARP checks unanswered"
     assert result.failures == 0 and result.after is None, (result, err)

@@ -16,6 +16,7 @@ from lbctl.lab import cluster, probes
 from lbctl.lab.api import wait_for
 from lbctl.lab.processes import STATE
 from lbctl.lab.topology import BRIDGE_NS, CLIENT_NS, CP_NS
+from tests.figures import figure
 
 from .conftest import Lab, ipv4_of, ipv6_of
 from .wire import ROGUE_MAC, Recorder, RogueHost, asker, asker_seq
@@ -115,6 +116,7 @@ def test_rogue_host_conflict_is_reported_defended_and_cleared(fresh: Lab, rogue:
     assert t_metric is not None, "lbctl_speaker_ip_conflicts never rose on the owner"
     detect["metric"] = round(t_metric - t0, 3)
     print(f"conflict detection (s after the rogue's first frame): {detect}")
+    figure("conflict_detection_s", max(detect.values()), "s")
     assert "event" in seen, "no Warning IPConflict Event naming the rogue MAC"
     assert "status" in seen, "lbctl status never showed Conflict naming the rogue MAC"
     assert max(detect.values()) < DETECT_S, detect
@@ -125,6 +127,7 @@ def test_rogue_host_conflict_is_reported_defended_and_cleared(fresh: Lab, rogue:
     rogue_frames = [f for f in frames if f.sha == ROGUE_MAC]
     print(f"rogue frames {len(rogue_frames)}, defences {len(defences)} at "
           f"{[round(f.t - t0, 2) for f in defences]} s")
+    figure("conflict_defences_in_12s", len(defences), "count")
     assert len(rogue_frames) > 40
     assert 1 <= len(defences) <= 1 + int(claim_s // DEFEND_EVERY), defences
     assert all(b.t - a.t >= DEFEND_EVERY - 0.5 for a, b in zip(defences, defences[1:])), defences
@@ -134,6 +137,7 @@ def test_rogue_host_conflict_is_reported_defended_and_cleared(fresh: Lab, rogue:
     assert "event_cleared" in seen
     assert metric(fresh, owner, "lbctl_speaker_ip_conflicts_active") == 0
     print(f"cleared {seen['status_cleared'] - (t0 + claim_s):.1f} s after the rogue stopped")
+    figure("conflict_cleared_after_quiet_s", seen["status_cleared"] - (t0 + claim_s), "s")
 
     # And the real CLI agrees, in a fresh conflict.
     proc, _ = rogue.claim(ip, 3.0, every=0.2)
@@ -160,6 +164,7 @@ def test_rogue_neighbor_advertisement_is_a_conflict(fresh: Lab, rogue: RogueHost
     events = fresh.api.get("/api/v1/namespaces/default/events", fieldSelector=f"involvedObject.name={svc}")["items"]
     assert any(e["reason"] == "IPConflict" and ROGUE_MAC in e["message"] for e in events), events
     print(f"NDP conflict detected {t_metric - t0:.3f} s after the rogue's first NA")
+    figure("ndp_conflict_detection_s", t_metric - t0, "s")
     assert t_metric - t0 < DETECT_S
 
 
@@ -195,6 +200,8 @@ def test_link_flap_the_returning_node_claims_nothing_it_does_not_own(fresh: Lab)
     print(f"{node} back up: owns {sorted(set(ips) - set(not_its))} finally; "
           f"first own GARP {round(first_own - t_up, 3) if first_own else None} s after link up; "
           f"wrong GARPs {len(wrong_garps)}, client entries moved to it wrongly {len(wrong_neigh)}")
+    figure("link_flap_wrong_garps", len(wrong_garps), "count")
+    figure("link_flap_client_entries_moved_wrongly", len(wrong_neigh), "count")
     assert not wrong_garps, [(round(f.t - t_up, 3), f.spa) for f in wrong_garps]
     assert not wrong_neigh, wrong_neigh
     for ip in not_its:
@@ -226,6 +233,8 @@ def test_sigterm_no_reply_from_the_departing_mac_after_the_successors_announceme
     print(f"SIGTERM {owner}: successor GARP {1000 * (t_garp - t_term):.0f} ms after SIGTERM; last reply from "
           f"{owner} {1000 * (last_owner - t_garp):.1f} ms relative to it; {len(late)} late replies "
           f"({len(asked_after)} requests after the GARP)")
+    figure("handover_late_replies", len(late), "count")
+    figure("handover_successor_garp_ms", 1000 * (t_garp - t_term), "ms")
     assert len(asked_after) > 50
     assert not late, [(round(f.t - t_garp, 4), f.tha) for f in late[:5]]
     wait_for(lambda: probes.curl(ip), 5, f"{ip} served after the handover")

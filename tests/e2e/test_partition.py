@@ -16,6 +16,7 @@ from lbctl.core.election import rank
 from lbctl.lab import probes
 from lbctl.lab.api import wait_for
 from lbctl.lab.topology import BRIDGE_NS, CLIENT_NS
+from tests.figures import figure
 
 from .conftest import Lab, ipv4_of
 
@@ -96,6 +97,7 @@ def test_after_a_partition_heals_one_owner_answers_within_a_second(fresh: Lab) -
         assert settled is not None, f"never settled to one owner per address: last round {rounds[-1]}"
         heal_s = max(0.0, settled - healed)
         print(f"partition heal: one MAC per address {heal_s * 1000:.0f} ms after the heal ({len(ips)} addresses)")
+        figure("partition_heal_s", heal_s, "s")
         assert heal_s <= HEAL_TARGET_S, rounds
         # The client's own entries follow the gratuitous announcements to the final owner.
         time.sleep(0.5)

@@ -22,6 +22,7 @@ import pytest
 from lbctl.controlplane import ControlPlane
 from lbctl.kube.sync import SyncKube
 from tests.conftest import admin_client
+from tests.figures import figure
 from tests.procs import ControllerProcess
 from tests.wait import wait_for
 
@@ -162,6 +163,13 @@ def test_sigkills_and_api_restarts_lose_and_move_nothing(control_plane: ControlP
             print(f"crash safety: {KILLS} SIGKILLs, {len(OUTAGES_AT)} API server restarts, {record.snapshots} "
                   f"snapshots, {len(record.first)} Services seen; restart-to-ready median "
                   f"{sorted(restarts)[len(restarts) // 2]:.2f} s; duplicates 0, moved 0, leaked 0")
+            figure("crash_sigkills", KILLS, "count")
+            figure("crash_apiserver_restarts", len(OUTAGES_AT), "count")
+            figure("crash_services_seen", len(record.first), "count")
+            figure("crash_duplicate_ips", len(record.duplicates), "count")
+            figure("crash_moved_ips", len(record.moves), "count")
+            figure("crash_leaked_ips", len(set(pending) - {live[-1]}), "count")
+            figure("crash_restart_to_ready_median_s", sorted(restarts)[len(restarts) // 2], "s")
         finally:
             stop.set()
             ctl.stop()

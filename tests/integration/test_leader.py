@@ -20,6 +20,7 @@ import pytest
 from lbctl.controlplane import SA_NS, ControlPlane
 from lbctl.kube.sync import SyncKube
 from tests.integration.conftest import Lab
+from tests.figures import figure
 from tests.procs import ControllerProcess
 from tests.wait import wait_for
 
@@ -128,6 +129,7 @@ def test_leader_sigkill_standby_takes_over_within_the_lease(ha_lab: Lab, pair: l
     took = time.monotonic() - killed
     record_property("takeover_seconds", round(took, 2))
     print(f"\nleader SIGKILL -> new Service has an IP: {took:.2f} s (target <= {TAKEOVER_TARGET_S} s)")
+    figure("leader_failover_s", took, "s")
     assert took <= TAKEOVER_TARGET_S, took
     assert len(ip) == 1 and ip != ha_lab.ips("before")
     assert is_leader(standby) is True
@@ -159,6 +161,7 @@ def test_paused_leader_stops_writing_before_the_lease_expires_and_exits(
             ha_lab.wait_ips(f"p{i}")
         record_property("pause_takeover_seconds", round(took, 2))
         print(f"\nleader SIGSTOP -> standby leads after {took:.2f} s")
+        figure("leader_pause_takeover_s", took, "s")
         assert took >= 8.0  # not before the paused leader's fence lapsed (renew deadline)
         assigned = all_ips(ha_lab)
     finally:
@@ -176,6 +179,7 @@ def test_paused_leader_stops_writing_before_the_lease_expires_and_exits(
     fenced = log.count('"write_fenced"')
     record_property("fenced_writes", fenced)
     print(f"writes refused by the fence after SIGCONT: {fenced}")
+    figure("leader_writes_refused_by_fence", fenced, "count")
     assert kube.get(LEASE)["spec"]["holderIdentity"] == standby.identity
     assert the_leader(pair) == (standby, leader)
     assert written(leader) == wrote_before
