@@ -9,6 +9,7 @@ Runs on the two-speaker harness of test_speaker_dataplane (static config, real f
 from __future__ import annotations
 
 import contextlib
+import random
 import re
 import socket
 import threading
@@ -17,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+from lbctl.core.heartbeat import Heartbeat, encode
 from tests import hostile
 
-from .test_speaker_dataplane import NODES, PORT, VIP1, VIP2, VIP6, VIP_GHOST, Lab, in_netns, owner_is
+from .test_speaker_dataplane import GHOST, KEY, NODES, PORT, VIP1, VIP2, VIP6, VIP_GHOST, Lab, in_netns, owner_is
 from .test_speaker_dataplane import lab  # noqa: F401  (the same two-speaker harness, one per module)
 
 SOL_PACKET, PACKET_IGNORE_OUTGOING = 263, 23  # <linux/if_packet.h>; not in the socket module
@@ -47,6 +49,15 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+def _signed_ghost_beacons(seed: int, count: int) -> list[bytes]:
+    """Correctly signed beacons of the ghost with random incarnations and sequence numbers far in the future:
+    what a key holder replaying or inventing a stream can send. None echoes a live speaker's incarnation,
+    so none may make the ghost live."""
+    rnd = random.Random(seed)
+    return [encode(Heartbeat(GHOST, rnd.getrandbits(63), rnd.choice((2**63, 2**40, 10**12)) + i), KEY)
+            for i in range(count)]
 
 
 def _answer_of(frame: bytes) -> str | None:
@@ -101,6 +112,10 @@ def attack(lab: Lab, l2_count: int, hb_count: int, seed: int = 1) -> Outcome:
             udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         with udp:
             udp.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            for payload in _signed_ghost_beacons(seed, max(1, hb_count // 10)):
+                with contextlib.suppress(OSError):  # signed, future sequence numbers, but no echo of anyone
+                    udp.sendto(payload, ("198.18.0.255", PORT))
+                out.datagrams += 1
             for payload in hostile.heartbeat_payloads(seed, hb_count, beacons):
                 with contextlib.suppress(OSError):
                     udp.sendto(payload, ("198.18.0.255", PORT))
