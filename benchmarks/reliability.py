@@ -25,6 +25,7 @@ from lbctl.tables import table
 SUITES: dict[str, list[str]] = {
     "conflicts": ["-m", "pytest", "-s", "-q", "-p", "no:cacheprovider", "tests/e2e/test_conflicts.py"],
     "partition": ["-m", "pytest", "-s", "-q", "-p", "no:cacheprovider", "tests/e2e/test_partition.py"],
+    "segments": ["-m", "pytest", "-s", "-q", "-p", "no:cacheprovider", "tests/e2e/test_multinic.py"],
     "heartbeats": ["-m", "pytest", "-s", "-q", "-p", "no:cacheprovider", "tests/e2e/test_heartbeat_identity.py"],
     "big-objects": ["-m", "pytest", "-s", "-q", "-p", "no:cacheprovider", "tests/e2e/test_big_objects.py"],
     "crash-safety": ["-m", "pytest", "-s", "-q", "-p", "no:cacheprovider", "tests/integration/test_crash_safety.py"],
@@ -58,6 +59,8 @@ FIGURES: dict[str, Target] = {
                                     "== 0"),
     "handover_successor_garp_ms": Target("conflicts", "SIGTERM: successor's GARP after SIGTERM"),
     "partition_heal_s": Target("partition", "partition healed to one MAC per address", "<= 1"),
+    "multinic_takeover_s": Target("segments", "VIP NIC cut, other NIC beaconing: another node answers",
+                                  "<= 2"),
     "clock_step_addresses_with_two_macs": Target("heartbeats", "speaker restarted 1 h behind: addresses with 2 MACs",
                                                  "== 0"),
     "key_rotation_answers_off_a_live_owner": Target("heartbeats", "key rotation: answers off a live owner", "== 0"),
