@@ -52,6 +52,8 @@ FIGURES: dict[str, Target] = {
     "ndp_conflict_detection_s": Target("conflicts", "IPv6 conflict (rogue NA) reported", "<= 1"),
     "conflict_defences_in_12s": Target("conflicts", "defences while a rogue announces for 12 s", "<= 2"),
     "conflict_cleared_after_quiet_s": Target("conflicts", "conflict cleared after the rogue stops (QUIET_AFTER 10 s)"),
+    "link_flap_wrong_owner_s": Target("conflicts", "link flap: time an address pointed at the wrong node on the wire",
+                                      "== 0"),
     "link_flap_wrong_garps": Target("conflicts", "link flap: GARPs for addresses the node does not own", "== 0"),
     "link_flap_client_entries_moved_wrongly": Target("conflicts", "link flap: client entries on the wrong owner",
                                                      "== 0"),

@@ -200,6 +200,15 @@ def test_link_flap_the_returning_node_claims_nothing_it_does_not_own(fresh: Lab)
     print(f"{node} back up: owns {sorted(set(ips) - set(not_its))} finally; "
           f"first own GARP {round(first_own - t_up, 3) if first_own else None} s after link up; "
           f"wrong GARPs {len(wrong_garps)}, client entries moved to it wrongly {len(wrong_neigh)}")
+    # How long any address pointed at the wrong node on the wire: from the returning node's first claim of an
+    # address it does not own to the rightful owner's next announcement of it (end of recording if none).
+    wrong_owner_s = 0.0
+    for ip in not_its:
+        claims = sorted(f.t for f in frames if f.sha == node_mac and f.spa == ip)
+        if claims:
+            right = [f.t for f in frames if f.sha == fresh.topo.host(final[ip]).mac and f.spa == ip and f.t > claims[0]]
+            wrong_owner_s = max(wrong_owner_s, (min(right) if right else t_up + 6.0) - claims[0])
+    figure("link_flap_wrong_owner_s", wrong_owner_s, "s")
     figure("link_flap_wrong_garps", len(wrong_garps), "count")
     figure("link_flap_client_entries_moved_wrongly", len(wrong_neigh), "count")
     assert not wrong_garps, [(round(f.t - t_up, 3), f.spa) for f in wrong_garps]
