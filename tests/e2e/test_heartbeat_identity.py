@@ -14,7 +14,12 @@
 
 from __future__ import annotations
 
+import glob
+import os
 import time
+from collections.abc import Iterator
+
+import pytest
 
 from lbctl.core.election import rank
 from tests.figures import figure
@@ -22,6 +27,16 @@ from tests.figures import figure
 from .conftest import Lab, ipv4_of
 from .speakers import OwnerWatch, add_heartbeat_key, faked_clock_env, start_speaker, stop_speaker
 from .test_conflicts import metric
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_faketime_leftovers() -> Iterator[None]:
+    """libfaketime leaves a shared-memory segment and a semaphore per faked process in /dev/shm: remove the
+    ones this module's processes made."""
+    before = set(glob.glob("/dev/shm/*faketime_*"))
+    yield
+    for path in set(glob.glob("/dev/shm/*faketime_*")) - before:
+        os.unlink(path)
 
 NODES = ["node1", "node2", "node3"]
 ROUND_S = 0.05  # the OwnerWatch round
