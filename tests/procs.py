@@ -17,6 +17,17 @@ from tests import httpget
 _ids = itertools.count()
 
 
+def terminate(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds; safe on a process that already ended."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class ControllerProcess:
     """The real controller as a subprocess, authenticated as the chart's ServiceAccount (its RBAC applies).
 
@@ -51,13 +62,8 @@ class ControllerProcess:
         raise RuntimeError(f"controller not ready in {timeout}s: {self.log()[-3000:]}")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            terminate(self.proc, 10)
 
     def signal(self, sig: signal.Signals) -> None:
         assert self.proc
@@ -104,10 +110,4 @@ class ConfinedSpeaker:
         return httpget.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1)[0] == 200
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 15)
