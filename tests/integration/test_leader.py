@@ -148,6 +148,9 @@ def test_paused_leader_stops_writing_before_the_lease_expires_and_exits(
     ha_lab.pool("pause", ["198.18.42.0/26"])
     ha_lab.service("p0")
     ha_lab.wait_ips("p0")
+    # The API holds p0's address before the leader logs `status_written`: wait for the log line, or a
+    # SIGSTOP between the two would count a write made before the pause as one made after it.
+    wait_for(lambda: f"{ha_lab.ns}/p0" in written(leader), 10, 0.05, "the leader to log p0's write")
     wrote_before = written(leader)
     leader.signal(signal.SIGSTOP)
     paused = time.monotonic()
