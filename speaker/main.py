@@ -12,11 +12,14 @@ import contextlib
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 from lbctl import arpsysctl, httpserver, log
-from lbctl.core.announce import IpIntent, owners, segment_live
+from lbctl.core.announce import IpIntent, ServiceRef
 from lbctl.core.conflicts import Conflict, ConflictTable
+from lbctl.core.election_index import ElectionIndex
 from lbctl.core.heartbeat import Keyring
+from lbctl.core.isolation import IsolationGuard, Verdict, hold_for
 from lbctl.kube import config
 from lbctl.kube.client import Kube
 from lbctl.kube.events import EventRecorder
@@ -67,6 +70,17 @@ class Speaker:
         self._links: set[str] = set()
         self._conflict_wake = asyncio.Event()
         self.unicast_peers: set[str] = set()  # registered peers once not heard: beaconed to directly too
+        # Election in time proportional to what changed (lbctl/core/election_index.py): same owners as owners().
+        self.election = ElectionIndex()
+        self._won: set[str] = set()  # IPs the election gives this node (before any isolation hold)
+        self.isolation = IsolationGuard(self.node, hold_for(args.dead_after))
+        self.registered: Callable[[], frozenset[str] | None] = lambda: None  # the peer census, with Kubernetes
+        self._isolation_wake: asyncio.TimerHandle | None = None
+        # Per-IP interfaces, recomputed only when the intents or the usable interfaces change.
+        self._where: dict[str, tuple[str, ...]] = {}
+        self._where_key: tuple[object, object] = (None, None)
+        self._where_cache: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
+        self._withheld: tuple[object, dict[str, tuple[str, tuple[ServiceRef, ...]]]] = (None, {})
 
     def ready(self) -> bool:
         return self.warm and self.source is not None and self.source.synced
@@ -121,9 +135,20 @@ class Speaker:
         live = self.heartbeats.live(now)
         intents = self.source.intents()
         # Each IP among the speakers heard on the segment it is announced on (docs/reliability.md).
-        where = {ip: [i.name for i in self.interfaces.for_ip(ip, intent.interfaces)] for ip, intent in intents.items()}
-        won = owners(intents, live, self.source.nodes(), segment_live(where, self.heartbeats.live_on(now)))
-        mine: dict[str, IpIntent] = {ip: intents[ip] for ip, who in won.items() if who == self.node}
+        changed = self.election.update(intents, live, self.source.nodes(), self._segments(intents),
+                                       self.heartbeats.live_on(now))
+        for ip in changed:
+            if self.election.owners.get(ip) == self.node:
+                self._won.add(ip)
+            else:
+                self._won.discard(ip)
+        won = self._won
+        verdict = self.isolation.check(live, self.registered(), now)
+        self._isolation(verdict, live, now)
+        if verdict.holding:  # keep what we announce, claim nothing new: the silence is more likely ours
+            won = won & self._mine
+            self.metrics.isolation_held.set(len(self._won - won))
+        mine: dict[str, IpIntent] = {ip: intents[ip] for ip in won}
         new = self.announcer.apply(mine)
         gained, lost = set(mine) - self._mine, self._mine - set(mine)
         if gained or lost:
@@ -139,8 +164,51 @@ class Speaker:
         announced = list(self.announcer.current.values())
         if self.events:
             self.events.update(mine, announced)
-        self.withheld.update(self.source.withheld(), live)
+        self.withheld.update(self._withheld_now(intents), live)
         self._publish()
+
+    def _segments(self, intents: dict[str, IpIntent]) -> dict[str, tuple[str, ...]]:
+        """IP -> names of the interfaces it would be announced on. Liveness changes (most reconciles) reuse
+        the last answer; new intents reuse it per (IP, pool interfaces) while the interfaces stay put."""
+        key = (intents, self.interfaces.candidates)  # both are replaced, never mutated, when they change
+        if key[0] is self._where_key[0] and key[1] is self._where_key[1]:
+            return self._where
+        cache = self._where_cache if key[1] is self._where_key[1] else {}
+        fresh: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
+        for ip, intent in intents.items():
+            k = (ip, intent.interfaces)
+            names = cache.get(k)
+            if names is None:
+                names = tuple(i.name for i in self.interfaces.for_ip(ip, intent.interfaces))
+            fresh[k] = names
+        self._where = {ip: fresh[(ip, i.interfaces)] for ip, i in intents.items()}
+        self._where_key, self._where_cache = key, fresh
+        return self._where
+
+    def _withheld_now(self, intents: dict[str, IpIntent]) -> dict[str, tuple[str, tuple[ServiceRef, ...]]]:
+        # The source rebuilds its intents from the same objects whenever any of them changes: while the
+        # intents are the same object, so is what is withheld (a scan of every Service and pool, not redone).
+        if self._withheld[0] is not intents:
+            assert self.source is not None
+            self._withheld = (intents, self.source.withheld())
+        return self._withheld[1]
+
+    def _isolation(self, v: Verdict, live: set[str], now: float) -> None:
+        if v.started:
+            logger.warning("isolated", heard=len(live) - 1, missing=len(v.missing), sample=sorted(v.missing)[:20],
+                           hold_s=round((v.until or now) - now, 1),
+                           note="hearing far fewer peers than a moment ago: likely our own problem; "
+                                "keeping our IPs, claiming no new one until peers are heard or confirmed gone")
+        if v.ended:
+            logger.info("isolation_ended", reason=v.ended, heard=len(live) - 1)
+        self.metrics.isolated.set(1 if v.holding else 0)
+        if not v.holding:
+            self.metrics.isolation_held.set(0)
+        if self._isolation_wake:
+            self._isolation_wake.cancel()
+            self._isolation_wake = None
+        if v.holding and v.until is not None:  # nothing else may change: wake ourselves when the hold runs out
+            self._isolation_wake = asyncio.get_running_loop().call_later(max(0.0, v.until - now), self.dirty.set)
 
     def _publish(self) -> None:
         if self.status:
@@ -248,6 +316,7 @@ async def run(args: argparse.Namespace, keys: Keyring) -> None:
         census = PeerCensus(kube, args.node_name, lease_ns, lambda: sp.heartbeats.live(time.monotonic()),
                             lambda: sp.warm, metrics, sp.unicast_to)
         tasks.append(asyncio.create_task(census.run(), name="peer-census"))
+        sp.registered = lambda: census.registered
     http = await httpserver.serve(args.http_host, args.http_port, metrics.registry, ready=sp.ready)
     logger.info("starting", node=args.node_name, interfaces=[i.name for i in sp.interfaces.candidates],
                 heartbeat_port=args.heartbeat_port, http_port=args.http_port)

@@ -42,3 +42,9 @@ class Metrics:
         self.handover_yields = Counter("lbctl_speaker_handover_yields_total",
                                        "IPs released on SIGTERM as soon as the successor's announcement was seen",
                                        registry=r)
+        self.isolated = Gauge("lbctl_speaker_isolated",
+                              "1 while this speaker, suddenly hearing far fewer peers than recently, claims no new IP",
+                              registry=r)
+        self.isolation_held = Gauge("lbctl_speaker_isolation_held_ips",
+                                    "IPs the election gives this node but an isolation hold keeps it from claiming",
+                                    registry=r)

@@ -35,6 +35,7 @@ class PeerCensus:
         self.shortfall = ShortfallLog()
         self._short = False
         self._failing = False
+        self.registered: frozenset[str] | None = None  # the last successful census (the isolation guard reads it)
 
     async def run(self) -> None:
         while True:
@@ -53,6 +54,7 @@ class PeerCensus:
         self._failing = False
         live = self.live()
         got = check_peers(leases, live, self.node, dt.datetime.now(dt.timezone.utc))
+        self.registered = got.registered
         self.metrics.registered_peers.set(len(got.registered))
         if got.missing:
             self.on_missing(got.missing)
