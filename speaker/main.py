@@ -135,8 +135,12 @@ class Speaker:
         live = self.heartbeats.live(now)
         intents = self.source.intents()
         # Each IP among the speakers heard on the segment it is announced on (docs/reliability.md).
-        changed = self.election.update(intents, live, self.source.nodes(), self._segments(intents),
-                                       self.heartbeats.live_on(now))
+        try:
+            changed = self.election.update(intents, live, self.source.nodes(), self._segments(intents),
+                                           self.heartbeats.live_on(now))
+        except Exception:
+            self.election, self._won = ElectionIndex(), set()  # maybe half applied: rank afresh next time
+            raise
         for ip in changed:
             if self.election.owners.get(ip) == self.node:
                 self._won.add(ip)

@@ -112,7 +112,9 @@ class ElectionIndex:
             before[ip] = self.owners.pop(ip)
             self._forget(self._ips.pop(ip))
         for ip, intent in intents.items():
-            group = tuple(segments_of.get(ip, ()))
+            group = segments_of.get(ip, ())
+            if type(group) is not tuple:
+                group = tuple(group)
             rec = self._ips.get(ip)
             if rec is not None and (rec.intent is intent or rec.intent == intent) and rec.cell[0] == group:
                 continue
