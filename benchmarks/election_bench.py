@@ -5,7 +5,8 @@ full recompute (`announce.owners()`), measured in the same run on the same input
 
 Two pools: 8,000 IPs any node may announce, 2,000 behind a node selector half the nodes match, and 500
 of them externalTrafficPolicy=Local with 3 ready nodes each. Every trial takes a random live node out (or
-puts one back), times `ElectionIndex.update`, and the final owners are checked against `owners()`.
+puts one back) and times `ElectionIndex.update`; then a rack of 10 % of the nodes fails at once and comes
+back. Owners are checked against `owners()` after the build and after the rack failure.
 """
 
 from __future__ import annotations
@@ -80,9 +81,16 @@ def main() -> None:
         t0 = time.perf_counter()
         index.update(intents, live, nodes)
         joins.append(time.perf_counter() - t0)
-    live.discard(rnd.choice(sorted(live)))
+    rack = set(rnd.sample(sorted(live), len(live) // 10))  # a rack (10 % of the nodes) fails at once, then returns
+    live -= rack
+    t0 = time.perf_counter()
     index.update(intents, live, nodes)
-    assert index.owners == owners(intents, live, nodes), "index disagrees with owners() after the trials"
+    rack_leave = time.perf_counter() - t0
+    assert index.owners == owners(intents, live, nodes), "index disagrees with owners() after the rack failure"
+    live |= rack
+    t0 = time.perf_counter()
+    index.update(intents, live, nodes)
+    rack_join = time.perf_counter() - t0
 
     full_s = statistics.median(full)
     print(f"{args.nodes} nodes x {args.ips} IPs, {args.trials} trials each; owners() checked equal before and after")
@@ -92,6 +100,7 @@ def main() -> None:
         print(f"one node {name}s: p50 {pct(xs, .5) * 1e3:.2f} ms  p99 {pct(xs, .99) * 1e3:.2f} ms  "
               f"max {max(xs) * 1e3:.2f} ms  ({full_s / pct(xs, .5):.0f}x faster than owners() at p50)")
     print(f"target: leave p99 <= 50 ms: {'met' if pct(leaves, .99) <= 0.05 else 'NOT met'}")
+    print(f"a rack of {len(rack)} nodes fails at once: {rack_leave * 1e3:.0f} ms; it returns: {rack_join * 1e3:.0f} ms")
     print(f"IPs moved per leave: mean {statistics.mean(moved):.1f}; refills (top-K emptied): {index.refills}")
     figure("election_build_s", build, "s")
     figure("election_full_recompute_s", full_s, "s")
@@ -99,6 +108,8 @@ def main() -> None:
         figure(f"election_{name}_p50_ms", pct(xs, .5) * 1e3, "ms")
         figure(f"election_{name}_p99_ms", pct(xs, .99) * 1e3, "ms")
         figure(f"election_{name}_max_ms", max(xs) * 1e3, "ms")
+    figure("election_rack_leave_ms", rack_leave * 1e3, "ms")
+    figure("election_rack_join_ms", rack_join * 1e3, "ms")
     figure("election_leave_speedup_p50", full_s / pct(leaves, .5), "x")
 
 

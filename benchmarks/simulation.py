@@ -206,6 +206,11 @@ def run_preset(name: str, interval: float, dead_after: float, args: argparse.Nam
     print(f"steady state: {len(sim.observers)} sampled observers agree with the reference: {settled}; "
           f"false expiries in {steady:.0f} s: {false_expiries}; live set sizes seen: {sizes[0]}..{sizes[-1]} "
           f"of {len(sim.true_live)}")
+    if not settled:
+        lacking = sorted({n for s in sim.observers if s.up for n in sim.true_live - s.live})
+        watched = sum(sim.speakers[n].observer for n in lacking)
+        print(f"  disagreement: observers do not count {len(lacking)} live peers as live ({watched} of them "
+              f"observers, whose echoes come from the real heard() over {len(sim.speakers)} peers), e.g. {lacking[:5]}")
     print(f"heartbeats per node: {sent_rate:.1f} datagrams/s sent, {recv_rate:.0f} datagrams/s received")
     print(f"node {victim} fails ({moved} IPs move): all observers agree: {fail_ok}, last one after "
           f"{fail_conv:.3f} s")

@@ -151,19 +151,18 @@ class ElectionIndex:
 
         # 4. Per node: the cells where it stopped / started being a candidate. Removals first, so that an
         # IP's top K is a prefix of its (shrunk) candidates before anyone is offered to it.
-        added: list[tuple[str, set[_Cell]]] = []
+        joins: dict[_Cell, list[str]] = {}
         for n in moved:
             was = self._cells_of(n, old_live, old_rules.get(n))
             now = self._cells_of(n, {}, None)
             if was - now:
                 self._drop(n, was - now, redo, before)
-            if now - was:
-                added.append((n, now - was))
-        for n, cells in added:
-            for cell in cells:
-                for ip in self._cells.get(cell, ()):
-                    if ip not in redo:
-                        self._offer(ip, n, before)
+            for cell in now - was:
+                joins.setdefault(cell, []).append(n)
+        for cell, joined in joins.items():  # batched per IP: a rack coming back is one pass, not one per node
+            for ip in self._cells.get(cell, ()):
+                if ip not in redo:
+                    self._offer(ip, joined, before)
 
         # 5. Full recomputes, then drop classes and groups nothing uses any more.
         for ip in redo:
@@ -229,18 +228,24 @@ class ElectionIndex:
             else:
                 self.owners[ip] = rec.owner()
 
-    def _offer(self, ip: str, n: str, before: dict[str, str | None]) -> None:
+    def _offer(self, ip: str, joined: list[str], before: dict[str, str | None]) -> None:
         rec = self._ips[ip]
-        entry = _rank_key(n, rec.canon)
-        if not rec.complete and entry > rec.top[-1]:
-            return  # ranks below the top K, and so below everything in it: the invariant holds as is
+        entries = [_rank_key(n, rec.canon) for n in joined]
+        if not rec.complete:  # those ranking below the top K rank below everything in it: the invariant holds
+            last = rec.top[-1]
+            entries = [e for e in entries if e < last]
+        if not entries:
+            return
         before.setdefault(ip, self.owners[ip])
-        insort(rec.top, entry)
-        self._holds.setdefault(n, set()).add(ip)
-        if len(rec.top) > self.k:
-            _, last = rec.top.pop()
-            self._holds[last].discard(ip)
+        top = sorted(rec.top + entries)
+        for _, n in entries:
+            self._holds.setdefault(n, set()).add(ip)
+        if len(top) > self.k:
+            for _, n in top[self.k:]:
+                self._holds[n].discard(ip)
+            del top[self.k:]
             rec.complete = False
+        rec.top = top
         self.owners[ip] = rec.owner()
 
     def _recompute(self, rec: _Ip, ip: str) -> None:

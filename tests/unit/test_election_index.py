@@ -14,7 +14,7 @@ import random
 import pytest
 
 from lbctl.core.announce import IpIntent, owners, segment_live
-from lbctl.core.election import EXCLUDE_LB_LABEL, NodeInfo
+from lbctl.core.election import EXCLUDE_LB_LABEL, NodeInfo, rank
 from lbctl.core.election_index import ElectionIndex
 
 SELECTORS = [
@@ -177,3 +177,22 @@ def test_a_leave_touches_only_the_ips_that_node_held() -> None:
 def test_k_must_be_positive() -> None:
     with pytest.raises(ValueError, match="k must be at least 1"):
         ElectionIndex(k=0)
+
+
+def test_a_joiner_ranking_below_a_shrunk_top_k_stays_out_of_it() -> None:
+    # Top 2 of ten; the best leaves (top holds one, others wait outside); a joiner ranking 6th must not
+    # slip into the top, or it would win once the 2nd leaves too, over the 3rd.
+    ip = "198.18.3.1"
+    names = [f"n{i}" for i in range(11)]
+    order = rank(ip, names)
+    joiner = order[5]
+    nodes = {n: NodeInfo(n) for n in names}
+    intents = {ip: IpIntent(ip=ip)}
+    live = set(names) - {joiner}
+    index = ElectionIndex(k=2)
+    index.update(intents, live, nodes)
+    for change in (lambda: live.discard(order[0]), lambda: live.add(joiner), lambda: live.discard(order[1])):
+        change()
+        index.update(intents, live, nodes)
+        assert index.owners == owners(intents, live, nodes)
+    assert index.owners[ip] == order[2]
