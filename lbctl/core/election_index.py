@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-from bisect import insort
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
