@@ -6,7 +6,7 @@ answers. Peers do not vanish by the hundred; a speaker that loses most of them i
 likely cut off (a starved thread, a dead NIC, a filtered port) than surrounded by a rack failure. So:
 
 - trigger: more than half of the peers heard within the last RECENT_S (2 s: "at once") are gone, and at
-  least two (one peer leaving a pair is ordinary failover and is never held);
+  least MIN_LOST = 3 (two of a three-node cluster failing together is an ordinary failover, never held);
 - while holding, the speaker keeps the IPs it already announces and claims no new one (it still lets go of
   IPs a live peer now ranks first: releasing never hurts);
 - the hold ends as soon as the shortfall heals (the missing peers are heard again, or fewer than half of
@@ -37,6 +37,7 @@ from .status import LEASE_DURATION_S, RENEW_S
 
 RECENT_S = 2.0  # "at once": a false mass expiry lands within a beacon interval or two; rolling restarts are slower
 HOLD_MIN_S = 3.0
+MIN_LOST = 3  # a 3-node cluster losing two nodes is a plausible failure, never held; a starved receiver loses many
 ALONE_HOLD_S = float(LEASE_DURATION_S + RENEW_S)
 
 
@@ -74,7 +75,7 @@ class IsolationGuard:
         if self._since is None:
             recent = {p for p, t in self._seen.items() if now - t <= self.recent_s} | peers
             lost = recent - peers
-            if len(lost) >= 2 and 2 * len(lost) > len(recent):
+            if len(lost) >= MIN_LOST and 2 * len(lost) > len(recent):
                 self._since, self._recent, self._missing = now, frozenset(recent), frozenset(lost)
                 self._note(peers, now)
                 return self._holding(peers, registered, now, started=True)
@@ -105,7 +106,7 @@ class IsolationGuard:
         return Verdict(True, started=started, missing=frozenset(still), until=self._since + limit)
 
     def _healed(self, missing: frozenset[str]) -> bool:
-        return len(missing) < 2 or 2 * len(missing) <= len(self._recent)
+        return len(missing) < MIN_LOST or 2 * len(missing) <= len(self._recent)
 
     def _end(self, reason: str, given_up: frozenset[str]) -> Verdict:
         for p in given_up:  # gone for good as far as we know: they must not trigger the next hold

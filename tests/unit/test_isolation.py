@@ -16,7 +16,19 @@ def settled(guard: IsolationGuard, peers: set[str], t: float = 0.0) -> None:
 def test_one_peer_leaving_is_ordinary_failover():
     g = IsolationGuard(ME)
     settled(g, {"a", "b"})
-    assert not g.check({ME, "a"}, None, 5.0).holding  # 1 of 2 lost: under the two-peer minimum
+    assert not g.check({ME, "a"}, None, 5.0).holding  # 1 of 2 lost: under the minimum
+
+
+def test_three_node_cluster_losing_two_fails_over_at_once():
+    g = IsolationGuard(ME)
+    settled(g, {"a", "b"})
+    assert not g.check({ME}, frozenset({ME, "a", "b"}), 1.0).holding  # a plausible failure, not isolation
+
+
+def test_four_node_cluster_losing_three_at_once_holds():
+    g = IsolationGuard(ME)
+    settled(g, {"a", "b", "c"})
+    assert g.check({ME}, None, 1.0).holding
 
 
 def test_losing_half_is_not_enough():
