@@ -70,6 +70,7 @@ HB_PORT, HTTP_PORT = 7946, 7473
 CONVERGE_TIMEOUT = 30.0
 FAILOVER_TIMEOUT = 10.0
 GIVEBACK_TIMEOUT = 10.0
+SETTLE_HOLD = 1.0  # "at its share" counts once no ownership change follows for this long
 FAST = ["--heartbeat-interval", "0.1", "--dead-after", "0.3"]  # when the speaker has no --timing presets
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -166,7 +167,7 @@ class Speaker(Child):
 
     def __init__(self, argv: list[str], env: dict[str, str]) -> None:
         self.announced: set[str] = set()
-        self.changes: list[tuple[float, int, int]] = []  # (t, gained, lost)
+        self.changes: list[tuple[float, frozenset[str], frozenset[str]]] = []  # (t, gained, lost)
         self.started: float | None = None
         super().__init__("speaker", SPK_NS, argv, env, logs=True, on_event=self._observe)
 
@@ -175,11 +176,25 @@ class Speaker(Child):
         if kind == "ownership":
             gained, lost = event.get("gained") or [], event.get("lost") or []
             self.announced = (self.announced | set(gained)) - set(lost)
-            self.changes.append((now, len(gained), len(lost)))
+            self.changes.append((now, frozenset(gained), frozenset(lost)))
             return False
         if kind == "starting":
             self.started = now
         return kind != "announcing"  # one per IP: the ownership lines carry the sets
+
+    def settle(self, expected: set[str], timeout: float, hold: float) -> float | None:
+        """When the speaker reached exactly `expected` and then kept it for `hold` seconds (the time of the
+        change that reached it), or None if that did not happen within `timeout`."""
+        end = time.monotonic() + timeout
+        while (left := end - time.monotonic()) > 0:
+            if not self.wait(lambda: self.announced == expected, left):
+                return None
+            with self.cond:
+                seen = len(self.changes)
+                reached = self.changes[-1][0] if self.changes else time.monotonic()
+            if not self.wait(lambda: len(self.changes) > seen, hold):
+                return reached
+        return None
 
 
 # --- namespaces ------------------------------------------------------------------------------------
@@ -233,10 +248,10 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def udp_drops(pid: int, port: int = HB_PORT) -> int:
+def udp_drops(pid: int, port: int = HB_PORT, proc: str = "/proc") -> int:
     """Drops of the UDP sockets bound to `port` in pid's network namespace (/proc/PID/net is its view)."""
     total = 0
-    with open(f"/proc/{pid}/net/udp") as f:
+    with open(f"{proc}/{pid}/net/udp") as f:
         next(f)
         for line in f:
             cols = line.split()
@@ -359,19 +374,22 @@ class Bench:
             spk = Speaker([sys.executable, "-m", "speaker", "--node-name", REAL, "--static-config", str(cfg),
                            "--interfaces", "eth0", "--log-format", "json", *self.flags], self.env)
             self.children.append(spk)
-            if spk.wait(lambda: spk.announced == expected, a.converge_timeout):
-                t = spk.changes[-1][0]
+            t = spk.settle(expected, a.converge_timeout, SETTLE_HOLD)
+            if t is not None:
                 res.converge_s = t - t0
+                if len(spk.changes) > 1 and spk.changes[0][1] and not spk.changes[0][1] <= expected:
+                    res.notes.append(f"first claimed {len(spk.changes[0][1])} IPs, then settled at its share")
                 res.from_starting_s = t - spk.started if spk.started else None
                 say(f"  converged in {res.converge_s:.2f} s from spawn, {fmt(res.from_starting_s)} s from its "
                     f"`starting` line (share {len(expected)} of {len(self.ips)})")
             elif not spk.alive():
                 raise HarnessError(f"speaker exited {spk.proc.returncode}: " + " | ".join(spk.tail[-8:]))
             else:
-                res.notes.append(f"never converged in {a.converge_timeout:.0f} s: announces {len(spk.announced)}, "
-                                 f"share {len(expected)}")
+                res.notes.append(f"never settled at its share for {SETTLE_HOLD} s within {a.converge_timeout:.0f} s "
+                                 f"({len(spk.changes)} ownership changes; announces {len(spk.announced)}, share "
+                                 f"{len(expected)})")
                 say(f"  NOT converged after {a.converge_timeout:.0f} s: announces {len(spk.announced)} IPs, "
-                    f"its share is {len(expected)}")
+                    f"its share is {len(expected)}, {len(spk.changes)} ownership changes")
             text = self.metrics()
             res.announced_metric = metric(text, "lbctl_speaker_announced_ips")
             if res.converge_s is not None and res.announced_metric != len(expected):
@@ -406,10 +424,10 @@ class Bench:
         if missing:  # a lost request is not a wrong answer: ask those once more
             answers.update(probe(missing))
         wrong = sorted(ip for ip in self.ips if (ip in expected) != (answers.get(ip) == [SPK_MAC]))
-        say(f"  wire: {len(self.ips)} addresses probed, {len(self.ips) - len(wrong)} as expected, "
-            f"{len(wrong)} not" + (f", e.g. {', '.join(f'{ip} {answers.get(ip, [])}' for ip in wrong[:3])}"
-                                   f" (its share: {', '.join(ip for ip in wrong[:3] if ip in expected)})"
-                                   if wrong else ""))
+        examples = "; ".join(f"{ip} answered by {answers.get(ip) or 'nobody'} "
+                             f"({'its share' if ip in expected else 'not its share'})" for ip in wrong[:3])
+        say(f"  wire: {len(self.ips)} addresses probed, {len(self.ips) - len(wrong)} as expected, {len(wrong)} not"
+            + (f", e.g. {examples}" if wrong else ""))
         return len(wrong)
 
     def settled(self, res: Result, spk: Speaker, sim: Child | None, expected: set[str],
@@ -462,7 +480,12 @@ class Bench:
         wire = self.wire
         assert wire
         for peer, ips in picks:
-            mark = len(wire.events)
+            # Only a speaker sitting at its share can show a takeover: otherwise any GARP may be its own flapping.
+            if spk.settle(expected, GIVEBACK_TIMEOUT, SETTLE_HOLD) is None:
+                res.notes.append(f"failover not measurable from {peer} on: the speaker did not stay at its share")
+                say(f"  failover {peer}: speaker not settled at its share, not measured")
+                break
+            mark, changes = len(wire.events), len(spk.changes)
             t_stop = float(sim.request(f"stop {peer}", "stopped", 10)["t"])
             first: dict[str, float] = {}
             cursor = [mark]
@@ -478,16 +501,22 @@ class Bench:
             if wire.wait(all_seen, FAILOVER_TIMEOUT):
                 took = max(first.values()) - t_stop
                 res.failovers.append(took)
-                say(f"  failover {peer} ({len(ips)} IPs): GARP after {took * 1000:.0f} ms")
+                spk.wait(lambda: ips <= spk.announced, 1.0)  # the log line may trail the GARP a little
+                with spk.cond:
+                    extra = set().union(*(g for _, g, _ in spk.changes[changes:])) - ips
+                say(f"  failover {peer} ({len(ips)} IPs): GARP after {took * 1000:.0f} ms"
+                    + (f"; also claimed {len(extra)} IPs it should not" if extra else ""))
+                if extra:
+                    res.notes.append(f"stopping {peer}: claimed {len(extra)} IPs besides its {len(ips)}")
             else:
                 res.failover_misses += 1
                 say(f"  failover {peer}: only {len(first)} of {len(ips)} IPs GARPed in {FAILOVER_TIMEOUT:.0f} s")
             t_start = float(sim.request(f"start {peer}", "started", 10)["t"])
-            if spk.wait(lambda: spk.announced == expected, GIVEBACK_TIMEOUT):
-                res.givebacks.append(spk.changes[-1][0] - t_start)
+            back = spk.settle(expected, GIVEBACK_TIMEOUT, SETTLE_HOLD)
+            if back is not None:
+                res.givebacks.append(back - t_start)
             else:
-                res.notes.append(f"{peer} restarted: IPs not given back in {GIVEBACK_TIMEOUT:.0f} s")
-            time.sleep(0.5)
+                res.notes.append(f"{peer} restarted: its IPs not given back in {GIVEBACK_TIMEOUT:.0f} s")
 
 
 # --- report --------------------------------------------------------------------------------------------
@@ -511,14 +540,17 @@ def report(results: list[Result], timing: str) -> None:
         figure(f"{p}_beacons_dropped_settled", r.beacons_dropped_settled, "count")
         figure(f"{p}_cpu_pct", r.cpu_pct, "%")
         figure(f"{p}_rss_mib", r.rss_mib, "MiB")
-        if base is not None and r is not base and base.cpu_pct > 0:
+        if base is not None and r is not base and base.cpu_pct > 0 and base.rss_mib > 0:
             figure(f"{p}_cpu_vs_0p", r.cpu_pct / base.cpu_pct, "x")
+            figure(f"{p}_rss_vs_0p", r.rss_mib / base.rss_mib, "x")
         if r.live_peers is not None:
             figure(f"{p}_live_peers_seen", r.live_peers, "count")
         figure(f"{p}_wrong_ips_at_end", r.wrong_end, "count")
         if r.failovers:
             figure(f"{p}_failover_p50_s", statistics.median(r.failovers), "s")
             figure(f"{p}_failover_max_s", max(r.failovers), "s")
+        if r.givebacks:
+            figure(f"{p}_giveback_max_s", max(r.givebacks), "s")
         if r.peers:
             figure(f"{p}_failover_misses", r.failover_misses, "count")
         if r.sim_cpu_pct is not None:
