@@ -1,6 +1,7 @@
 """The wire side of benchmarks/speaker_scale.py, run inside the simulator's namespace (never the root one).
 
-    ip netns exec NS python -m benchmarks.scale_wire --iface eth0 --mac M --ip A --metrics-url http://198.18.0.2:7473/metrics
+    ip netns exec NS python -m benchmarks.scale_wire --iface eth0 --mac M --ip A \
+        --metrics-url http://198.18.0.2:7473/metrics
 
 Streams every gratuitous ARP seen on the segment as it arrives, and on request ARP-probes addresses or
 scrapes the speaker's /metrics (over the segment, as Prometheus would):

@@ -44,7 +44,8 @@ def test_udp_drops_reads_the_drops_column_of_the_heartbeat_port(tmp_path: Path) 
     proc = tmp_path / "123" / "net"
     proc.mkdir(parents=True)
     (proc / "udp").write_text(
-        "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n"
+        "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref "
+        "pointer drops\n"
         "  1: 00000000:1F0A 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1 2 0000 2993\n"
         "  2: 00000000:1D31 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 3 2 0000 5\n")
     assert udp_drops(123, proc=str(tmp_path)) == 2993
