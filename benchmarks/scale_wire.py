@@ -30,6 +30,7 @@ from .lab_arp import request
 
 PROBE_RATE = 2000  # requests per second: well under what the speaker's responder drains
 PROBE_TAIL = 0.5
+SCRAPE_TIMEOUT = 15  # a speaker starved of CPU answers late; late is still an answer
 
 
 def _mac(b: bytes) -> str:
@@ -88,7 +89,7 @@ class Wire:
 
     def metrics(self) -> str:
         try:
-            with urllib.request.urlopen(self.metrics_url, timeout=5) as r:
+            with urllib.request.urlopen(self.metrics_url, timeout=SCRAPE_TIMEOUT) as r:
                 return r.read().decode()
         except OSError as exc:
             return f"# unreachable: {exc}"

@@ -349,7 +349,10 @@ class Bench:
 
     def metrics(self) -> str:
         assert self.wire
-        return str(self.wire.request("metrics", "metrics", 10).get("text", ""))
+        text = str(self.wire.request("metrics", "metrics", 30).get("text", ""))
+        if text.startswith("# unreachable"):
+            print(f"  /metrics scrape failed: {text[2:]}", flush=True)
+        return text
 
     def measure(self, n: int, say: Callable[[str], None]) -> Result:
         a, wire = self.args, self.wire
