@@ -319,6 +319,7 @@ class Result:
     sim_cpu_pct: float | None = None
     sim: dict[str, Any] = field(default_factory=dict)
     failovers: list[float] = field(default_factory=list)
+    goodbyes: list[float] = field(default_factory=list)  # failover after a graceful goodbye
     failover_misses: int = 0
     givebacks: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -360,7 +361,7 @@ class Bench:
         res = Result(n)
         names = peer_names(n)
         nodes = [REAL, *names]
-        expected, picks = plan(self.ips, nodes, a.failovers if n else 0)
+        expected, picks = plan(self.ips, nodes, a.failovers + 1 if n else 0)  # the last one says goodbye
         res.expected = len(expected)
         cfg = self.tmp / f"static-{n}.json"
         cfg.write_text(json.dumps({"nodes": nodes, "ips": {ip: {} for ip in self.ips}}))
@@ -396,12 +397,14 @@ class Bench:
             text = self.metrics()
             res.announced_metric = metric(text, "lbctl_speaker_announced_ips")
             if res.converge_s is not None and res.announced_metric != len(expected):
-                res.notes.append(f"/metrics says {res.announced_metric} announced, logs {len(spk.announced)}")
+                res.notes.append(f"just after converging /metrics says {res.announced_metric} announced (logs: "
+                                 f"{len(spk.announced)}, share {len(expected)})")
             if a.probe:
                 res.wire_mismatches = self.check_wire(expected, say)
             self.settled(res, spk, sim, expected, say)
             if res.converge_s is not None and sim is not None:
-                self.failover(res, spk, sim, expected, picks, say)
+                self.failover(res, spk, sim, expected, picks[:a.failovers], "stop", say)
+                self.failover(res, spk, sim, expected, picks[a.failovers:], "bye", say)
             elif n:
                 res.notes.append("failover not measured (never converged)")
         finally:
@@ -478,8 +481,10 @@ class Bench:
                 res.notes.append("the SIMULATOR lagged (send lag p99 > half an interval): figures are its limit")
 
     def failover(self, res: Result, spk: Speaker, sim: Child, expected: set[str],
-                 picks: list[tuple[str, set[str]]], say: Callable[[str], None]) -> None:
-        """Stop each picked owner; time until the speaker's GARP for all its IPs; restart; wait for give-back."""
+                 picks: list[tuple[str, set[str]]], how: str, say: Callable[[str], None]) -> None:
+        """Stop each picked owner (`how`: "stop" goes silent, "bye" says goodbye first); time until the speaker's
+        GARP for all its IPs; restart it; wait for the give-back."""
+        times = res.failovers if how == "stop" else res.goodbyes
         wire = self.wire
         assert wire
         for peer, ips in picks:
@@ -489,7 +494,7 @@ class Bench:
                 say(f"  failover {peer}: speaker not settled at its share, not measured")
                 break
             mark, changes = len(wire.events), len(spk.changes)
-            t_stop = float(sim.request(f"stop {peer}", "stopped", 10)["t"])
+            t_stop = float(sim.request(f"{how} {peer}", "stopped" if how == "stop" else "left", 10)["t"])
             first: dict[str, float] = {}
             cursor = [mark]
 
@@ -503,11 +508,12 @@ class Bench:
 
             if wire.wait(all_seen, FAILOVER_TIMEOUT):
                 took = max(first.values()) - t_stop
-                res.failovers.append(took)
+                times.append(took)
                 spk.wait(lambda: ips <= spk.announced, 1.0)  # the log line may trail the GARP a little
                 with spk.cond:
                     extra = set().union(*(g for _, g, _ in spk.changes[changes:])) - ips
-                say(f"  failover {peer} ({len(ips)} IPs): GARP after {took * 1000:.0f} ms"
+                say(f"  {'failover' if how == 'stop' else 'goodbye'} {peer} ({len(ips)} IPs): GARP after "
+                    f"{took * 1000:.0f} ms"
                     + (f"; also claimed {len(extra)} IPs it should not" if extra else ""))
                 if extra:
                     res.notes.append(f"stopping {peer}: claimed {len(extra)} IPs besides its {len(ips)}")
@@ -536,6 +542,8 @@ def report(results: list[Result], timing: str) -> None:
         p = f"{tag}_{r.peers}p"
         if r.converge_s is not None:
             figure(f"{p}_converge_s", r.converge_s, "s")
+            if r.from_starting_s is not None:
+                figure(f"{p}_converge_from_starting_line_s", r.from_starting_s, "s")
         figure(f"{p}_converged", int(r.converge_s is not None), "bool")
         if r.wire_mismatches is not None:
             figure(f"{p}_wire_mismatches", r.wire_mismatches, "count")
@@ -552,6 +560,8 @@ def report(results: list[Result], timing: str) -> None:
         if r.failovers:
             figure(f"{p}_failover_p50_s", statistics.median(r.failovers), "s")
             figure(f"{p}_failover_max_s", max(r.failovers), "s")
+        if r.goodbyes:
+            figure(f"{p}_goodbye_failover_s", max(r.goodbyes), "s")
         if r.givebacks:
             figure(f"{p}_giveback_max_s", max(r.givebacks), "s")
         if r.peers:
