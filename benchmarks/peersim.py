@@ -6,9 +6,11 @@ Used by benchmarks/speaker_scale.py to put one real speaker among hundreds of pe
 virtual peer is what a real speaker looks like on the wire (lbctl.core.heartbeat v2, signed with the
 same key): its own node name, a random incarnation, a growing sequence, its own phase within the
 interval. It echoes the real speaker's incarnations once it has heard them since its own start (so the
-speaker counts it live, as it would a real peer), plus a window of the other virtual peers'
-incarnations that rotates every beacon, so beacons are as long as on a real segment (--echoes).
-The interval follows the one the real speaker advertises in its beacons: a cluster shares one setting.
+speaker counts it live, as it would a real peer) as often as the speaker code in this tree does it
+(--echo-rotation: in every beacon, or while new and then once per ECHO_ROTATION beacons), plus a window
+of the other virtual peers' incarnations that rotates every beacon, so beacons are as long as on a real
+segment (--echoes). The interval follows the one the real speaker advertises in its beacons: a cluster
+shares one setting.
 
 Beacons go to the speaker's address (--dest): the speaker's receive path is the same as for broadcast,
 and the simulator does not receive (and pay for) its own beacons back.
@@ -39,11 +41,16 @@ from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from lbctl.core import heartbeat
 from lbctl.core.heartbeat import MAX_ECHO, Heartbeat, Keyring, decode, encode
 
 PORT = 7946
 LEAVE_REPEAT = 3  # as the real speaker says goodbye
 HEAR_FOR = 1.0  # echo a real speaker's incarnation this long after its last beacon
+FRESH_FOR = 0.3  # rotating mode: a newly heard incarnation goes in every beacon this long (shortest dead_after)
+# Speakers that rotate their echoes (and count a verified peer live between echoes) say how often; older ones
+# echo everyone they hear in every beacon and need an echo within dead_after.
+ECHO_ROTATION: int = getattr(heartbeat, "ECHO_ROTATION", 1)
 LAG_BUCKET = 1e-4  # 0.1 ms histogram resolution
 LAG_BUCKETS = 20_000  # up to 2 s; later goes in the last bucket
 
@@ -126,17 +133,25 @@ class EchoRing:
 
 
 class Heard:
-    """Incarnations of the real speaker(s) and when each was last heard."""
+    """Incarnations of the real speaker(s): when each was first and last heard."""
 
     def __init__(self, hear_for: float = HEAR_FOR) -> None:
         self.hear_for = hear_for
         self._last: dict[int, float] = {}
+        self._first: dict[int, float] = {}
 
     def observe(self, incarnation: int, now: float, leaving: bool = False) -> None:
         if leaving:  # said goodbye: echoing it would change nothing, and real peers stop too
             self._last.pop(incarnation, None)
-        else:
-            self._last[incarnation] = now
+            return
+        self._last[incarnation] = now
+        self._first.setdefault(incarnation, now)
+        if len(self._first) > 64:  # bounded: forget incarnations no longer heard
+            for inc in [i for i in self._first if i not in self._last]:
+                del self._first[inc]
+
+    def first(self, incarnation: int) -> float:
+        return self._first.get(incarnation, float("-inf"))
 
     def current(self, now: float, since: float = float("-inf")) -> list[int]:
         """Heard within hear_for, and last heard after `since` (the echoing peer's own start: a restarted
@@ -144,6 +159,15 @@ class Heard:
         for inc in [i for i, t in self._last.items() if now - t > self.hear_for]:
             del self._last[inc]
         return [i for i, t in sorted(self._last.items(), key=lambda kv: -kv[1]) if t >= since]
+
+
+def echoes_real(first_heard: float, started: float, now: float, beat: int, rotation: int,
+                fresh_for: float) -> bool:
+    """Whether a peer's beacon echoes a real speaker's incarnation. rotation 1: every beacon (speakers that
+    echo everyone they hear each time). Else as speakers with rotating echoes do: every beacon while the
+    incarnation is new to this peer (first heard, since the peer's own start, within fresh_for), then once
+    per `rotation` beacons."""
+    return rotation <= 1 or now - max(first_heard, started) <= fresh_for or beat % rotation == 0
 
 
 def choose_echo(real: Sequence[int], virtual: Sequence[int], limit: int) -> list[int]:
@@ -204,9 +228,12 @@ class Window:
 class Simulator:
     def __init__(self, names: Sequence[str], keys: Keyring, dest: str, port: int, interval: float, echoes: int,
                  follow_interval: bool = True, incarnation: Callable[[], int] | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, rotation: int = 1, fresh_for: float = FRESH_FOR) -> None:
         self.keys, self.dest, self.port = keys, (dest, port), port
-        self.interval, self.echoes, self.follow_interval = interval, echoes, follow_interval
+        self.interval, self.follow_interval = interval, follow_interval
+        self.rotation, self.fresh_for = rotation, fresh_for
+        # Rotating speakers widen the window so everyone is echoed once per rotation (ceil(N / rotation)).
+        self.echoes = min(MAX_ECHO, max(echoes, -(-len(names) // rotation) if rotation > 1 else 0))
         self._incarnation = incarnation or (lambda: int.from_bytes(os.urandom(8), "big"))
         self._rng = rng or random.Random()
         self.peers = [Peer(n, self._incarnation()) for n in names]
@@ -238,8 +265,11 @@ class Simulator:
     def beacon(self, i: int, now: float, leaving: bool = False) -> bytes:
         p = self.peers[i]
         p.sequence += 1
-        echo = choose_echo(self.heard.current(now, p.started),
-                           self.ring.window(i, p.sequence, self.echoes), self.echoes)
+        real = self.heard.current(now, p.started)
+        if self.rotation > 1:  # peers take their turns apart (offset i), as their phases differ
+            real = [r for r in real if echoes_real(self.heard.first(r), p.started, now, p.sequence + i,
+                                                     self.rotation, self.fresh_for)]
+        echo = choose_echo(real, self.ring.window(i, p.sequence, self.echoes), self.echoes)
         hb = Heartbeat(p.name, p.incarnation, p.sequence, int(self.interval * 1000), leaving)
         return encode(hb, self.keys, echo)  # the speaker's own encoder: one HMAC per beacon
 
@@ -339,7 +369,8 @@ class Simulator:
         poller.register(self.sock.fileno(), select.POLLIN)
         poller.register(sys.stdin.fileno(), select.POLLIN)
         pending = b""
-        emit({"event": "ready", "t": time.monotonic(), "peers": len(self.peers), "pid": os.getpid()})
+        emit({"event": "ready", "t": time.monotonic(), "peers": len(self.peers), "pid": os.getpid(),
+              "echoes": self.echoes, "rotation": self.rotation})
         while True:
             self.send_due()
             due = self.schedule.first()
@@ -372,16 +403,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=PORT)
     p.add_argument("--interval", type=float, default=0.1, help="until the real speaker's beacons say otherwise")
     p.add_argument("--fixed-interval", action="store_true", help="keep --interval, whatever the speaker advertises")
-    p.add_argument("--echoes", type=int, default=32, help="incarnations echoed per beacon (the real one first)")
+    p.add_argument("--echoes", type=int, default=32, help="incarnations echoed per beacon at least (the real "
+                   "speaker's first; with rotation, enough for everyone once per rotation)")
+    p.add_argument("--echo-rotation", type=int, default=ECHO_ROTATION,
+                   help="echo the real speaker once per this many beacons once it is not new (as speakers with "
+                        "rotating echoes do); 1: in every beacon (default: what this tree's speaker does, "
+                        f"{ECHO_ROTATION})")
     p.add_argument("--prefix", default="sim-", help="node name prefix of the virtual peers")
     args = p.parse_args(argv)
     key = os.environ.get("LBCTL_HEARTBEAT_KEY", "").strip().encode()
     if len(key) < 16:
         p.error("set $LBCTL_HEARTBEAT_KEY (the speaker's heartbeat key, 16+ bytes)")
-    if args.peers < 1 or args.interval <= 0 or not 0 <= args.echoes <= MAX_ECHO:
-        p.error(f"need --peers >= 1, --interval > 0, 0 <= --echoes <= {MAX_ECHO}")
+    if args.peers < 1 or args.interval <= 0 or not 0 <= args.echoes <= MAX_ECHO or args.echo_rotation < 1:
+        p.error(f"need --peers >= 1, --interval > 0, 0 <= --echoes <= {MAX_ECHO}, --echo-rotation >= 1")
     sim = Simulator(peer_names(args.peers, args.prefix), Keyring([key]), args.dest, args.port, args.interval,
-                    args.echoes, follow_interval=not args.fixed_interval)
+                    args.echoes, follow_interval=not args.fixed_interval, rotation=args.echo_rotation)
     sim.open()
     try:
         sim.run()

@@ -373,7 +373,10 @@ class Bench:
                                                 "--dest", SPK_IP, "--interval", str(self.interval),
                                                 "--echoes", str(a.echoes)], self.env)
                 self.children.append(sim)
-                sim.next_event("ready", 0, 20)
+                ready = sim.next_event("ready", 0, 20)
+                say(f"  simulator: {n} peers, {ready['echoes']} echoes per beacon, the speaker echoed "
+                    + ("in every beacon" if ready["rotation"] <= 1 else
+                       f"while new, then once per {ready['rotation']} beacons"))
             t0 = time.monotonic()
             spk = Speaker([sys.executable, "-m", "speaker", "--node-name", REAL, "--static-config", str(cfg),
                            "--interfaces", "eth0", "--log-format", "json", *self.flags], self.env)

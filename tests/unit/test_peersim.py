@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import random
 
-from benchmarks.peersim import (EchoRing, Heard, LagHistogram, Schedule, Simulator, choose_echo, next_due,
-                                peer_names)
+from benchmarks.peersim import (EchoRing, Heard, LagHistogram, Schedule, Simulator, choose_echo, echoes_real,
+                                next_due, peer_names)
 from lbctl.core.heartbeat import MAX_ECHO, Keyring, PeerTable, decode, incarnation_bytes
 
 KEY = b"unit-test-heartbeat-key-0123456789"
@@ -168,3 +168,32 @@ def test_controls_stop_restart_and_goodbye() -> None:
     assert sim.control("bogus sim-0001")["event"] == "error"  # type: ignore[index]
     assert sim.control("stop nobody")["event"] == "error"  # type: ignore[index]
     assert sim.control("quit") is None
+
+
+def test_rotating_echo_of_the_real_speaker_while_new_then_once_per_rotation() -> None:
+    # new to this peer: every beacon
+    assert all(echoes_real(10.0, 0.0, 10.1, beat, 10, 0.3) for beat in range(1, 20))
+    # after that: one beacon in ten
+    assert [b for b in range(1, 31) if echoes_real(10.0, 0.0, 12.0, b, 10, 0.3)] == [10, 20, 30]
+    # a peer that restarted hears it anew: new to it again, whenever the speaker was first heard
+    assert echoes_real(10.0, 11.9, 12.0, 3, 10, 0.3)
+    # rotation 1: every beacon always
+    assert echoes_real(10.0, 0.0, 99.0, 7, 1, 0.3)
+
+
+def test_rotating_peers_are_live_to_a_rotating_speaker_and_widen_their_echo() -> None:
+    incs = iter(range(1, 10_000))
+    sim = Simulator(peer_names(500), Keyring([KEY]), "198.18.0.2", 7946, 0.1, 32, incarnation=lambda: next(incs),
+                    rotation=10)
+    assert sim.echoes == 50  # everyone once per 10 beacons
+    speaker_inc = 0xFEED
+    sim.heard.observe(speaker_inc, 0.0)
+    mine = (incarnation_bytes(speaker_inc),)
+    echoed = []
+    for k in range(20):
+        now = 5.0 + k * 0.1
+        sim.heard.observe(speaker_inc, now - 0.05)  # the speaker keeps beaconing
+        hb = decode(sim.beacon(0, now), KEY, mine)
+        assert hb is not None
+        echoed.append(hb.echoes_us)
+    assert sum(echoed) == 2  # heard since 0.0, not new any more: 2 of 20 beacons
