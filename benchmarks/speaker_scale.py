@@ -1,6 +1,7 @@
 """One real speaker among N simulated peers: convergence, idle cost, failover on the wire (issue 9).
 
-    python -m benchmarks.speaker_scale --peers 50,200,500 [--ips 5000] [--timing default|fast] [--duration 60]
+    python -m benchmarks.speaker_scale --peers 50,200,500 [--ips 5000] [--timing default|fast|relaxed]
+                                       [--duration 60] [--failovers 5]
 
 Needs root. Builds its own namespaces, all named lbctl-sim-* (never the lab's), on one bridge:
 
@@ -71,7 +72,9 @@ CONVERGE_TIMEOUT = 30.0
 FAILOVER_TIMEOUT = 10.0
 GIVEBACK_TIMEOUT = 10.0
 SETTLE_HOLD = 1.0  # "at its share" counts once no ownership change follows for this long
-FAST = ["--heartbeat-interval", "0.1", "--dead-after", "0.3"]  # when the speaker has no --timing presets
+# The presets' values, passed as flags when the speaker under test has no --timing yet
+PRESETS = {"fast": ["--heartbeat-interval", "0.1", "--dead-after", "0.3"],
+           "relaxed": ["--heartbeat-interval", "0.25", "--dead-after", "1"]}
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -295,7 +298,7 @@ def timing_flags(timing: str) -> tuple[list[str], float]:
         return [], DEFAULT_INTERVAL
     helptext = subprocess.run([sys.executable, "-m", "speaker", "--help"], cwd=ROOT, capture_output=True,
                               text=True).stdout
-    return (["--timing", timing] if "--timing" in helptext else FAST), 0.1
+    return (["--timing", timing] if "--timing" in helptext else PRESETS[timing]), float(PRESETS[timing][1])
 
 
 # --- one measurement ------------------------------------------------------------------------------
@@ -594,7 +597,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.speaker_scale", description=__doc__.split("\n\n")[0])
     p.add_argument("--peers", default="50,200,500", help="comma-separated simulated peer counts")
     p.add_argument("--ips", type=int, default=5000)
-    p.add_argument("--timing", choices=["default", "fast"], default="default")
+    p.add_argument("--timing", choices=["default", *PRESETS], default="default",
+                   help="the speaker's --timing preset (or its values as flags, for a speaker without presets)")
     p.add_argument("--duration", type=float, default=60.0, help="settled window per peer count, seconds")
     p.add_argument("--baseline-duration", type=float, default=None, help="settled window at 0 peers "
                    "(default: --duration, at most 30 s)")
