@@ -42,3 +42,9 @@ class Metrics:
         self.handover_yields = Counter("lbctl_speaker_handover_yields_total",
                                        "IPs released on SIGTERM as soon as the successor's announcement was seen",
                                        registry=r)
+        self.heartbeat_drops = Counter("lbctl_speaker_heartbeat_drops_total",
+                                       "Heartbeats the kernel dropped because a heartbeat socket's receive queue "
+                                       "was full (SO_RXQ_OVFL)", registry=r)
+        self.heartbeat_receive_buffer = Gauge("lbctl_speaker_heartbeat_receive_buffer_bytes",
+                                              "Receive queue granted to the heartbeat sockets (kernel bytes; "
+                                              "capped by net.core.rmem_max)", registry=r)

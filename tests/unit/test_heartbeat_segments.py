@@ -68,9 +68,11 @@ def test_heartbeats_track_liveness_per_receiving_interface() -> None:
             pairs["eth0"][1].send(_beacon("c", 9, 1, me))
             pairs["eth1"][1].send(_beacon("c", 9, 1, me))  # the very same beacon on both NICs
             hb._drain(10.0, 9.9)
+            assert hb._publish(10.0)  # what the thread does after each drain
             assert hb.live(10.0) == {"a", "b", "c"}
             assert hb.live_on(10.0) == {"eth0": {"a", "b", "c"}, "eth1": {"b", "c"}}
             # Past dead_after with nothing heard, every segment is back to ourselves.
+            assert hb._publish(10.5)
             assert hb.live_on(10.5) == {"eth0": {"b"}, "eth1": {"b"}}
             # A closed interface's table goes with its socket.
             hb.set_targets({"eth0": ()})
