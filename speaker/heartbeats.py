@@ -121,6 +121,7 @@ class Heartbeats:
         self._warned_rcvbuf = False
         self._rx = BatchReceiver()
         self._published: tuple[frozenset[str], dict[str, frozenset[str]]] = (frozenset((node,)), {})
+        self._published_for = -1  # the socket version the published segments are for
         self._sending = True
         self._stop = False
         self._warned_alone = False
@@ -158,7 +159,8 @@ class Heartbeats:
                     continue
                 self._socks[name] = (sock, dests)
                 self._size_rcvbuf(sock, max(self.peers.peer_count(), self._rcvbuf_peers))
-                self.segments[name] = PeerTable(self.node, self.dead_after)  # heard afresh from now on
+                # Heard afresh from now on; echoes are checked by self.peers, which every segment's set is within.
+                self.segments[name] = PeerTable(self.node, self.dead_after, require_echo=False)
                 self._warned_alone = False
                 changed = True
             if changed:
@@ -188,6 +190,9 @@ class Heartbeats:
             changed = self.peers.refresh(now)
             for table in self.segments.values():
                 changed = table.refresh(now) or changed
+            if not changed and self._published_for == self._socks_version:
+                return False
+            self._published_for = self._socks_version
             live = self.peers.live_set
             # Never more than the overall table says: its identity checks (retired incarnations) hold here too.
             snap = (live, {name: t.live_set & live for name, t in self.segments.items()})
@@ -300,6 +305,7 @@ class Heartbeats:
         old = self.incarnation
         with self._lock:
             self.incarnation, self._seq = new_incarnation(), 0
+            self.peers.echo_everyone_soon()
         # Echoes of the old incarnation still count until peers have heard the new one: no gap.
         self._decoder.mine = (incarnation_bytes(self.incarnation), incarnation_bytes(old))
         self._previous_until = now + 2 * self.dead_after

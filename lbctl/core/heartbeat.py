@@ -216,7 +216,7 @@ def decode(data: bytes | bytearray | memoryview, keys: Keyring | bytes,
 
 
 class _Inc:
-    __slots__ = ("inc", "sequence", "first_seen", "last_seen", "last_echo", "window", "left", "gone")
+    __slots__ = ("inc", "sequence", "first_seen", "last_seen", "last_echo", "window", "left", "gone", "echoed")
 
     def __init__(self, inc: int, sequence: int, now: float, echoed: bool, window: float, left: bool) -> None:
         self.inc, self.sequence, self.first_seen, self.last_seen = inc, sequence, now, now
@@ -224,6 +224,7 @@ class _Inc:
         self.window = window  # how long after an echo the next one must come: dead_after + ECHO_WINDOW intervals
         self.left = left
         self.gone = False  # retired or forgotten: skipped by the echo rotation
+        self.echoed = 0  # beacons of ours that echoed it while it was new
 
 
 @dataclass(slots=True)
@@ -243,11 +244,16 @@ class PeerTable:
 
     The shell's fast path: observe_fields per beacon, then refresh(now) per wake-up, which recomputes
     the live set only when a beacon may have changed it or the earliest deadline (`due`) has passed.
+
+    `require_echo=False` (the per-interface tables): live = heard within dead_after, not left; the echo
+    rules are enforced by intersecting with the table that requires them.
     """
 
-    def __init__(self, self_name: str, dead_after: float = DEFAULT_DEAD_AFTER) -> None:
+    def __init__(self, self_name: str, dead_after: float = DEFAULT_DEAD_AFTER, require_echo: bool = True) -> None:
         self.self_name = self_name
         self.dead_after = dead_after
+        self.require_echo = require_echo
+        self._burst = 0  # 1, 2: a round of echoes at MAX_ECHO per beacon is about to start, under way
         self._peers: dict[str, _Peer] = {}
         self.live_set: frozenset[str] = frozenset((self_name,))  # as of the last refresh
         self.due = _INF  # no live incarnation expires before this (a lower bound); refresh then
@@ -266,6 +272,7 @@ class PeerTable:
         """observe() without a Heartbeat: what the receive path calls per beacon."""
         if node == self.self_name:  # our broadcast looped back
             return False
+        echoes_us = echoes_us or not self.require_echo
         peer = self._peers.get(node)
         if peer is None:
             peer = self._peers[node] = _Peer({}, {})
@@ -355,13 +362,15 @@ class PeerTable:
         ECHO_ROTATION beacons (a beacon cannot carry 500 echoes; the newest N would starve the rest)."""
         self._prune_fresh(now)
         n = len(self._ring)
-        slots = min(MAX_ECHO, max(ECHO_SLOTS, -(-n // ECHO_ROTATION)))
+        slots = MAX_ECHO if self._burst else min(MAX_ECHO, max(ECHO_SLOTS, -(-n // ECHO_ROTATION)))
         out: list[int] = []
         chosen: set[int] = set()
-        for r in reversed(self._fresh):
-            if len(out) >= MAX_ECHO - slots:
-                break
-            if self._echoable(r, now) and r.inc not in chosen:
+        fresh = [r for r in reversed(self._fresh) if self._echoable(r, now)]
+        if len(fresh) > MAX_ECHO - slots:  # many new at once (we just started): least echoed first
+            fresh.sort(key=lambda r: r.echoed)
+        for r in fresh[:MAX_ECHO - slots]:
+            if r.inc not in chosen:
+                r.echoed += 1
                 out.append(r.inc)
                 chosen.add(r.inc)
         taken, rebuilt = 0, False
@@ -369,6 +378,7 @@ class PeerTable:
             if self._cursor >= len(self._ring):
                 if rebuilt:
                     break
+                self._burst = 2 if self._burst == 1 else 0  # a round starts, or one is complete
                 self._ring = [r for p in self._peers.values() for r in p.incs.values() if self._echoable(r, now)]
                 self._cursor, rebuilt = 0, True
                 continue
@@ -379,6 +389,12 @@ class PeerTable:
                 chosen.add(r.inc)
                 taken += 1
         return out
+
+    def echo_everyone_soon(self) -> None:
+        """We took a new incarnation: peers count it live only once we echo them, and the old one expires
+        after dead_after, so start a round of echoes at MAX_ECHO per beacon (500 peers: 4 beacons)."""
+        self._burst = 1
+        self._cursor = len(self._ring)
 
     def deaf(self, now: float) -> list[str]:
         """Peers we keep hearing that have not echoed us for longer than their echo window: they refuse our
