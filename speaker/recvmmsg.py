@@ -30,6 +30,10 @@ _TIMESPEC = struct.Struct("@qq")
 _U32 = struct.Struct("@I")
 _ALIGN = ctypes.sizeof(ctypes.c_size_t)
 CONTROL = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_U32.size)
+_STAMP_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
+# What the kernel writes when both are there, in this order (__sock_recv_cmsgs): timestamp, then drops.
+_STAMP = struct.Struct("@Niiqq")
+_STAMP_DROPS = struct.Struct(f"@Niiqq{_STAMP_SPACE - _STAMP.size}xNiiI")
 
 
 class _Iovec(ctypes.Structure):
@@ -99,22 +103,30 @@ class BatchReceiver:
         self.truncated = [False] * batch
         self.dropped: int | None = None
         self._ctl = bytearray(batch * CONTROL)
-        self._ctl_view = memoryview(self._ctl)
         self.vectorised = use_recvmmsg and _recvmmsg is not None
-        self._used = batch  # headers the last call consumed: only those need resetting
         if self.vectorised:
             data = (ctypes.c_char * len(self.buf)).from_buffer(self.buf)
             ctl = (ctypes.c_char * len(self._ctl)).from_buffer(self._ctl)
             base, cbase = ctypes.addressof(data), ctypes.addressof(ctl)
-            self._keep = (data, ctl)
             self._iov = (_Iovec * batch)()
             self._msgs = (_Mmsghdr * batch)()
+            self._keep = (data, ctl)
             for i in range(batch):
                 self._iov[i].iov_base, self._iov[i].iov_len = base + i * SLOT, SLOT
                 hdr = self._msgs[i].msg_hdr
                 hdr.msg_iov = ctypes.pointer(self._iov[i])
                 hdr.msg_iovlen = 1
                 hdr.msg_control = cbase + i * CONTROL
+                hdr.msg_controllen = CONTROL
+            # The kernel rewrites controllen, flags and msg_len: restore all headers with one copy, and
+            # read each result with one unpack, not a dozen ctypes attribute accesses per datagram.
+            self._raw = memoryview(self._msgs).cast("B")
+            self._template = bytes(self._raw)
+            self._size = ctypes.sizeof(_Mmsghdr)
+            self._result = struct.Struct(f"@N{_Mmsghdr.msg_len.offset - _Msghdr.msg_controllen.offset - 8}xI")
+            self._flags = struct.Struct("@i")
+            self._result_at = _Msghdr.msg_controllen.offset
+            self._flags_at = _Msghdr.msg_flags.offset
 
     def recv(self, sock: socket.socket) -> int:
         """Datagrams now queued on `sock`, up to a batch; 0 when none (never blocks). OSError for a
@@ -125,24 +137,33 @@ class BatchReceiver:
         return self._recvmsg(sock)
 
     def _recvmmsg(self, sock: socket.socket) -> int:
-        msgs = self._msgs
-        for i in range(self._used):  # the kernel overwrote these with what it used
-            hdr = msgs[i].msg_hdr
-            hdr.msg_controllen = CONTROL
-            hdr.msg_flags = 0
-        self._used = 0
-        n = _recvmmsg(sock.fileno(), msgs, self.batch, MSG_DONTWAIT, None)
+        raw = self._raw
+        raw[:] = self._template
+        n = _recvmmsg(sock.fileno(), self._msgs, self.batch, MSG_DONTWAIT, None)
         if n < 0:
             err = ctypes.get_errno()
             if err in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
                 return 0
             raise OSError(err, "recvmmsg: " + errno.errorcode.get(err, str(err)))
-        self._used = n
+        result, flags, size, at, flags_at = self._result.unpack_from, self._flags.unpack_from, self._size, \
+            self._result_at, self._flags_at
+        sizes, truncated, stamps, ctl = self.sizes, self.truncated, self.stamps, self._ctl
         for i in range(n):
-            m = msgs[i]
-            self.sizes[i] = m.msg_len
-            self.truncated[i] = bool(m.msg_hdr.msg_flags & MSG_TRUNC)
-            self._ancillary(i, i * CONTROL, m.msg_hdr.msg_controllen)
+            controllen, sizes[i] = result(raw, i * size + at)
+            truncated[i] = bool(flags(raw, i * size + flags_at)[0] & MSG_TRUNC)
+            base = i * CONTROL
+            if controllen == CONTROL:  # timestamp and drop counter, as the kernel lays them out
+                clen, level, kind, sec, nsec, dlen, dlevel, dkind, drops = _STAMP_DROPS.unpack_from(ctl, base)
+                if kind == SO_TIMESTAMPNS and dkind == SO_RXQ_OVFL and level == dlevel == socket.SOL_SOCKET:
+                    stamps[i] = sec + nsec * 1e-9
+                    self.dropped = drops
+                    continue
+            elif controllen == _STAMP_SPACE:  # timestamp only: nothing dropped yet
+                clen, level, kind, sec, nsec = _STAMP.unpack_from(ctl, base)
+                if kind == SO_TIMESTAMPNS and level == socket.SOL_SOCKET:
+                    stamps[i] = sec + nsec * 1e-9
+                    continue
+            self._ancillary(i, base, controllen)
         return n
 
     def _recvmsg(self, sock: socket.socket) -> int:
@@ -160,13 +181,14 @@ class BatchReceiver:
                     continue
                 if kind == SO_TIMESTAMPNS and len(value) >= _TIMESPEC.size:
                     sec, nsec = _TIMESPEC.unpack_from(value)
-                    self.stamps[n] = sec + nsec / 1e9
+                    self.stamps[n] = sec + nsec * 1e-9
                 elif kind == SO_RXQ_OVFL and len(value) >= _U32.size:
                     self.dropped = _U32.unpack_from(value)[0]
             n += 1
         return n
 
     def _ancillary(self, i: int, base: int, length: int) -> None:
+        """Any other layout of control messages, walked one by one."""
         self.stamps[i] = 0.0
         ctl, off, end = self._ctl, base, base + min(length, CONTROL)
         while off + _CMSG_HDR.size <= end:
@@ -177,7 +199,7 @@ class BatchReceiver:
             if level == socket.SOL_SOCKET:
                 if kind == SO_TIMESTAMPNS and clen >= _CMSG_HDR.size + _TIMESPEC.size:
                     sec, nsec = _TIMESPEC.unpack_from(ctl, data)
-                    self.stamps[i] = sec + nsec / 1e9
+                    self.stamps[i] = sec + nsec * 1e-9
                 elif kind == SO_RXQ_OVFL and clen >= _CMSG_HDR.size + _U32.size:
                     self.dropped = _U32.unpack_from(ctl, data)[0]
             off += (clen + _ALIGN - 1) & ~(_ALIGN - 1)
