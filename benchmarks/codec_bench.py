@@ -3,7 +3,10 @@ heartbeat receive path, per beacon: the per-datagram path of before (recvmsg, de
 hmac.digest, observe) vs the batched one (recvmmsg, Decoder.fields in place, observe_fields), over real UDP
 on 127.0.0.1 from 500 simulated peers, idle and with another thread holding the GIL.
 
-    python benchmarks/codec_bench.py [--seconds 1.0] [--peers 500]
+    python benchmarks/codec_bench.py [--seconds 1.0] [--peers 500] [--thread-seconds 10]
+
+Last, the speaker's whole heartbeat thread (speaker/heartbeats.py: wake-ups, drains, deadlines, its own
+beacons) against --peers simulated in another process at 10 beacons/s each: its CPU, per peer.
 
 Also asserts both ARP paths produce the same reply bytes, and both heartbeat paths the same live set.
 """
@@ -11,16 +14,20 @@ Also asserts both ARP paths produce the same reply bytes, and both heartbeat pat
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import hmac
+import os
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from scapy.layers.l2 import ARP, Ether  # noqa: E402
 
@@ -34,6 +41,9 @@ from lbctl.core.heartbeat import (  # noqa: E402
     encode,
     incarnation_bytes,
 )
+from lbctl.core.heartbeat import Keyring  # noqa: E402
+from speaker.heartbeats import Heartbeats  # noqa: E402
+from speaker.metrics import Metrics  # noqa: E402
 from speaker.recvmmsg import BatchReceiver, enable_rx_metadata  # noqa: E402
 
 OUR_MAC = "02:00:00:00:00:aa"
@@ -178,11 +188,65 @@ def heartbeat_bench(peers: int, rounds: int, hog: bool) -> tuple[float, float, s
     return results[0][0], results[1][0], results[0][1], results[1][1]
 
 
+_PEERS_PROCESS = r"""
+import socket, sys, time
+sys.path.insert(0, sys.argv[5])
+from lbctl.core.heartbeat import ECHO_ROTATION, ECHO_SLOTS, Heartbeat, encode
+port, me, peers, seconds = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+others = list(range(1, max(ECHO_SLOTS, -(-peers // ECHO_ROTATION))))
+start = time.monotonic()
+for r in range(int(seconds / 0.1)):
+    for i in range(peers):
+        echo = [me] + others if (i + r) % ECHO_ROTATION == 0 or r < 5 else others + [0]
+        tx.sendto(encode(Heartbeat(f"node-{i:04d}.example.internal", 10_000 + i, r + 1, 100), b"k" * 32, echo),
+                  ("127.0.0.1", port))
+    time.sleep(max(0.0, start + 0.1 * (r + 1) - time.monotonic()))
+"""
+
+
+def _thread_cpu(tid: int) -> float:
+    with open(f"/proc/self/task/{tid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def heartbeat_thread_bench(peers: int, seconds: float) -> tuple[float, int, float]:
+    """(CPU % of a core of the heartbeat thread, speakers it counts live at the end, kernel drops)."""
+    async def run() -> tuple[float, int, float]:
+        metrics = Metrics()
+        hb = Heartbeats("me", Keyring([HB_KEY]), 0, 0.1, 0.45, lambda: None, metrics)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        enable_rx_metadata(sock)
+        sock.setblocking(False)
+        hb._socks["lo"] = (sock, ())  # what set_targets does, without SO_BINDTODEVICE; our beacons go nowhere
+        hb._socks_version += 1
+        hb.segments["lo"] = PeerTable("me", 0.45, require_echo=False)
+        hb._size_rcvbuf(sock, peers)
+        hb.start()
+        sender = subprocess.Popen([sys.executable, "-c", _PEERS_PROCESS, str(sock.getsockname()[1]),
+                                   str(hb.incarnation), str(peers), str(seconds + 2), str(ROOT)])
+        try:
+            await asyncio.sleep(2)  # everyone heard and verified
+            tid = hb._thread.native_id
+            cpu0, t0 = _thread_cpu(tid), time.monotonic()
+            await asyncio.sleep(seconds)
+            cpu = (_thread_cpu(tid) - cpu0) / (time.monotonic() - t0) * 100
+            live = len(hb.live(0))
+        finally:
+            sender.wait()
+            hb.close()
+        return cpu, live, metrics.registry.get_sample_value("lbctl_speaker_heartbeat_drops_total")
+    return asyncio.run(run())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=1.0, help="time budget per codec")
     p.add_argument("--peers", type=int, default=500, help="simulated heartbeat peers")
     p.add_argument("--rounds", type=int, default=20, help="beacons per peer")
+    p.add_argument("--thread-seconds", type=float, default=10.0, help="heartbeat thread run (0: skip)")
     args = p.parse_args()
     assert hot(REQUEST) == ours(REQUEST) == scapy(REQUEST), "codecs disagree"
     r_hot, r_ours, r_scapy = rate(hot, args.seconds), rate(ours, args.seconds), rate(scapy, args.seconds)
@@ -202,6 +266,12 @@ def main() -> None:
             cpu = after * 10 / 1e6 * 100  # 10 beacons/s per peer at the default interval
             print(f"    CPU per peer at 10 beacons/s: {cpu:.4f} % of a core "
                   f"(x{args.peers} = {cpu * args.peers:.2f} %; before {before * 10 / 1e4 * args.peers:.2f} %)")
+
+    if args.thread_seconds > 0:
+        for n in sorted({min(50, args.peers), args.peers}):
+            cpu, live, drops = heartbeat_thread_bench(n, args.thread_seconds)
+            print(f"heartbeat thread, {n} peers at 10 beacons/s for {args.thread_seconds:g} s: {cpu:.2f} % of a core "
+                  f"({cpu / n * 1000:.1f} m% per peer), {live - 1} of {n} live, {drops:.0f} kernel drops")
 
 
 if __name__ == "__main__":
