@@ -90,7 +90,8 @@ def rate(fn, seconds: float) -> float:
 # --- heartbeats -----------------------------------------------------------------------------------------
 
 HB_KEY = b"k" * 32
-ME = 0x5EED
+ME = 0x9E3779B97F4A7C15  # incarnations are 64 random bits: so are the echoes here
+OTHERS = [(0x9E3779B97F4A7C15 * (k + 2)) % (1 << 64) for k in range(140)]
 
 
 def _decode_before(data: bytes, mine: bytes) -> Heartbeat | None:
@@ -116,7 +117,7 @@ def _rounds(peers: int, rounds: int) -> list[list[bytes]]:
     out = []
     for r in range(rounds):
         out.append([encode(Heartbeat(f"node-{i:04d}.example.internal", 10_000 + i, r + 1, 100),
-                           HB_KEY, [ME] * ((i + r) % ECHO_ROTATION == 0) + list(range(echoes - 1)))
+                           HB_KEY, [ME] * ((i + r) % ECHO_ROTATION == 0) + OTHERS[:echoes - 1])
                     for i in range(peers)])
     return out
 
@@ -194,14 +195,15 @@ sys.path.insert(0, sys.argv[5])
 from lbctl.core.heartbeat import ECHO_ROTATION, ECHO_SLOTS, Heartbeat, encode
 port, me, peers, seconds = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-others = list(range(1, max(ECHO_SLOTS, -(-peers // ECHO_ROTATION))))
-start = time.monotonic()
+others = [(0x9E3779B97F4A7C15 * (k + 2)) % (1 << 64) for k in range(1, max(ECHO_SLOTS, -(-peers // ECHO_ROTATION)))]
+start, phases = time.monotonic(), 20  # peers beacon at their own phase: 20 groups 5 ms apart
 for r in range(int(seconds / 0.1)):
-    for i in range(peers):
-        echo = [me] + others if (i + r) % ECHO_ROTATION == 0 or r < 5 else others + [0]
-        tx.sendto(encode(Heartbeat(f"node-{i:04d}.example.internal", 10_000 + i, r + 1, 100), b"k" * 32, echo),
-                  ("127.0.0.1", port))
-    time.sleep(max(0.0, start + 0.1 * (r + 1) - time.monotonic()))
+    for g in range(phases):
+        for i in range(g, peers, phases):
+            echo = [me] + others if (i + r) % ECHO_ROTATION == 0 or r < 5 else others + [others[0] ^ 1]
+            tx.sendto(encode(Heartbeat(f"node-{i:04d}.example.internal", 10_000 + i, r + 1, 100), b"k" * 32,
+                             echo), ("127.0.0.1", port))
+        time.sleep(max(0.0, start + 0.1 * r + 0.1 * (g + 1) / phases - time.monotonic()))
 """
 
 
@@ -268,7 +270,7 @@ def main() -> None:
                   f"(x{args.peers} = {cpu * args.peers:.2f} %; before {before * 10 / 1e4 * args.peers:.2f} %)")
 
     if args.thread_seconds > 0:
-        for n in sorted({min(50, args.peers), args.peers}):
+        for n in sorted({min(50, args.peers), min(200, args.peers), args.peers}):
             cpu, live, drops = heartbeat_thread_bench(n, args.thread_seconds)
             print(f"heartbeat thread, {n} peers at 10 beacons/s for {args.thread_seconds:g} s: {cpu:.2f} % of a core "
                   f"({cpu / n * 1000:.1f} m% per peer), {live - 1} of {n} live, {drops:.0f} kernel drops")

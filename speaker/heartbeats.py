@@ -47,7 +47,10 @@ LEAVE_REPEAT = 3
 LEAVE_GAP = 0.02
 EXPIRY_SLACK = 0.001  # PeerTable counts a peer live *at* its deadline; look just after
 RX_AGE_SLACK = 0.01
-MIN_GAP = 0.1  # of an interval: the least time between two drains (batches; an idle speaker stays cheap)
+# Least time between two drains, in intervals: batches, since each wake-up costs 50-100 us. As long as the
+# receive queue holds twice what arrives meanwhile (the more peers, the shorter), within these bounds.
+MIN_GAP = 0.1
+MAX_GAP = 0.4
 RCVBUF_HOLD = 0.5  # seconds of every peer's beacons the receive queue must hold (a stall of the thread)
 RCVBUF_TRUESIZE = 2048  # kernel accounting per queued beacon (its buffer, not its ~0.1-1.4 KB payload)
 RCVBUF_MIN_PEERS = 8
@@ -118,6 +121,8 @@ class Heartbeats:
         self._socks_version = 0  # bumped when a socket opens or closes: the thread re-registers its poller
         self._drops: dict[int, int] = {}  # socket fd -> kernel drop counter last seen
         self._rcvbuf_peers = 0  # the peer count the receive queues were last sized for
+        self._rcvbuf: int | None = None  # the smallest receive queue granted
+        self._gap = MIN_GAP * interval
         self._warned_rcvbuf = False
         self._rx = BatchReceiver()
         self._published: tuple[frozenset[str], dict[str, frozenset[str]]] = (frozenset((node,)), {})
@@ -254,14 +259,15 @@ class Heartbeats:
 
     def _beat(self) -> None:
         idle, rx, version = self._pollers()
-        gap = MIN_GAP * self.interval
         now = next_send = last_drain = time.monotonic()
         next_deaf = now + self.dead_after
+        busy = False  # the last drain got beacons: after the gap, drain again without polling first
         try:
             while not self._stop:
                 wake_at = min(next_send if self._sending else now + 1.0, self._due() + EXPIRY_SLACK)
                 # Batching: within `gap` of the last drain only a deadline or a poke wakes us; after it,
                 # a readable socket does too.
+                gap = self._gap
                 if now < last_drain + gap and now < wake_at:
                     self._wait(idle, min(last_drain + gap, wake_at))
                     now = time.monotonic()
@@ -269,10 +275,10 @@ class Heartbeats:
                     for p in (idle, rx):
                         p.close()
                     idle, rx, version = self._pollers()
-                if now < wake_at and not self._stop:
+                if now < wake_at and not self._stop and not busy:
                     self._wait(rx, wake_at)
                 now = time.monotonic()
-                self._drain(now, last_drain)
+                busy = self._drain(now, last_drain) > 0
                 last_drain = now
                 if now >= next_deaf:
                     self._check_heard(now)
@@ -300,6 +306,9 @@ class Heartbeats:
             if peers > self._rcvbuf_peers:
                 for sock, _ in self._socks.values():
                     self._size_rcvbuf(sock, peers)
+            if self._rcvbuf:
+                arriving = max(peers, 1) / self.interval * RCVBUF_TRUESIZE  # bytes/s
+                self._gap = min(max(self._rcvbuf / 2 / arriving, MIN_GAP * self.interval), MAX_GAP * self.interval)
         if not deaf or now < self._next_reincarnation:
             return
         old = self.incarnation
@@ -326,14 +335,27 @@ class Heartbeats:
         except OSError:
             return
         self._rcvbuf_peers = target
-        self.metrics.heartbeat_receive_buffer.set(got)
+        self._note_rcvbuf()
         if got < receive_buffer_for(peers, self.interval) and not self._warned_rcvbuf:
             self._warned_rcvbuf = True
             logger.warning("heartbeat_receive_buffer_small", peers=peers, wanted_bytes=want, granted_bytes=got,
                            hint=f"beacons may be dropped under load; raise net.core.rmem_max on the node, e.g. "
                                 f"sysctl -w net.core.rmem_max={want // 2}")
 
-    def _drain(self, now: float, last_drain: float) -> None:
+    def _note_rcvbuf(self) -> None:
+        """The smallest receive queue of our sockets (called with _lock held): the gauge and the gap."""
+        sizes = []
+        for sock, _ in self._socks.values():
+            try:
+                sizes.append(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+            except OSError:
+                pass
+        self._rcvbuf = min(sizes, default=None)
+        if self._rcvbuf is not None:
+            self.metrics.heartbeat_receive_buffer.set(self._rcvbuf)
+
+    def _drain(self, now: float, last_drain: float) -> int:
+        """Take every queued beacon into the tables; how many datagrams there were."""
         with self._lock:
             socks = [(s, self.segments.get(name)) for name, (s, _) in self._socks.items()]
         wall = time.time()
@@ -342,7 +364,7 @@ class Heartbeats:
         fields, buf, view, sizes, stamps, truncated = (self._decoder.fields, rx.buf, rx.view, rx.sizes, rx.stamps,
                                                        rx.truncated)
         slot = len(buf) // rx.batch
-        rejected = previous_key = 0
+        rejected = previous_key = total = 0
         for sock, segment in socks:
             for _ in range(64):  # bounded: a flood cannot hold the thread (and our own beacons) forever
                 try:
@@ -353,6 +375,7 @@ class Heartbeats:
                     self._count_drops(sock, rx.dropped)
                 if not n:
                     break
+                total += n
                 with self._lock:
                     for i in range(n):
                         got = None if truncated[i] else fields(buf, i * slot, sizes[i], view)
@@ -378,6 +401,7 @@ class Heartbeats:
             self.metrics.heartbeats_rejected.inc(rejected)
         if previous_key:
             self.metrics.heartbeats_previous_key.inc(previous_key)
+        return total
 
     def _count_drops(self, sock: socket.socket, counter: int) -> None:
         fd = sock.fileno()
