@@ -265,6 +265,7 @@ class PeerTable:
         self._dirty = False
         self._fresh: deque[_Inc] = deque()  # incarnations in the order first heard, the last dead_after
         self._ring: list[_Inc] = []  # echo rotation, rebuilt each time round
+        self._rotating = False  # more incarnations heard than fit in a beacon
         self._cursor = 0
 
     def observe(self, hb: Heartbeat, now: float) -> bool:
@@ -361,11 +362,19 @@ class PeerTable:
         return not r.gone and not r.left and now - r.last_seen <= self.dead_after
 
     def heard(self, now: float) -> list[int]:
-        """Incarnations to echo in our next beacon: those heard within dead_after and not left. New ones
-        (first heard within dead_after, newest first) go in every beacon, so a starting peer is verified
-        within one interval; the others take turns, ECHO_SLOTS or more per beacon, each at least once per
-        ECHO_ROTATION beacons (a beacon cannot carry 500 echoes; the newest N would starve the rest)."""
+        """Incarnations to echo in our next beacon: those heard within dead_after and not left. All of them
+        while they fit in a beacon (as speakers before the rotation did, and need: they count a peer live
+        only on beacons that echo them). Beyond MAX_ECHO, new ones (first heard within dead_after) go in
+        every beacon, so a starting peer is verified within one interval, and the others take turns,
+        ECHO_SLOTS or more per beacon, each at least once per ECHO_ROTATION beacons (the newest MAX_ECHO
+        would starve the rest)."""
         self._prune_fresh(now)
+        if not self._rotating:
+            everyone = [r.inc for p in self._peers.values() for r in p.incs.values() if self._echoable(r, now)]
+            if len(everyone) <= MAX_ECHO:
+                return everyone
+            self._rotating = True
+            self._cursor = len(self._ring)  # start a round
         n = len(self._ring)
         slots = MAX_ECHO if self._burst else min(MAX_ECHO, max(ECHO_SLOTS, -(-n // ECHO_ROTATION)))
         out: list[int] = []
@@ -386,6 +395,8 @@ class PeerTable:
                 self._burst = 2 if self._burst == 1 else 0  # a round starts, or one is complete
                 self._ring = [r for p in self._peers.values() for r in p.incs.values() if self._echoable(r, now)]
                 self._cursor, rebuilt = 0, True
+                if len(self._ring) <= MAX_ECHO and not self._burst:
+                    self._rotating = False  # fits in a beacon again: echo everyone from the next one
                 continue
             r = self._ring[self._cursor]
             self._cursor += 1

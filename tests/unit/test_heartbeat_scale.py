@@ -100,6 +100,23 @@ def test_each_of_500_receivers_keeps_counting_us_live() -> None:
                 assert "me" in rx.live(now), (i, seq)
 
 
+def test_up_to_140_heard_every_beacon_echoes_all_as_before() -> None:
+    """Speakers of the previous version count a peer live only on beacons that echo them: while everyone fits
+    in a beacon, everyone is echoed in each (a rolling upgrade of a segment of up to 140 speakers is safe)."""
+    t = PeerTable("me", DEAD)
+    for tick in range(10):
+        for i in range(MAX_ECHO):
+            t.observe_fields(f"n{i}", 1000 + i, tick + 1, False, True, tick * INTERVAL + i / 10_000)
+        assert sorted(t.heard(tick * INTERVAL + 0.05)) == list(range(1000, 1000 + MAX_ECHO))
+    t.observe_fields("one-more", 1, 1, False, True, 1.0)
+    assert len(t.heard(1.0)) < MAX_ECHO + 1  # rotation from here on
+    for tick in range(11, 20):  # one-more gone quiet: everyone fits again
+        for i in range(MAX_ECHO):
+            t.observe_fields(f"n{i}", 1000 + i, tick + 1, False, True, tick * INTERVAL + i / 10_000)
+        got = t.heard(tick * INTERVAL + 0.05)
+    assert sorted(got) == list(range(1000, 1000 + MAX_ECHO))
+
+
 def test_new_incarnations_are_echoed_in_every_beacon_until_dead_after() -> None:
     t = PeerTable("me", DEAD)
     _segment(t, 20)
