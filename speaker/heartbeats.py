@@ -163,7 +163,7 @@ class Heartbeats:
                     logger.warning("heartbeat_socket_failed", interface=name, error=str(exc))
                     continue
                 self._socks[name] = (sock, dests)
-                self._size_rcvbuf(sock, max(self.peers.peer_count(), self._rcvbuf_peers))
+                self._size_rcvbuf(sock, self.peers.peer_count())  # at least what the others were sized for
                 # Heard afresh from now on; echoes are checked by self.peers, which every segment's set is within.
                 self.segments[name] = PeerTable(self.node, self.dead_after, require_echo=False)
                 self._warned_alone = False
