@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from lbctl.core.heartbeat import DEFAULT_DEAD_AFTER, DEFAULT_INTERVAL, MAX_KEYS, Keyring
+from lbctl.core.heartbeat import MAX_KEYS, TIMING_PRESETS, Keyring
 
 MIN_KEY = 16
 
@@ -26,9 +26,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         f"keyring of up to {MAX_KEYS}: beacons are signed with the first and accepted under any, "
                         "so keys rotate node by node without failover")
     p.add_argument("--heartbeat-port", type=int, default=7946, help="UDP port for speaker heartbeats")
-    p.add_argument("--heartbeat-interval", type=float, default=DEFAULT_INTERVAL, help="seconds between heartbeats")
-    p.add_argument("--dead-after", type=float, default=DEFAULT_DEAD_AFTER,
-                   help="seconds without a heartbeat before a peer is considered dead")
+    presets = ", ".join(f"{k} {i:g} s / {d:g} s" for k, (i, d) in TIMING_PRESETS.items())
+    p.add_argument("--timing", choices=list(TIMING_PRESETS), default="default",
+                   help=f"heartbeat interval / dead-after preset ({presets}); the two flags below override it")
+    p.add_argument("--heartbeat-interval", type=float, default=None,
+                   help="seconds between heartbeats (default: from --timing)")
+    p.add_argument("--dead-after", type=float, default=None,
+                   help="seconds without a heartbeat before a peer is considered dead (default: from --timing)")
     p.add_argument("--interfaces", type=_interfaces, default=None,
                    help="comma-separated interfaces that may announce (default: all suitable ones)")
     p.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE") or None,
@@ -47,8 +51,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.node_name:
         p.error("--node-name (or $NODE_NAME) is required")
+    interval, dead_after = TIMING_PRESETS[args.timing]
+    if args.heartbeat_interval is None:
+        args.heartbeat_interval = interval
+    if args.dead_after is None:
+        args.dead_after = dead_after
     if args.heartbeat_interval <= 0 or args.dead_after <= args.heartbeat_interval:
-        p.error("need 0 < --heartbeat-interval < --dead-after")
+        p.error(f"need 0 < --heartbeat-interval < --dead-after, got {args.heartbeat_interval:g} and "
+                f"{args.dead_after:g} (--timing {args.timing} gives {interval:g} and {dead_after:g})")
     if args.garp_count < 0 or args.garp_refresh < 0:
         p.error("--garp-count and --garp-refresh must not be negative")
     return args

@@ -4,11 +4,15 @@ an IPv6-only interface to a link-local multicast group (speaker/interfaces.py HE
 One socket per interface (SO_BINDTODEVICE, SO_BROADCAST or the joined group, shared port via SO_REUSEADDR)
 both sends and receives. A peer is live only while we keep hearing it; we are always live ourselves.
 
-Beacons are sent and received by one dedicated thread that wakes once per interval: it drains what
-arrived (dated by kernel receive timestamps, so deadlines stay exact), sends its own beacon, and
-also wakes at the next peer's deadline. The event loop is only woken when the live set *changes* (a
-new peer, a goodbye, an expiry), so an idle speaker costs one thread wake-up per interval, whatever
-the number of peers. A goodbye is noticed within one interval; the leaver keeps answering longer.
+Beacons are sent and received by one dedicated thread. It sleeps until a socket is readable, its next
+beacon is due or a peer's deadline passes, but drains the sockets at most every MIN_GAP intervals, so
+beacons are taken in batches (speaker/recvmmsg.py: one call per batch, without releasing the GIL per
+datagram), dated by kernel receive timestamps so deadlines stay exact. The receive queue is sized for
+the peers heard, and its kernel drops are counted. The live sets are recomputed only when a beacon may
+have changed them or a deadline passed; the thread *publishes* them, and `live()`/`live_on()` return
+that published snapshot: the event loop, woken when it changes, elects on exactly what woke it (before,
+live() recomputed at call time and could disagree with the thread's sample, so after a stall no
+re-election came). A goodbye is noticed within MIN_GAP; the leaver keeps answering longer.
 
 Segments (docs/reliability.md, "Which segment is alive"): besides the one table that drives identity
 and echoes, each interface keeps its own PeerTable fed only by its own socket, so the election can ask
@@ -16,8 +20,9 @@ who is live on the segment an IP is announced on. A multi-NIC peer whose VIP NIC
 its other NICs, but not on that segment, and loses that segment's IPs.
 
 Identity (docs/reliability.md): the incarnation is random, never the clock, so a clock step changes
-nothing. Peers count us live only on beacons echoing our incarnation; if a peer we keep hearing stops
-echoing us (it refuses our incarnation, e.g. after a forged goodbye), we take a new one.
+nothing. Peers count us live only once a beacon echoed their incarnation, and only while we keep echoing
+it; if a peer we keep hearing stops echoing us (it refuses our incarnation, e.g. after a forged goodbye),
+we take a new one.
 """
 
 from __future__ import annotations
@@ -32,18 +37,23 @@ import time
 from collections.abc import Callable, Mapping
 
 from lbctl import log
-from lbctl.core.heartbeat import Heartbeat, Keyring, PeerTable, decode, encode, incarnation_bytes
+from lbctl.core.heartbeat import Decoder, Heartbeat, Keyring, PeerTable, encode, incarnation_bytes
 
 from .metrics import Metrics
+from .recvmmsg import BatchReceiver, enable_rx_metadata, size_receive_buffer
 
 logger = log.get(__name__)
 LEAVE_REPEAT = 3
 LEAVE_GAP = 0.02
 EXPIRY_SLACK = 0.001  # PeerTable counts a peer live *at* its deadline; look just after
 RX_AGE_SLACK = 0.01
-SO_TIMESTAMPNS = 35  # asm-generic; SCM_TIMESTAMPNS has the same value
-_TIMESPEC = struct.Struct("@qq")
-_CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
+# Least time between two drains, in intervals: batches, since each wake-up costs 50-100 us. As long as the
+# receive queue holds twice what arrives meanwhile (the more peers, the shorter), within these bounds.
+MIN_GAP = 0.1
+MAX_GAP = 0.4
+RCVBUF_HOLD = 0.5  # seconds of every peer's beacons the receive queue must hold (a stall of the thread)
+RCVBUF_TRUESIZE = 2048  # kernel accounting per queued beacon (its buffer, not its ~0.1-1.4 KB payload)
+RCVBUF_MIN_PEERS = 8
 
 
 def new_incarnation() -> int:
@@ -56,7 +66,7 @@ def open_heartbeat_socket(ifname: str, port: int, group6: str | None = None) -> 
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        enable_rx_metadata(sock)
         if group6:
             index = socket.if_nametoindex(ifname)
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -87,6 +97,11 @@ def _destinations(ifname: str, targets: tuple[str, ...], port: int) -> tuple[tup
     return tuple((t, port) for t in targets)
 
 
+def receive_buffer_for(peers: int, interval: float) -> int:
+    """Receive queue (kernel bytes) that holds RCVBUF_HOLD seconds of beacons from `peers` speakers."""
+    return int(max(peers, RCVBUF_MIN_PEERS) * RCVBUF_HOLD / interval * RCVBUF_TRUESIZE)
+
+
 class Heartbeats:
     def __init__(self, node: str, keys: Keyring, port: int, interval: float, dead_after: float,
                  on_change: Callable[[], None], metrics: Metrics) -> None:
@@ -97,12 +112,21 @@ class Heartbeats:
         self.on_change = on_change  # called on the event loop's thread
         self.metrics = metrics
         self.incarnation = new_incarnation()  # random: a restart starts a new sequence space, whatever the clock
-        self._mine: tuple[bytes, ...] = (incarnation_bytes(self.incarnation),)  # echoes that count as us
+        self._decoder = Decoder(keys, (incarnation_bytes(self.incarnation),))  # .mine: echoes that count as us
         self._previous_until = 0.0  # the incarnation before a reincarnation still counts until then
         self._next_reincarnation = 0.0
         self._seq = 0
-        self._lock = threading.Lock()  # guards peers, _socks, _seq
+        self._lock = threading.Lock()  # guards peers, segments, _socks, _seq
         self._socks: dict[str, tuple[socket.socket, tuple[tuple, ...]]] = {}  # interface -> (socket, sockaddrs)
+        self._socks_version = 0  # bumped when a socket opens or closes: the thread re-registers its poller
+        self._drops: dict[int, int] = {}  # socket fd -> kernel drop counter last seen
+        self._rcvbuf_peers = 0  # the peer count the receive queues were last sized for
+        self._rcvbuf: int | None = None  # the smallest receive queue granted
+        self._gap = MIN_GAP * interval
+        self._warned_rcvbuf = False
+        self._rx = BatchReceiver()
+        self._published: tuple[frozenset[str], dict[str, frozenset[str]]] = (frozenset((node,)), {})
+        self._published_for = -1  # the socket version the published segments are for
         self._sending = True
         self._stop = False
         self._warned_alone = False
@@ -111,15 +135,23 @@ class Heartbeats:
         self._thread: threading.Thread | None = None
         self.ended: asyncio.Future[None] = self._loop.create_future()  # done if the thread dies early
 
+    @property
+    def _mine(self) -> tuple[bytes, ...]:
+        return self._decoder.mine
+
     # --- interfaces (event loop thread) -------------------------------------------------------
     def set_targets(self, targets: Mapping[str, tuple[str, ...]]) -> None:
         """Interface -> IPv4 broadcast addresses, or (IPv6 group,); opens and closes sockets to match."""
+        changed = False
         with self._lock:
             for name in list(self._socks):
                 family = socket.AF_INET6 if _group6(targets.get(name, ())) else socket.AF_INET
                 if name not in targets or self._socks[name][0].family != family:  # gone, or IPv4 came/went
-                    self._socks.pop(name)[0].close()
+                    sock = self._socks.pop(name)[0]
+                    self._drops.pop(sock.fileno(), None)
+                    sock.close()
                     self.segments.pop(name, None)
+                    changed = True
             for name, brds in targets.items():
                 try:
                     dests = _destinations(name, brds, self.port)
@@ -131,30 +163,53 @@ class Heartbeats:
                     logger.warning("heartbeat_socket_failed", interface=name, error=str(exc))
                     continue
                 self._socks[name] = (sock, dests)
-                self.segments[name] = PeerTable(self.node, self.dead_after)  # heard afresh from now on
+                self._size_rcvbuf(sock, self.peers.peer_count())  # at least what the others were sized for
+                # Heard afresh from now on; echoes are checked by self.peers, which every segment's set is within.
+                self.segments[name] = PeerTable(self.node, self.dead_after, require_echo=False)
                 self._warned_alone = False
+                changed = True
+            if changed:
+                self._socks_version += 1
             empty = not self._socks
+        if changed:
+            self._poke()  # the thread polls the new sockets and publishes the new segments
         if empty and not self._warned_alone:
             self._warned_alone = True
             logger.warning("no_heartbeat_interface", hint="no usable interface with an IPv4 broadcast address "
                                                           "or IPv6; this speaker cannot see its peers")
 
     def live(self, now: float) -> set[str]:
-        """Live speakers now, ourselves included."""
-        with self._lock:
-            live = self.peers.live(now)
+        """Live speakers, ourselves included: the set the heartbeat thread last published (and woke the
+        event loop for). `now` is kept for the interface; the thread applies the deadlines."""
+        live = set(self._published[0])
         self.metrics.live_peers.set(len(live))
         return live
 
     def live_on(self, now: float) -> dict[str, set[str]]:
-        """Interface -> speakers live on it (ourselves included while its socket is open)."""
-        return self._snapshot(now)[1]
+        """Interface -> speakers live on it (ourselves included while its socket is open), as published."""
+        return {name: set(s) for name, s in self._published[1].items()}
 
-    def _snapshot(self, now: float) -> tuple[set[str], dict[str, set[str]]]:
+    def _publish(self, now: float) -> bool:
+        """Apply deadlines and what was heard; publish new live sets. True if they changed."""
         with self._lock:
-            live = self.peers.live(now)
+            changed = self.peers.refresh(now)
+            for table in self.segments.values():
+                changed = table.refresh(now) or changed
+            if not changed and self._published_for == self._socks_version:
+                return False
+            self._published_for = self._socks_version
+            live = self.peers.live_set
             # Never more than the overall table says: its identity checks (retired incarnations) hold here too.
-            return live, {name: t.live(now) & live for name, t in self.segments.items()}
+            snap = (live, {name: t.live_set & live for name, t in self.segments.items()})
+            if snap == self._published:
+                return False
+            self._published = snap
+        return True
+
+    def _due(self) -> float:
+        """Earliest deadline of any table: when the live sets may change without a beacon."""
+        with self._lock:
+            return min([self.peers.due, *(t.due for t in self.segments.values())])
 
     # --- the thread -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -180,58 +235,88 @@ class Heartbeats:
         if not self.ended.done():
             self.ended.set_exception(exc)
 
-    def _beat(self) -> None:
-        poller = select.poll()
-        poller.register(self._wake_r, select.POLLIN)
-        now = next_send = last_drain = time.monotonic()
-        last_live = self._snapshot(now)
-        while not self._stop:
-            with self._lock:
-                expiry = self.peers.next_expiry(now)
-                for table in self.segments.values():
-                    t = table.next_expiry(now)
-                    if t is not None and (expiry is None or t < expiry):
-                        expiry = t
-            times = [t for t in (next_send if self._sending else None, expiry) if t is not None]
-            wake_at = min(times, default=now + 1.0)
-            timeout_ms = max(0, int((wake_at - now + EXPIRY_SLACK) * 1000) + 1)
-            try:
-                if poller.poll(timeout_ms):
-                    os.read(self._wake_r, 512)
-            except (InterruptedError, BlockingIOError):
-                pass
-            # Drain every beacon queued since the last tick in one go, dated by the kernel's receive
-            # timestamp: one wake-up per interval however many peers there are, and the liveness
-            # deadlines stay exact.
-            now = time.monotonic()
-            self._drain(now, last_drain)
-            last_drain = now
-            self._check_heard(now)
-            if self._sending and now >= next_send:
-                self._send(False)
-                # Keep the cadence; after a stall (suspend, CPU starvation) resume rather than burst.
-                next_send = max(next_send + self.interval, now)
-            live = self._snapshot(now)
-            if live != last_live:
-                last_live = live
+    def _pollers(self) -> tuple[select.epoll, select.epoll, int]:
+        """(wake pipe only, wake pipe and every socket, socket version they were built for)."""
+        idle, rx = select.epoll(), select.epoll()
+        idle.register(self._wake_r, select.EPOLLIN)
+        rx.register(self._wake_r, select.EPOLLIN)
+        with self._lock:
+            version = self._socks_version
+            for sock, _ in self._socks.values():
+                rx.register(sock.fileno(), select.EPOLLIN)
+        return idle, rx, version
+
+    def _wait(self, poller: select.epoll, until: float) -> None:
+        timeout = until - time.monotonic()
+        try:
+            if poller.poll(max(timeout, 0.0)):
                 try:
-                    self._loop.call_soon_threadsafe(self.on_change)
-                except RuntimeError:  # loop closed during shutdown
-                    return
+                    os.read(self._wake_r, 512)
+                except BlockingIOError:
+                    pass  # readable socket, not the pipe
+        except InterruptedError:
+            pass
+
+    def _beat(self) -> None:
+        idle, rx, version = self._pollers()
+        now = next_send = last_drain = time.monotonic()
+        next_deaf = now + self.dead_after
+        busy = False  # the last drain got beacons: after the gap, drain again without polling first
+        try:
+            while not self._stop:
+                wake_at = min(next_send if self._sending else now + 1.0, self._due() + EXPIRY_SLACK)
+                # Batching: within `gap` of the last drain only a deadline or a poke wakes us; after it,
+                # a readable socket does too.
+                gap = self._gap
+                if now < last_drain + gap and now < wake_at:
+                    self._wait(idle, min(last_drain + gap, wake_at))
+                    now = time.monotonic()
+                if version != self._socks_version:
+                    for p in (idle, rx):
+                        p.close()
+                    idle, rx, version = self._pollers()
+                if now < wake_at and not self._stop and not busy:
+                    self._wait(rx, wake_at)
+                now = time.monotonic()
+                busy = self._drain(now, last_drain) > 0
+                last_drain = now
+                if now >= next_deaf:
+                    self._check_heard(now)
+                    next_deaf = now + min(self.dead_after, 10 * self.interval)
+                if self._sending and now >= next_send:
+                    self._send(False)
+                    # Keep the cadence; after a stall (suspend, CPU starvation) resume rather than burst.
+                    next_send = max(next_send + self.interval, now)
+                if self._publish(now):
+                    try:
+                        self._loop.call_soon_threadsafe(self.on_change)
+                    except RuntimeError:  # loop closed during shutdown
+                        return
+        finally:
+            idle.close()
+            rx.close()
 
     def _check_heard(self, now: float) -> None:
-        """Take a new incarnation when peers we hear keep refusing ours (rate-limited)."""
+        """Take a new incarnation when peers we hear keep refusing ours (rate-limited); size the queues."""
         if len(self._mine) > 1 and now >= self._previous_until:
-            self._mine = self._mine[:1]
+            self._decoder.mine = self._mine[:1]
         with self._lock:
             deaf = self.peers.deaf(now)
+            peers = self.peers.peer_count()
+            if peers > self._rcvbuf_peers:
+                for sock, _ in self._socks.values():
+                    self._size_rcvbuf(sock, peers)
+            if self._rcvbuf:
+                arriving = max(peers, 1) / self.interval * RCVBUF_TRUESIZE  # bytes/s
+                self._gap = min(max(self._rcvbuf / 2 / arriving, MIN_GAP * self.interval), MAX_GAP * self.interval)
         if not deaf or now < self._next_reincarnation:
             return
         old = self.incarnation
         with self._lock:
             self.incarnation, self._seq = new_incarnation(), 0
+            self.peers.echo_everyone_soon()
         # Echoes of the old incarnation still count until peers have heard the new one: no gap.
-        self._mine = (incarnation_bytes(self.incarnation), incarnation_bytes(old))
+        self._decoder.mine = (incarnation_bytes(self.incarnation), incarnation_bytes(old))
         self._previous_until = now + 2 * self.dead_after
         self._next_reincarnation = now + 4 * self.dead_after
         self.metrics.heartbeat_reincarnations.inc()
@@ -239,38 +324,91 @@ class Heartbeats:
                        action="new incarnation", hint="they refuse our beacons (a forged goodbye or sequence "
                                                       "under our incarnation, or a one-way link)")
 
-    def _drain(self, now: float, last_drain: float) -> None:
+    def _size_rcvbuf(self, sock: socket.socket, peers: int) -> None:
+        """Grow a socket's receive queue for `peers` (called with _lock held); warn once when capped."""
+        # Steps of 1.5x: a growing segment resizes a few times, not per new peer.
+        peers = max(peers, RCVBUF_MIN_PEERS)
+        target = max(peers * 3 // 2, self._rcvbuf_peers)
+        want = receive_buffer_for(target, self.interval)
+        try:
+            got = size_receive_buffer(sock, want)
+        except OSError:
+            return
+        self._rcvbuf_peers = target
+        self._note_rcvbuf()
+        if got < receive_buffer_for(peers, self.interval) and not self._warned_rcvbuf:
+            self._warned_rcvbuf = True
+            logger.warning("heartbeat_receive_buffer_small", peers=peers, wanted_bytes=want, granted_bytes=got,
+                           hint=f"beacons may be dropped under load; raise net.core.rmem_max on the node, e.g. "
+                                f"sysctl -w net.core.rmem_max={want // 2}")
+
+    def _note_rcvbuf(self) -> None:
+        """The smallest receive queue of our sockets (called with _lock held): the gauge and the gap."""
+        sizes = []
+        for sock, _ in self._socks.values():
+            try:
+                sizes.append(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+            except OSError:
+                pass
+        self._rcvbuf = min(sizes, default=None)
+        if self._rcvbuf is not None:
+            self.metrics.heartbeat_receive_buffer.set(self._rcvbuf)
+
+    def _drain(self, now: float, last_drain: float) -> int:
+        """Take every queued beacon into the tables; how many datagrams there were."""
         with self._lock:
             socks = [(s, self.segments.get(name)) for name, (s, _) in self._socks.items()]
         wall = time.time()
         oldest = now - last_drain + RX_AGE_SLACK  # no beacon can be older than our last drain
+        rx, node, peers = self._rx, self.node, self.peers
+        fields, buf, view, sizes, stamps, truncated = (self._decoder.fields, rx.buf, rx.view, rx.sizes, rx.stamps,
+                                                       rx.truncated)
+        slot = len(buf) // rx.batch
+        rejected = previous_key = total = 0
         for sock, segment in socks:
-            for _ in range(1024):
+            for _ in range(64):  # bounded: a flood cannot hold the thread (and our own beacons) forever
                 try:
-                    data, anc, _flags, _addr = sock.recvmsg(2048, _CMSG_SPACE)
-                except (BlockingIOError, InterruptedError):
-                    break
+                    n = rx.recv(sock)
                 except OSError:  # closed by set_targets meanwhile, or the link went away
                     break
-                hb = decode(data, self.keys, self._mine)
-                if hb is None:
-                    self.metrics.heartbeats_rejected.inc()
-                    continue
-                if hb.key_index:
-                    self.metrics.heartbeats_previous_key.inc()
-                if hb.node == self.node:
-                    continue  # our own broadcast, looped back (or a forgery of our name, which changes nothing)
-                # Kernel timestamps are wall-clock: turn them into an age, bounded so a clock step
-                # can neither date a beacon in the future nor before our previous drain.
-                age = oldest
-                for level, kind, value in anc:
-                    if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= _TIMESPEC.size:
-                        sec, nsec = _TIMESPEC.unpack_from(value)
-                        age = min(max(wall - (sec + nsec / 1e9), 0.0), oldest)
+                if rx.dropped is not None:
+                    self._count_drops(sock, rx.dropped)
+                if not n:
+                    break
+                total += n
                 with self._lock:
-                    self.peers.observe(hb, now - age)  # replays and duplicates are refused inside
-                    if segment is not None:  # the same beacon sent on two NICs counts once per segment
-                        segment.observe(hb, now - age)
+                    for i in range(n):
+                        got = None if truncated[i] else fields(buf, i * slot, sizes[i], view)
+                        if got is None:
+                            rejected += 1
+                            continue
+                        name, inc, seq, interval_ms, leaving, echoes, key_index = got
+                        if key_index:
+                            previous_key += 1
+                        if name == node:
+                            continue  # our own broadcast looped back (or a forgery of our name: changes nothing)
+                        # Kernel timestamps are wall-clock: turn them into an age, bounded so a clock step
+                        # can neither date a beacon in the future nor before our previous drain.
+                        stamp = stamps[i]
+                        age = min(max(wall - stamp, 0.0), oldest) if stamp else oldest
+                        t = now - age
+                        peers.observe_fields(name, inc, seq, leaving, echoes, t, interval_ms)  # replays refused
+                        if segment is not None:  # the same beacon sent on two NICs counts once per segment
+                            segment.observe_fields(name, inc, seq, leaving, echoes, t, interval_ms)
+                if n < rx.batch:
+                    break
+        if rejected:
+            self.metrics.heartbeats_rejected.inc(rejected)
+        if previous_key:
+            self.metrics.heartbeats_previous_key.inc(previous_key)
+        return total
+
+    def _count_drops(self, sock: socket.socket, counter: int) -> None:
+        fd = sock.fileno()
+        last = self._drops.get(fd, 0)
+        if counter > last:
+            self.metrics.heartbeat_drops.inc(counter - last)
+        self._drops[fd] = counter
 
     def _send(self, leaving: bool) -> None:
         with self._lock:

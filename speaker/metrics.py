@@ -48,3 +48,9 @@ class Metrics:
         self.isolation_held = Gauge("lbctl_speaker_isolation_held_ips",
                                     "IPs the election gives this node but an isolation hold keeps it from claiming",
                                     registry=r)
+        self.heartbeat_drops = Counter("lbctl_speaker_heartbeat_drops_total",
+                                       "Heartbeats the kernel dropped because a heartbeat socket's receive queue "
+                                       "was full (SO_RXQ_OVFL)", registry=r)
+        self.heartbeat_receive_buffer = Gauge("lbctl_speaker_heartbeat_receive_buffer_bytes",
+                                              "Receive queue granted to the heartbeat sockets (kernel bytes; "
+                                              "capped by net.core.rmem_max)", registry=r)

@@ -9,8 +9,11 @@ Wire format (big-endian), authenticated with HMAC-SHA256 under a cluster-wide ke
 
 Identity without clocks (docs/reliability.md, "Heartbeats: identity, replay, keys"): the incarnation is
 random per process start and carries no order; within one incarnation the sequence only grows. The echo
-lists the incarnations the sender has heard lately, and a receiver counts a peer live only on beacons
-that echo one of its *own* incarnations: a beacon captured before the receiver's current incarnation
+lists incarnations the sender hears: every new one (first heard within dead_after) in each beacon, the
+others in turn, a few per beacon, so all are echoed every ECHO_ROTATION beacons whatever the segment's
+size. A receiver counts a peer incarnation live once one of its beacons echoed one of the receiver's *own*
+incarnations (verified); each newer beacon of it then keeps it live, as long as it echoed us again within
+dead_after + ECHO_WINDOW of its intervals. A beacon captured before the receiver's current incarnation
 existed can never make a peer live, whatever the clocks say. Pure: the shell owns the socket, the
 randomness and the clock and passes `now` (monotonic seconds) in.
 """
@@ -18,10 +21,11 @@ randomness and the clock and passes `now` (monotonic seconds) in.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import struct
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from hmac import compare_digest
 
 MAGIC = b"LBHB"
 VERSION = 2
@@ -32,12 +36,26 @@ MAX_ECHO = 140  # longest beacon (253-byte name) stays under a 1500-byte MTU: no
 MAX_KEYS = 4
 DEFAULT_INTERVAL = 0.1
 DEFAULT_DEAD_AFTER = 0.45  # 4.5 intervals: survives 3 lost beacons, keeps failover well under 1 s
+# --timing presets, (interval, dead_after) seconds; docs/reliability.md has their failover and CPU figures.
+TIMING_PRESETS = {
+    "default": (DEFAULT_INTERVAL, DEFAULT_DEAD_AFTER),
+    "fast": (0.1, 0.3),  # like keepalived with 0.1 s adverts: 3 intervals, survives 2 lost beacons
+    "relaxed": (0.25, 1.0),  # large segments: 2.5x fewer beacons to send and receive, failover ~1 s
+}
 INCARNATIONS_PER_PEER = 4  # a restart, a forgery or two; the least recently heard is retired beyond that
 RETIRED_PER_PEER = 64  # retired incarnations refused for good (bounded memory)
+ECHO_SLOTS = 32  # rotating echoes per beacon at least (besides new incarnations): small beacons
+ECHO_ROTATION = 10  # every heard incarnation is echoed at least once per this many beacons
+ECHO_WINDOW = 32  # a verified peer must echo us again within dead_after + this many of its intervals
+MAX_WINDOW_INTERVAL_MS = 2000  # bound on the interval a beacon claims, for the echo window
+NAME_CACHE = 4096  # node-name bytes -> str, cleared when full (a key holder could invent names)
 
 _HEAD = struct.Struct("!4sBBQQIBB")
 _U64 = 1 << 64
 _INC = struct.Struct("!Q")
+_MIN_LEN = _HEAD.size + 1 + MAC_LEN
+_NEVER = float("-inf")
+_INF = float("inf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +72,7 @@ class Heartbeat:
 class Keyring:
     """Heartbeat keys: sign with the first, accept any (rotation without failover)."""
 
-    __slots__ = ("keys",)
+    __slots__ = ("keys", "macs")
 
     def __init__(self, keys: Iterable[bytes]) -> None:
         self.keys = tuple(keys)
@@ -62,10 +80,36 @@ class Keyring:
             raise ValueError(f"a heartbeat keyring holds 1..{MAX_KEYS} keys, got {len(self.keys)}")
         if len(set(self.keys)) != len(self.keys):
             raise ValueError("the same heartbeat key is listed twice")
+        self.macs = tuple(_Mac(k) for k in self.keys)
 
 
-def _ring(keys: Keyring | bytes) -> tuple[bytes, ...]:
-    return (keys,) if isinstance(keys, bytes) else keys.keys
+class _Mac:
+    """HMAC-SHA256 under one key with the padded-key states precomputed (RFC 2104): per message two
+    SHA-256 state copies instead of a key schedule, about half the cost of hmac.digest here."""
+
+    __slots__ = ("inner", "outer")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > 64:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(64, b"\0")
+        self.inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self.outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+
+    def digest(self, msg: bytes | bytearray | memoryview) -> bytes:
+        inner = self.inner.copy()
+        inner.update(msg)
+        outer = self.outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
+def _macs(keys: Keyring | bytes) -> tuple[_Mac, ...]:
+    if isinstance(keys, Keyring):
+        return keys.macs
+    if not isinstance(keys, (bytes, bytearray)):
+        raise TypeError("a heartbeat key is bytes")
+    return (_Mac(bytes(keys)),)
 
 
 def incarnation_bytes(incarnation: int) -> bytes:
@@ -85,7 +129,77 @@ def encode(hb: Heartbeat, keys: Keyring | bytes, echo: Sequence[int] = ()) -> by
     flags = FLAG_LEAVING if hb.leaving else 0
     body = (_HEAD.pack(MAGIC, VERSION, flags, hb.incarnation, hb.sequence, hb.interval_ms, len(name), len(echo))
             + name + struct.pack(f"!{len(echo)}Q", *echo))
-    return body + hmac.digest(_ring(keys)[0], body, hashlib.sha256)
+    return body + _macs(keys)[0].digest(body)
+
+
+class Decoder:
+    """The receive path: verify and parse a beacon in place, in a receive buffer, without building objects.
+
+    `mine`: the receiver's own incarnations (incarnation_bytes), updated by the shell on reincarnation.
+    """
+
+    __slots__ = ("macs", "mine", "_names")
+
+    def __init__(self, keys: Keyring | bytes, mine: Sequence[bytes] = ()) -> None:
+        self.macs = _macs(keys)
+        self.mine = tuple(mine)
+        self._names: dict[bytes, str] = {}
+
+    def fields(self, buf: bytes | bytearray, off: int = 0, n: int | None = None,
+               view: memoryview | None = None) -> tuple[str, int, int, int, bool, bool, int] | None:
+        """(node, incarnation, sequence, interval_ms, leaving, echoes_us, key_index) of the datagram at
+        buf[off:off+n], or None for anything not a well-formed heartbeat signed with one of the keys.
+        `view`: memoryview(buf), passed by a caller that decodes many datagrams out of one buffer."""
+        if n is None:
+            n = len(buf) - off
+        if n < _MIN_LEN or off + n > len(buf):
+            return None
+        try:
+            magic, version, flags, inc, seq, interval, nlen, ecount = _HEAD.unpack_from(buf, off)
+        except (struct.error, TypeError):
+            return None
+        if magic != MAGIC or version != VERSION or not 0 < nlen <= MAX_NAME or ecount > MAX_ECHO:
+            return None
+        names = off + _HEAD.size
+        echo = names + nlen
+        end = echo + 8 * ecount
+        if off + n != end + MAC_LEN:
+            return None
+        mv = memoryview(buf) if view is None else view
+        # Authenticate before trusting any field further; constant time against forgery probing. The
+        # signing key is tried first, so a settled ring costs one HMAC per beacon (inlined _Mac.digest).
+        index = 0
+        body, sig = mv[off:end], mv[end:end + MAC_LEN]
+        for mac in self.macs:
+            inner = mac.inner.copy()
+            inner.update(body)
+            outer = mac.outer.copy()
+            outer.update(inner.digest())
+            if compare_digest(sig, outer.digest()):
+                break
+            index += 1
+        else:
+            return None
+        raw = bytes(mv[names:echo])
+        name = self._names.get(raw)
+        if name is None:
+            try:
+                name = raw.decode()
+            except UnicodeDecodeError:
+                return None
+            if len(self._names) >= NAME_CACHE:
+                self._names.clear()
+            self._names[raw] = name
+        echoes = False
+        for me in self.mine:  # aligned search, no per-entry objects
+            at = buf.find(me, echo, end)
+            while at >= 0 and (at - echo) % 8:
+                at = buf.find(me, at + 1, end)
+            if at >= 0:
+                echoes = True
+                break
+        # Unknown flag bits are ignored so a later minor addition does not need a version bump.
+        return name, inc, seq, interval, bool(flags & FLAG_LEAVING), echoes, index
 
 
 def decode(data: bytes | bytearray | memoryview, keys: Keyring | bytes,
@@ -94,46 +208,28 @@ def decode(data: bytes | bytearray | memoryview, keys: Keyring | bytes,
 
     `mine`: the receiver's own incarnations (incarnation_bytes); echoes_us says whether one is echoed.
     """
+    if not isinstance(data, (bytes, bytearray)):
+        try:
+            data = bytes(data)
+        except TypeError:
+            return None
     try:
-        data = bytes(data)
-        if len(data) < _HEAD.size + 1 + MAC_LEN:
-            return None
-        magic, version, flags, inc, seq, interval, nlen, ecount = _HEAD.unpack_from(data)
-        if magic != MAGIC or version != VERSION or not 0 < nlen <= MAX_NAME or ecount > MAX_ECHO:
-            return None
-        names = _HEAD.size + nlen
-        end = names + 8 * ecount
-        if len(data) != end + MAC_LEN:
-            return None
-        # Authenticate before trusting any field further; constant time against forgery probing. The
-        # signing key is tried first, so a settled ring costs one HMAC per beacon.
-        for index, key in enumerate(_ring(keys)):
-            if hmac.compare_digest(data[end:], hmac.digest(key, data[:end], hashlib.sha256)):
-                break
-        else:
-            return None
-        name = data[_HEAD.size : names].decode()
-    except (struct.error, TypeError, ValueError):  # includes UnicodeDecodeError
+        got = Decoder(keys, mine).fields(data)
+    except TypeError:
         return None
-    echoes = False
-    for me in mine:  # aligned search, no per-entry objects
-        at = data.find(me, names, end)
-        while at >= 0 and (at - names) % 8:
-            at = data.find(me, at + 1, end)
-        if at >= 0:
-            echoes = True
-            break
-    # Unknown flag bits are ignored so a later minor addition does not need a version bump.
-    return Heartbeat(name, inc, seq, interval, bool(flags & FLAG_LEAVING), echoes, index)
+    return None if got is None else Heartbeat(*got)
 
 
-@dataclass(slots=True)
 class _Inc:
-    sequence: int
-    first_seen: float
-    last_seen: float  # last accepted beacon: we echo this incarnation while it is recent
-    last_echo: float  # last accepted beacon that echoed us: liveness
-    left: bool
+    __slots__ = ("inc", "sequence", "first_seen", "last_seen", "last_echo", "window", "left", "gone", "echoed")
+
+    def __init__(self, inc: int, sequence: int, now: float, echoed: bool, window: float, left: bool) -> None:
+        self.inc, self.sequence, self.first_seen, self.last_seen = inc, sequence, now, now
+        self.last_echo = now if echoed else _NEVER  # last accepted beacon that echoed us; -inf: unverified
+        self.window = window  # how long after an echo the next one must come: dead_after + ECHO_WINDOW intervals
+        self.left = left
+        self.gone = False  # retired or forgotten: skipped by the echo rotation
+        self.echoed = 0  # beacons of ours that echoed it while it was new
 
 
 @dataclass(slots=True)
@@ -142,54 +238,84 @@ class _Peer:
     retired: dict[int, None]  # insertion-ordered set
 
 
-_NEVER = float("-inf")
-
-
 class PeerTable:
     """Who is alive, from the heartbeats seen so far.
 
     Per peer, a few incarnations are tracked at once (a restarted process overlaps its predecessor's
     expiry; a forged incarnation is just one more, which expires). A peer is live while any of its
-    incarnations, not left, sent a beacon echoing us within dead_after. Incarnations pushed out of the
-    table or that said goodbye are refused for good (bounded), so their replays cannot revive them.
+    incarnations, not left, is verified (echoed us once), was heard within dead_after and echoed us within
+    its echo window. Incarnations pushed out of the table or that said goodbye are refused for good
+    (bounded), so their replays cannot revive them.
+
+    The shell's fast path: observe_fields per beacon, then refresh(now) per wake-up, which recomputes
+    the live set only when a beacon may have changed it or the earliest deadline (`due`) has passed.
+
+    `require_echo=False` (the per-interface tables): live = heard within dead_after, not left; the echo
+    rules are enforced by intersecting with the table that requires them.
     """
 
-    def __init__(self, self_name: str, dead_after: float = DEFAULT_DEAD_AFTER) -> None:
+    def __init__(self, self_name: str, dead_after: float = DEFAULT_DEAD_AFTER, require_echo: bool = True) -> None:
         self.self_name = self_name
         self.dead_after = dead_after
+        self.require_echo = require_echo
+        self._burst = 0  # 1, 2: a round of echoes at MAX_ECHO per beacon is about to start, under way
         self._peers: dict[str, _Peer] = {}
+        self.live_set: frozenset[str] = frozenset((self_name,))  # as of the last refresh
+        self.due = _INF  # no live incarnation expires before this (a lower bound); refresh then
+        self._dirty = False
+        self._fresh: deque[_Inc] = deque()  # incarnations in the order first heard, the last dead_after
+        self._ring: list[_Inc] = []  # echo rotation, rebuilt each time round
+        self._rotating = False  # more incarnations heard than fit in a beacon
+        self._cursor = 0
 
     def observe(self, hb: Heartbeat, now: float) -> bool:
         """Record a verified heartbeat; False if it was stale (a replay, reordered, retired) or our own."""
-        if hb.node == self.self_name:  # our broadcast looped back
+        return self.observe_fields(hb.node, hb.incarnation, hb.sequence, hb.leaving, hb.echoes_us, now,
+                                   hb.interval_ms)
+
+    def observe_fields(self, node: str, inc: int, seq: int, leaving: bool, echoes_us: bool, now: float,
+                       interval_ms: int = int(DEFAULT_INTERVAL * 1000)) -> bool:
+        """observe() without a Heartbeat: what the receive path calls per beacon."""
+        if node == self.self_name:  # our broadcast looped back
             return False
-        peer = self._peers.get(hb.node)
+        echoes_us = echoes_us or not self.require_echo
+        peer = self._peers.get(node)
         if peer is None:
-            peer = self._peers[hb.node] = _Peer({}, {})
-        rec = peer.incs.get(hb.incarnation)
+            peer = self._peers[node] = _Peer({}, {})
+        rec = peer.incs.get(inc)
+        window = self.dead_after + ECHO_WINDOW * min(interval_ms, MAX_WINDOW_INTERVAL_MS) / 1000
         if rec is None:
-            if hb.incarnation in peer.retired:
+            if inc in peer.retired:
                 return False
             if len(peer.incs) >= INCARNATIONS_PER_PEER:
                 self._retire(peer, min(peer.incs, key=lambda i: peer.incs[i].last_seen))
-            peer.incs[hb.incarnation] = _Inc(hb.sequence, now, now, now if hb.echoes_us else _NEVER, hb.leaving)
-            return True
-        if rec.left or hb.sequence <= rec.sequence:
-            return False
-        rec.sequence, rec.last_seen, rec.left = hb.sequence, now, hb.leaving
-        if hb.echoes_us:
-            rec.last_echo = now
+            rec = peer.incs[inc] = _Inc(inc, seq, now, echoes_us, window, leaving)
+            self._fresh.append(rec)
+        else:
+            if rec.left or seq <= rec.sequence:
+                return False
+            rec.sequence, rec.last_seen, rec.left, rec.window = seq, now, leaving, window
+            if echoes_us:
+                rec.last_echo = now
+        if leaving:
+            self._dirty = self._dirty or node in self.live_set
+        elif node not in self.live_set and self._alive(rec, now):
+            self._dirty = True
         return True
 
-    @staticmethod
-    def _retire(peer: _Peer, inc: int) -> None:
-        del peer.incs[inc]
+    def _retire(self, peer: _Peer, inc: int) -> None:
+        rec = peer.incs.pop(inc)
+        rec.gone = True
+        self._dirty = True
         peer.retired[inc] = None
         if len(peer.retired) > RETIRED_PER_PEER:
             del peer.retired[next(iter(peer.retired))]
 
     def _alive(self, r: _Inc, now: float) -> bool:
-        return not r.left and now - r.last_echo <= self.dead_after
+        return not r.left and now - r.last_seen <= self.dead_after and now - r.last_echo <= r.window
+
+    def _expiry(self, r: _Inc) -> float:
+        return min(r.last_seen + self.dead_after, r.last_echo + r.window)
 
     def live(self, now: float) -> set[str]:
         out = {n for n, p in self._peers.items() if any(self._alive(r, now) for r in p.incs.values())}
@@ -198,27 +324,120 @@ class PeerTable:
 
     def next_expiry(self, now: float) -> float | None:
         """Earliest time a currently live incarnation would turn dead; when the shell should recompute."""
-        times = [r.last_echo + self.dead_after for p in self._peers.values() for r in p.incs.values()
-                 if self._alive(r, now)]
-        return min(times, default=None)
+        best = _INF
+        for p in self._peers.values():
+            for r in p.incs.values():
+                if self._alive(r, now):
+                    t = self._expiry(r)
+                    if t < best:
+                        best = t
+        return None if best == _INF else best
+
+    def refresh(self, now: float) -> bool:
+        """Bring live_set and due up to date, cheaply when nothing can have changed; True if live_set did."""
+        if not self._dirty and now < self.due:
+            return False
+        self._dirty = False
+        live, due = {self.self_name}, _INF
+        for name, p in self._peers.items():
+            for r in p.incs.values():
+                if self._alive(r, now):
+                    live.add(name)
+                    t = self._expiry(r)
+                    if t < due:
+                        due = t
+        self.due = due
+        self._prune_fresh(now)
+        if live == self.live_set:
+            return False
+        self.live_set = frozenset(live)
+        return True
+
+    def _prune_fresh(self, now: float) -> None:
+        fresh = self._fresh
+        while fresh and (fresh[0].gone or now - fresh[0].first_seen > self.dead_after):
+            fresh.popleft()
+
+    def _echoable(self, r: _Inc, now: float) -> bool:
+        return not r.gone and not r.left and now - r.last_seen <= self.dead_after
 
     def heard(self, now: float) -> list[int]:
-        """Incarnations to echo in our next beacon: heard within dead_after and not left, newest first."""
-        recent = [(r.last_seen, inc) for p in self._peers.values() for inc, r in p.incs.items()
-                  if not r.left and now - r.last_seen <= self.dead_after]
-        recent.sort(reverse=True)
-        return [inc for _, inc in recent[:MAX_ECHO]]
+        """Incarnations to echo in our next beacon: those heard within dead_after and not left. All of them
+        while they fit in a beacon (as speakers before the rotation did, and need: they count a peer live
+        only on beacons that echo them). Beyond MAX_ECHO, new ones (first heard within dead_after) go in
+        every beacon, so a starting peer is verified within one interval, and the others take turns,
+        ECHO_SLOTS or more per beacon, each at least once per ECHO_ROTATION beacons (the newest MAX_ECHO
+        would starve the rest)."""
+        self._prune_fresh(now)
+        if not self._rotating:
+            everyone = [r.inc for p in self._peers.values() for r in p.incs.values() if self._echoable(r, now)]
+            if len(everyone) <= MAX_ECHO:
+                return everyone
+            self._rotating = True
+            self._cursor = len(self._ring)  # start a round
+        n = len(self._ring)
+        slots = MAX_ECHO if self._burst else min(MAX_ECHO, max(ECHO_SLOTS, -(-n // ECHO_ROTATION)))
+        out: list[int] = []
+        chosen: set[int] = set()
+        fresh = [r for r in reversed(self._fresh) if self._echoable(r, now)]
+        if len(fresh) > MAX_ECHO - slots:  # many new at once (we just started): least echoed first
+            fresh.sort(key=lambda r: r.echoed)
+        for r in fresh[:MAX_ECHO - slots]:
+            if r.inc not in chosen:
+                r.echoed += 1
+                out.append(r.inc)
+                chosen.add(r.inc)
+        taken, rebuilt = 0, False
+        while taken < slots:
+            if self._cursor >= len(self._ring):
+                if rebuilt:
+                    break
+                self._burst = 2 if self._burst == 1 else 0  # a round starts, or one is complete
+                self._ring = [r for p in self._peers.values() for r in p.incs.values() if self._echoable(r, now)]
+                self._cursor, rebuilt = 0, True
+                if len(self._ring) <= MAX_ECHO and not self._burst:
+                    self._rotating = False  # fits in a beacon again: echo everyone from the next one
+                continue
+            r = self._ring[self._cursor]
+            self._cursor += 1
+            if self._echoable(r, now) and r.inc not in chosen:
+                out.append(r.inc)
+                chosen.add(r.inc)
+                taken += 1
+        return out
+
+    def echo_everyone_soon(self) -> None:
+        """We took a new incarnation: peers count it live only once we echo them, and the old one expires
+        after dead_after, so start a round of echoes at MAX_ECHO per beacon (500 peers: 4 beacons)."""
+        self._burst = 1
+        self._cursor = len(self._ring)
 
     def deaf(self, now: float) -> list[str]:
-        """Peers we keep hearing that have not echoed us for longer than dead_after: they refuse our
+        """Peers we keep hearing that have not echoed us for longer than their echo window: they refuse our
         incarnation (a forged goodbye or sequence under it, say); the shell then takes a new one."""
         out = []
         for name, p in self._peers.items():
-            heard = [r for r in p.incs.values() if not r.left and now - r.last_seen <= self.dead_after]
-            if heard and all(now - max(r.last_echo, r.first_seen) > self.dead_after for r in heard):
+            heard = deaf = False
+            for r in p.incs.values():
+                if r.left or now - r.last_seen > self.dead_after:
+                    continue
+                heard = True
+                if now - max(r.last_echo, r.first_seen) <= r.window:
+                    break
+            else:
+                deaf = heard
+            if deaf:
                 out.append(name)
         return out
 
+    def peer_count(self) -> int:
+        """Node names tracked (heard at some point and not forgotten)."""
+        return len(self._peers)
+
     def forget(self, node: str) -> None:
         """Drop all state for a node deleted from the cluster (bounds memory)."""
-        self._peers.pop(node, None)
+        peer = self._peers.pop(node, None)
+        if peer is not None:
+            for r in peer.incs.values():
+                r.gone = True
+            self._dirty = True

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lbctl.core.heartbeat import (
+    ECHO_WINDOW,
     INCARNATIONS_PER_PEER,
     RETIRED_PER_PEER,
     Heartbeat,
@@ -88,12 +89,13 @@ def test_forged_goodbye_is_noticed_as_deafness():
     assert not t.observe(Heartbeat("node-b", 7, 2), 0.1)  # the real node-b: refused from now on
     assert "node-b" not in t.live(0.1)
     # node-b's side of the same story, seen from a table: a peer that keeps beaconing but no longer
-    # echoes us for longer than dead_after.
+    # echoes us for longer than its echo window (dead_after + ECHO_WINDOW of its 0.1 s intervals).
+    window = 0.45 + ECHO_WINDOW * 0.1
     tb = PeerTable("node-b", 0.45)
     tb.observe(Heartbeat("node-a", 1, 1), 0.0)
-    for i in range(2, 8):
+    for i in range(2, 50):
         tb.observe(Heartbeat("node-a", 1, i, echoes_us=False), 0.1 * i)
-    assert tb.deaf(0.4) == [] and tb.deaf(0.7) == ["node-a"]
+    assert tb.deaf(window - 0.05) == [] and tb.deaf(window + 0.05) == ["node-a"]
     # node-b's new incarnation (8) is unknown to node-a, so accepted and live once it echoes node-a.
     assert t.observe(Heartbeat("node-b", 8, 1), 0.8)
     assert "node-b" in t.live(0.8)

@@ -61,16 +61,18 @@ def test_heartbeats_track_liveness_per_receiving_interface() -> None:
             for name, (ours, _) in pairs.items():  # what set_targets does, without SO_BINDTODEVICE
                 ours.setblocking(False)
                 hb._socks[name] = (ours, ())
-                hb.segments[name] = type(hb.peers)("b", 0.45)
+                hb.segments[name] = type(hb.peers)("b", 0.45, require_echo=False)
             me = int.from_bytes(incarnation_bytes(hb.incarnation), "big")
             a = _beacon("a", 7, 1, me)
             pairs["eth0"][1].send(a)  # a beacons on eth0 only
             pairs["eth0"][1].send(_beacon("c", 9, 1, me))
             pairs["eth1"][1].send(_beacon("c", 9, 1, me))  # the very same beacon on both NICs
             hb._drain(10.0, 9.9)
+            assert hb._publish(10.0)  # what the thread does after each drain
             assert hb.live(10.0) == {"a", "b", "c"}
             assert hb.live_on(10.0) == {"eth0": {"a", "b", "c"}, "eth1": {"b", "c"}}
             # Past dead_after with nothing heard, every segment is back to ourselves.
+            assert hb._publish(10.5)
             assert hb.live_on(10.5) == {"eth0": {"b"}, "eth1": {"b"}}
             # A closed interface's table goes with its socket.
             hb.set_targets({"eth0": ()})

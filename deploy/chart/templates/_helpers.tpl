@@ -47,8 +47,12 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{/* Rules the schema cannot express. */}}
 {{- define "lbctl.validate" -}}
 {{- $hb := .Values.speaker.heartbeat -}}
-{{- if le (float64 $hb.deadAfter) (float64 $hb.interval) -}}
-{{- fail (printf "speaker.heartbeat.deadAfter (%v) must be greater than speaker.heartbeat.interval (%v)" $hb.deadAfter $hb.interval) -}}
+{{- /* The speaker's --timing presets (lbctl/core/heartbeat.py TIMING_PRESETS): check what it will run with. */ -}}
+{{- $preset := get (dict "default" (list 0.1 0.45) "fast" (list 0.1 0.3) "relaxed" (list 0.25 1.0)) ($hb.timing | default "default") -}}
+{{- $interval := ternary (index $preset 0) $hb.interval (kindIs "invalid" $hb.interval) -}}
+{{- $deadAfter := ternary (index $preset 1) $hb.deadAfter (kindIs "invalid" $hb.deadAfter) -}}
+{{- if le (float64 $deadAfter) (float64 $interval) -}}
+{{- fail (printf "speaker.heartbeat.deadAfter (%v) must be greater than speaker.heartbeat.interval (%v)" $deadAfter $interval) -}}
 {{- end -}}
 {{- $le := .Values.controller.leaderElection -}}
 {{- if or (le (float64 $le.leaseDuration) (float64 $le.renewDeadline)) (le (float64 $le.renewDeadline) (float64 $le.retryPeriod)) -}}
