@@ -5,8 +5,11 @@ from __future__ import annotations
 import importlib
 import sys
 
-ALL = ["codec", "controller", "status", "fuzz", "lab", "reliability"]  # reliability: ~5 min, the figures table
-MODULES = {"reliability": "benchmarks.reliability"}  # the others are benchmarks.<name>_bench
+ALL = ["codec", "controller", "controller_scale", "election", "simulation", "speaker_scale", "status", "fuzz", "lab",
+       "reliability"]  # reliability: ~5 min, the figures table; speaker_scale ~7 min
+MODULES = {"reliability": "benchmarks.reliability", "simulation": "benchmarks.simulation",
+           "speaker_scale": "benchmarks.speaker_scale", "controller_scale": "benchmarks.controller_scale"}
+# the others are benchmarks.<name>_bench
 
 
 def main() -> None:
