@@ -128,8 +128,10 @@ class Reconciler:
             self._wake.clear()
             if not self.synced:
                 continue
+            first = not self.ready.is_set()
             try:
-                if not self.ready.is_set():
+                if first:
+                    started = time.monotonic()
                     self._bootstrap()
                 if self._pools_dirty:
                     self._pools_dirty = False
@@ -146,6 +148,9 @@ class Reconciler:
             for (key, _), result in zip(writes, results):
                 if isinstance(result, Exception):
                     self._failed(key, result)
+            if first:  # restart cost, end to end: rebuilt table, every Service looked at, writes done
+                logger.info("initial_pass", services=len(batch), writes=len(writes),
+                            seconds=round(time.monotonic() - started, 3))
             self.metrics.pending.set(len(self._pending) + sum(map(len, self._waiting.values())))
             self._pool_status.update(self.alloc)
 

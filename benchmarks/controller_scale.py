@@ -1,0 +1,265 @@
+"""The controller at scale, against the real test control plane (etcd + kube-apiserver on loopback).
+
+100 IPPools (a /24 each in 198.18.0.0/17), 10,000 Services spread over them, every pool chosen by a different
+rule: a namespace list, a namespace selector, the address-pool annotation (autoAssign off) or a Service
+selector. Prints, in one run:
+  bulk     10,000 Services created (bounded concurrency) -> all assigned
+  rss      controller RSS with 10,000 assigned (target <= 200 MiB)
+  restart  time until a restarted controller is ready, then its first pass over every Service, and what it
+           changed: status writes in its log, IPs and resourceVersions that differ (targets <= 10 s, 0)
+  churn    a paced 50 creates + 50 deletes per second for --churn seconds while the 10,000 stay; time-to-IP
+           per created Service from its create request to its status write seen on a watch (p99 <= 200 ms),
+           and the controller's CPU meanwhile
+CPU-dependent figures (times, CPU) are indicative on a shared machine. Benchmarks report; they do not assert.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.controller_bench import bounded, pct, snapshot
+from lbctl.controlplane import ControlPlane
+from lbctl.kube import config
+from lbctl.kube.client import Kube
+from lbctl.kube.resources import apply
+from tests.figures import figure
+from tests.procs import ControllerProcess
+
+POOLS = 100
+CONCURRENCY = 32
+CHURN_LABEL = "lbctl-bench-churn"
+
+
+def pool(p: int) -> dict[str, Any]:
+    """Pool p: 198.18.p.0/24, selected by one of four rules (p's place decides which)."""
+    spec: dict[str, Any] = {"addresses": [f"198.18.{p}.0/24"], "avoidBuggyIPs": p % 2 == 0}
+    if p < 40:
+        spec["serviceAllocation"] = {"namespaces": [namespace(p)], "priority": p}
+    elif p < 70:
+        spec["serviceAllocation"] = {"namespaceSelector": {"matchLabels": {"bench-pool": str(p)}}}
+    elif p < 90:
+        spec["autoAssign"] = False  # only Services that name it
+    else:
+        spec["serviceAllocation"] = {"serviceSelector": {"matchLabels": {"bench-pool": str(p)}}}
+    return {"apiVersion": "lbctl.io/v1alpha1", "kind": "IPPool", "metadata": {"name": f"bench-{p:02d}"},
+            "spec": spec}
+
+
+def namespace(p: int) -> str:
+    return f"scale-{p:02d}"
+
+
+def service(name: str, p: int, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": namespace(p), "labels": dict(labels or {})}
+    if 70 <= p < 90:
+        meta["annotations"] = {"lbctl.io/address-pool": f"bench-{p:02d}"}
+    if p >= 90:
+        meta["labels"]["bench-pool"] = str(p)
+    return {"apiVersion": "v1", "kind": "Service", "metadata": meta,
+            "spec": {"type": "LoadBalancer", "selector": {"app": name}, "ports": [{"port": 80}]}}
+
+
+def has_ip(obj: dict[str, Any]) -> bool:
+    return bool(((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress"))
+
+
+async def setup(kube: Kube) -> None:
+    await apply(kube, [{"apiVersion": "v1", "kind": "Namespace",
+                        "metadata": {"name": namespace(p), "labels": {"bench-pool": str(p)}}} for p in range(POOLS)])
+    await apply(kube, [pool(p) for p in range(POOLS)])
+
+
+async def bulk(kube: Kube, n: int) -> float:
+    """Create n Services (Service i in pool i % 100) and follow one watch until all have an IP."""
+    rv = (await kube.get("/api/v1/services", limit=1))["metadata"]["resourceVersion"]
+    done: set[str] = set()
+
+    async def follow() -> float:
+        nonlocal rv
+        while len(done) < n:
+            async for kind, obj in kube.watch("/api/v1/services", rv, timeout_seconds=120):
+                rv = obj["metadata"].get("resourceVersion", rv)
+                if kind in ("ADDED", "MODIFIED") and has_ip(obj) and obj["metadata"]["name"].startswith("s"):
+                    done.add(obj["metadata"]["name"])
+                    if len(done) >= n:
+                        return time.monotonic()
+        return time.monotonic()
+
+    waiter = asyncio.create_task(follow())
+    start = time.monotonic()
+    await bounded(n, lambda i: kube.create(f"/api/v1/namespaces/{namespace(i % POOLS)}/services",
+                                            service(f"s{i}", i % POOLS)))
+    created = time.monotonic() - start
+    end = await asyncio.wait_for(waiter, 600)
+    print(f"bulk      created {n} Services in {created:.1f} s; all assigned after {end - start:.1f} s "
+          f"({n / (end - start):.0f}/s)")
+    return end - start
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def log_events(ctl: ControllerProcess, name: str) -> list[dict[str, Any]]:
+    out = []
+    for line in ctl.log().splitlines():
+        if f'"{name}"' in line:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+    return [e for e in out if e.get("event") == name]
+
+
+async def restart(kube: Kube, ctl: ControllerProcess) -> None:
+    before = await snapshot(kube)
+    ctl.stop()
+    ready = ctl.start(timeout=120)
+    passed = None
+    for _ in range(300):  # the first pass after the rebuild (every Service looked at once)
+        if first := log_events(ctl, "initial_pass"):
+            passed = first[0]
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(3)  # let any (wrong) rewrites land before comparing
+    after = await snapshot(kube)
+    changed_ips = sum(1 for k, v in before.items() if after.get(k, ((), ""))[0] != v[0])
+    rewritten = sum(1 for k, v in before.items() if after.get(k, ((), ""))[1] != v[1])
+    writes = len(log_events(ctl, "status_written"))
+    boot = log_events(ctl, "bootstrapped")
+    first_pass = f"{passed['seconds']:.2f} s" if passed else "not logged"
+    print(f"restart   {len(before)} assigned Services: ready after {ready:.2f} s (table rebuilt in "
+          f"{boot[0]['seconds'] if boot else '?'} s, first pass over all Services {first_pass}); status writes "
+          f"logged: {writes}; changed IPs: {changed_ips}; changed resourceVersions: {rewritten} "
+          "(targets <= 10 s, 0 changes)")
+    figure("controller_scale_restart_ready", ready, "s")
+    figure("controller_scale_restart_changes", changed_ips + rewritten + writes, "changes")
+
+
+async def churn(kube: Kube, ctl: ControllerProcess, seconds: float, rate: int) -> None:
+    """`rate` operations per second, alternating create and delete, paced on a clock (not on replies)."""
+    assert ctl.proc
+    rv = (await kube.get("/api/v1/services", limit=1))["metadata"]["resourceVersion"]
+    sent: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    live: list[tuple[str, int]] = []  # churn Services created, oldest first, to delete
+    errors: list[str] = []
+
+    async def follow() -> None:
+        nonlocal rv
+        while True:
+            async for kind, obj in kube.watch("/api/v1/services", rv, timeout_seconds=120,
+                                              labelSelector=CHURN_LABEL):
+                rv = obj["metadata"].get("resourceVersion", rv)
+                name = obj["metadata"]["name"]
+                if kind in ("ADDED", "MODIFIED") and has_ip(obj) and name not in seen:
+                    seen[name] = time.monotonic()
+
+    async def create(name: str, p: int) -> None:
+        sent[name] = time.monotonic()
+        try:
+            await kube.create(f"/api/v1/namespaces/{namespace(p)}/services", service(name, p, {CHURN_LABEL: "1"}))
+        except Exception as exc:
+            errors.append(repr(exc))
+            sent.pop(name, None)
+            return
+        live.append((name, p))
+
+    async def delete(name: str, p: int) -> None:
+        try:
+            await kube.delete(f"/api/v1/namespaces/{namespace(p)}/services/{name}")
+        except Exception as exc:
+            errors.append(repr(exc))
+
+    watcher = asyncio.create_task(follow())
+    await asyncio.sleep(0.5)
+    tasks: set[asyncio.Task[None]] = set()
+    cpu0, t0 = cpu_seconds(ctl.proc.pid), time.monotonic()
+    ops = int(seconds * rate)
+    for k in range(ops):
+        delay = t0 + k / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if k % 2 == 0:
+            i = k // 2
+            task = asyncio.create_task(create(f"c{i}", i % POOLS))
+        elif len(live) > rate // 2:  # delete the oldest, keeping about a second's worth of churn Services
+            task = asyncio.create_task(delete(*live.pop(0)))
+        else:
+            continue
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    wall = time.monotonic() - t0
+    cpu = cpu_seconds(ctl.proc.pid) - cpu0
+    await asyncio.gather(*tasks)
+    deadline = time.monotonic() + 10
+    while set(sent) - set(seen) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    watcher.cancel()
+    lat = [(seen[n] - sent[n]) * 1000 for n in sent if n in seen]
+    missing = len(set(sent) - set(seen))
+    print(f"churn     {ops / wall:.0f} ops/s for {wall:.0f} s ({len(sent)} created, the rest deleted) beside the "
+          f"10,000: time-to-IP p50 {pct(lat, .5):.1f} ms, p99 {pct(lat, .99):.1f} ms, max {max(lat):.1f} ms "
+          f"(target p99 <= 200 ms); never assigned: {missing}; API errors: {len(errors)}; controller CPU "
+          f"{100 * cpu / wall:.0f} % of a core")
+    figure("controller_scale_churn_p50", pct(lat, .5), "ms")
+    figure("controller_scale_churn_p99", pct(lat, .99), "ms")
+    figure("controller_scale_churn_cpu", 100 * cpu / wall, "%")
+    for n, p in live:
+        await delete(n, p)
+
+
+async def main_async(cp: ControlPlane, ctl: ControllerProcess, n: int, seconds: float, rate: int) -> None:
+    cp.install_chart()  # CRDs, and the ServiceAccount and RBAC the controller runs under
+    async with Kube(config.load(str(cp.kubeconfig())), concurrency=CONCURRENCY) as kube:
+        await setup(kube)
+        ctl.start()
+        started = time.monotonic()
+        took = await bulk(kube, n)
+        figure("controller_scale_bulk", took, "s")
+        await asyncio.sleep(2)
+        rss = ctl.rss_mib()
+        print(f"rss       controller RSS with {n} Services in {POOLS} pools: {rss:.1f} MiB (target <= 200 MiB)")
+        figure("controller_scale_rss", rss, "MiB")
+        await restart(kube, ctl)
+        print(f"rss       after the restart: {ctl.rss_mib():.1f} MiB")
+        await churn(kube, ctl, seconds, rate)
+        rss = ctl.rss_mib()
+        print(f"rss       after the churn: {rss:.1f} MiB")
+        figure("controller_scale_rss_after_churn", rss, "MiB")
+        print(f"total     {time.monotonic() - started:.0f} s after the controller first started")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--services", type=int, default=10_000)
+    p.add_argument("--churn", type=float, default=60.0, metavar="SECONDS")
+    p.add_argument("--rate", type=int, default=100, help="creates + deletes per second during the churn")
+    p.add_argument("--keep-logs", metavar="DIR", help="copy the controller logs here")
+    args = p.parse_args(argv)
+    cp = ControlPlane()
+    with tempfile.TemporaryDirectory(prefix="lbctl-bench-") as d:
+        ctl = ControllerProcess(cp, Path(d))
+        try:
+            cp.start()
+            asyncio.run(main_async(cp, ctl, args.services, args.churn, args.rate))
+        finally:
+            ctl.stop()
+            cp.cleanup()
+            if args.keep_logs:
+                dest = Path(args.keep_logs)
+                dest.mkdir(parents=True, exist_ok=True)
+                for f in Path(d).glob("controller-*.log"):
+                    (dest / f.name).write_bytes(f.read_bytes())
+
+
+if __name__ == "__main__":
+    main()
