@@ -87,6 +87,10 @@ class Reconciler:
         """pool None: deleted."""
         if pool is None:
             self.pools.pop(name, None)
+        elif self.pools.get(name) == pool:
+            # Our own status writes come back as MODIFIED events; with the spec unchanged there is nothing to
+            # decide, and revisiting every assigned Service (10,000s) on each one would stall the loop.
+            return
         else:
             self.pools[name] = pool
         self.pools_changed()
