@@ -76,7 +76,27 @@ async def setup(kube: Kube) -> None:
     await apply(kube, [pool(p) for p in range(POOLS)])
 
 
-async def bulk(kube: Kube, n: int) -> float:
+async def stall_watch(ctl: ControllerProcess, progress: Any, py_spy: str | None) -> None:
+    """Say so when no progress is seen for 15 s: the controller's state, CPU, and its stacks if py-spy is given."""
+    assert ctl.proc
+    last, since = progress(), time.monotonic()
+    while True:
+        await asyncio.sleep(1)
+        now = progress()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since > 15:
+            pid = ctl.proc.pid
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            print(f"stall     no progress for 15 s at {now}: controller state {state}, CPU {cpu_seconds(pid):.1f} s",
+                  flush=True)
+            if py_spy:
+                proc = await asyncio.create_subprocess_exec(py_spy, "dump", "--pid", str(pid))
+                await proc.wait()
+            since = time.monotonic()
+
+
+async def bulk(kube: Kube, ctl: ControllerProcess, n: int, py_spy: str | None) -> float:
     """Create n Services (Service i in pool i % 100) and follow one watch until all have an IP."""
     rv = (await kube.get("/api/v1/services", limit=1))["metadata"]["resourceVersion"]
     done: set[str] = set()
@@ -93,11 +113,13 @@ async def bulk(kube: Kube, n: int) -> float:
         return time.monotonic()
 
     waiter = asyncio.create_task(follow())
+    stalls = asyncio.create_task(stall_watch(ctl, lambda: len(done), py_spy))
     start = time.monotonic()
     await bounded(n, lambda i: kube.create(f"/api/v1/namespaces/{namespace(i % POOLS)}/services",
                                             service(f"s{i}", i % POOLS)))
     created = time.monotonic() - start
     end = await asyncio.wait_for(waiter, 600)
+    stalls.cancel()
     print(f"bulk      created {n} Services in {created:.1f} s; all assigned after {end - start:.1f} s "
           f"({n / (end - start):.0f}/s)")
     return end - start
@@ -119,8 +141,20 @@ def log_events(ctl: ControllerProcess, name: str) -> list[dict[str, Any]]:
     return [e for e in out if e.get("event") == name]
 
 
+async def count_pool_writes(kube: Kube, count: list[int]) -> None:
+    """Count IPPool MODIFIED events (the controller's status writes) into count[0] until cancelled."""
+    rv = (await kube.get("/apis/lbctl.io/v1alpha1/ippools", limit=1))["metadata"]["resourceVersion"]
+    while True:
+        async for kind, obj in kube.watch("/apis/lbctl.io/v1alpha1/ippools", rv, timeout_seconds=120):
+            rv = obj["metadata"].get("resourceVersion", rv)
+            count[0] += kind == "MODIFIED"
+
+
 async def restart(kube: Kube, ctl: ControllerProcess) -> None:
     before = await snapshot(kube)
+    pool_writes = [0]
+    pools_watcher = asyncio.create_task(count_pool_writes(kube, pool_writes))
+    await asyncio.sleep(0.5)
     ctl.stop()
     ready = ctl.start(timeout=120)
     passed = None
@@ -131,6 +165,7 @@ async def restart(kube: Kube, ctl: ControllerProcess) -> None:
         await asyncio.sleep(0.1)
     await asyncio.sleep(3)  # let any (wrong) rewrites land before comparing
     after = await snapshot(kube)
+    pools_watcher.cancel()
     changed_ips = sum(1 for k, v in before.items() if after.get(k, ((), ""))[0] != v[0])
     rewritten = sum(1 for k, v in before.items() if after.get(k, ((), ""))[1] != v[1])
     writes = len(log_events(ctl, "status_written"))
@@ -139,12 +174,12 @@ async def restart(kube: Kube, ctl: ControllerProcess) -> None:
     print(f"restart   {len(before)} assigned Services: ready after {ready:.2f} s (table rebuilt in "
           f"{boot[0]['seconds'] if boot else '?'} s, first pass over all Services {first_pass}); status writes "
           f"logged: {writes}; changed IPs: {changed_ips}; changed resourceVersions: {rewritten} "
-          "(targets <= 10 s, 0 changes)")
+          f"(targets <= 10 s, 0 changes); IPPool status writes: {pool_writes[0]}")
     figure("controller_scale_restart_ready", ready, "s")
     figure("controller_scale_restart_changes", changed_ips + rewritten + writes, "changes")
 
 
-async def churn(kube: Kube, ctl: ControllerProcess, seconds: float, rate: int) -> None:
+async def churn(kube: Kube, cp: ControlPlane, ctl: ControllerProcess, seconds: float, rate: int) -> None:
     """`rate` operations per second, alternating create and delete, paced on a clock (not on replies)."""
     assert ctl.proc
     rv = (await kube.get("/api/v1/services", limit=1))["metadata"]["resourceVersion"]
@@ -153,21 +188,34 @@ async def churn(kube: Kube, ctl: ControllerProcess, seconds: float, rate: int) -
     live: list[tuple[str, int]] = []  # churn Services created, oldest first, to delete
     errors: list[str] = []
     early: set[str] = set()  # deleted before its IP was seen
+    replied: dict[str, float] = {}  # create request -> reply, to tell the API server's share from ours
+
+    restarts = 0
 
     async def follow() -> None:
-        nonlocal rv
+        nonlocal rv, restarts
         while True:
-            async for kind, obj in kube.watch("/api/v1/services", rv, timeout_seconds=120,
-                                              labelSelector=CHURN_LABEL):
-                rv = obj["metadata"].get("resourceVersion", rv)
-                name = obj["metadata"]["name"]
-                if kind in ("ADDED", "MODIFIED") and has_ip(obj) and name not in seen:
-                    seen[name] = time.monotonic()
+            try:
+                async for kind, obj in kube.watch("/api/v1/services", rv, timeout_seconds=120,
+                                                  labelSelector=CHURN_LABEL):
+                    rv = obj["metadata"].get("resourceVersion", rv)
+                    name = obj["metadata"].get("name")  # BOOKMARKs carry none
+                    if kind in ("ADDED", "MODIFIED") and has_ip(obj) and name not in seen:
+                        seen[name] = time.monotonic()
+            except Exception as exc:  # relist (a late timestamp for what it finds: never flattering)
+                restarts += 1
+                print(f"churn     watch failed ({exc!r}); relisting", flush=True)
+                listing = await kube.get("/api/v1/services", labelSelector=CHURN_LABEL)
+                rv = listing["metadata"]["resourceVersion"]
+                for obj in listing["items"]:
+                    if has_ip(obj) and obj["metadata"]["name"] not in seen:
+                        seen[obj["metadata"]["name"]] = time.monotonic()
 
     async def create(name: str, p: int) -> None:
         sent[name] = time.monotonic()
         try:
             await kube.create(f"/api/v1/namespaces/{namespace(p)}/services", service(name, p, {CHURN_LABEL: "1"}))
+            replied[name] = time.monotonic()
         except Exception as exc:
             errors.append(repr(exc))
             sent.pop(name, None)
@@ -180,9 +228,13 @@ async def churn(kube: Kube, ctl: ControllerProcess, seconds: float, rate: int) -
         except Exception as exc:
             errors.append(repr(exc))
 
+    pool_writes = [0]
     watcher = asyncio.create_task(follow())
+    pools_watcher = asyncio.create_task(count_pool_writes(kube, pool_writes))
     await asyncio.sleep(0.5)
     tasks: set[asyncio.Task[None]] = set()
+    others = {"kube-apiserver+etcd": [p.pid for p in cp.procs], "this benchmark": [os.getpid()]}
+    others0 = {k: sum(map(cpu_seconds, pids)) for k, pids in others.items()}
     cpu0, t0 = cpu_seconds(ctl.proc.pid), time.monotonic()
     ops = int(seconds * rate)
     for k in range(ops):
@@ -204,18 +256,30 @@ async def churn(kube: Kube, ctl: ControllerProcess, seconds: float, rate: int) -
         task.add_done_callback(tasks.discard)
     wall = time.monotonic() - t0
     cpu = cpu_seconds(ctl.proc.pid) - cpu0
+    others_cpu = {k: sum(map(cpu_seconds, pids)) - others0[k] for k, pids in others.items()}
+    pool_rate = pool_writes[0] / wall
     await asyncio.gather(*tasks)
     deadline = time.monotonic() + 10
     while set(sent) - set(seen) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     watcher.cancel()
+    pools_watcher.cancel()
     # A Service deleted or still waiting without an IP counts as infinitely late, never as left out.
     lat = [(seen[n] - sent[n]) * 1000 if n in seen else float("inf") for n in sent]
-    missing = len(set(sent) - set(seen))
+    missing = sorted(set(sent) - set(seen), key=sent.__getitem__)
     print(f"churn     {ops / wall:.0f} ops/s for {wall:.0f} s ({len(sent)} created, the rest deleted) beside the "
           f"10,000: time-to-IP p50 {pct(lat, .5):.1f} ms, p99 {pct(lat, .99):.1f} ms, max {max(lat):.1f} ms "
-          f"(target p99 <= 200 ms); never assigned: {missing} ({len(early - set(seen))} deleted first); API errors: {len(errors)}; controller CPU "
-          f"{100 * cpu / wall:.0f} % of a core")
+          f"(target p99 <= 200 ms); never assigned: {len(missing)} ({len(early - set(seen))} deleted first); "
+          f"API errors: {len(errors)}; watch relists: {restarts}; controller CPU {100 * cpu / wall:.0f} % of a core")
+    if missing:
+        print("          never assigned (name@seconds into the churn): "
+              + ", ".join(f"{n}@{sent[n] - t0:.1f}" for n in missing[:20]))
+    api = [(replied[n] - sent[n]) * 1000 for n in sent if n in replied]
+    own = [(seen[n] - replied[n]) * 1000 if n in seen else float("inf") for n in sent if n in replied]
+    print(f"          the create request itself: p50 {pct(api, .5):.1f} ms, p99 {pct(api, .99):.1f} ms; from its reply "
+          f"to the IP: p50 {pct(own, .5):.1f} ms, p99 {pct(own, .99):.1f} ms; "
+          "CPU meanwhile: " + ", ".join(f"{k} {100 * v / wall:.0f} %" for k, v in others_cpu.items()) +
+          f"; IPPool status writes {pool_rate:.1f}/s")
     figure("controller_scale_churn_p50", pct(lat, .5), "ms")
     figure("controller_scale_churn_p99", pct(lat, .99), "ms")
     figure("controller_scale_churn_cpu", 100 * cpu / wall, "%")
@@ -223,13 +287,14 @@ async def churn(kube: Kube, ctl: ControllerProcess, seconds: float, rate: int) -
         await delete(n, p)
 
 
-async def main_async(cp: ControlPlane, ctl: ControllerProcess, n: int, seconds: float, rate: int) -> None:
+async def main_async(cp: ControlPlane, ctl: ControllerProcess, n: int, seconds: float, rate: int,
+                     py_spy: str | None) -> None:
     cp.install_chart()  # CRDs, and the ServiceAccount and RBAC the controller runs under
     async with Kube(config.load(str(cp.kubeconfig())), concurrency=CONCURRENCY) as kube:
         await setup(kube)
         ctl.start()
         started = time.monotonic()
-        took = await bulk(kube, n)
+        took = await bulk(kube, ctl, n, py_spy)
         figure("controller_scale_bulk", took, "s")
         await asyncio.sleep(2)
         rss = ctl.rss_mib()
@@ -237,7 +302,7 @@ async def main_async(cp: ControlPlane, ctl: ControllerProcess, n: int, seconds: 
         figure("controller_scale_rss", rss, "MiB")
         await restart(kube, ctl)
         print(f"rss       after the restart: {ctl.rss_mib():.1f} MiB")
-        await churn(kube, ctl, seconds, rate)
+        await churn(kube, cp, ctl, seconds, rate)
         rss = ctl.rss_mib()
         print(f"rss       after the churn: {rss:.1f} MiB")
         figure("controller_scale_rss_after_churn", rss, "MiB")
@@ -249,6 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--services", type=int, default=10_000)
     p.add_argument("--churn", type=float, default=60.0, metavar="SECONDS")
     p.add_argument("--rate", type=int, default=100, help="creates + deletes per second during the churn")
+    p.add_argument("--py-spy", metavar="PATH", help="py-spy binary: dump the controller's stacks if it stalls")
     p.add_argument("--keep-logs", metavar="DIR", help="copy the controller logs here")
     args = p.parse_args(argv)
     cp = ControlPlane()
@@ -256,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
         ctl = ControllerProcess(cp, Path(d))
         try:
             cp.start()
-            asyncio.run(main_async(cp, ctl, args.services, args.churn, args.rate))
+            asyncio.run(main_async(cp, ctl, args.services, args.churn, args.rate, args.py_spy))
         finally:
             ctl.stop()
             cp.cleanup()

@@ -83,6 +83,10 @@ class Reconciler:
         self._listed.add("IPPool")
         self.pools_changed()
 
+    def pool_statuses_listed(self, statuses: Mapping[str, Mapping[str, Any] | None]) -> None:
+        """What the IPPools' status says now (a listing), so a restart rewrites none that is still right."""
+        self._pool_status.observed(statuses)
+
     def pool_seen(self, name: str, pool: PoolSpec | None) -> None:
         """pool None: deleted."""
         if pool is None:
