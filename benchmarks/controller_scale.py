@@ -7,9 +7,11 @@ selector. Prints, in one run:
   rss      controller RSS with 10,000 assigned (target <= 200 MiB)
   restart  time until a restarted controller is ready, then its first pass over every Service, and what it
            changed: status writes in its log, IPs and resourceVersions that differ (targets <= 10 s, 0)
+  baseline while the controller is down for that restart, the same churn with the benchmark writing each
+           status itself as soon as its create returns: the API server's floor for any controller
   churn    a paced 50 creates + 50 deletes per second for --churn seconds while the 10,000 stay; time-to-IP
            per created Service from its create request to its status write seen on a watch (p99 <= 200 ms),
-           and the controller's CPU meanwhile
+           split into the create request and the rest; the controller's, API server's and own CPU meanwhile
 CPU-dependent figures (times, CPU) are indicative on a shared machine. Benchmarks report; they do not assert.
 """
 
@@ -150,12 +152,15 @@ async def count_pool_writes(kube: Kube, count: list[int]) -> None:
             count[0] += kind == "MODIFIED"
 
 
-async def restart(kube: Kube, ctl: ControllerProcess) -> None:
+async def restart(kube: Kube, ctl: ControllerProcess, while_down: Any = None) -> None:
     before = await snapshot(kube)
     pool_writes = [0]
     pools_watcher = asyncio.create_task(count_pool_writes(kube, pool_writes))
     await asyncio.sleep(0.5)
     ctl.stop()
+    if while_down is not None:
+        await while_down()
+        await asyncio.sleep(1)  # its deletions settle; the restart lists what stays
     ready = ctl.start(timeout=120)
     passed = None
     for _ in range(300):  # the first pass after the rebuild (every Service looked at once)
@@ -179,9 +184,13 @@ async def restart(kube: Kube, ctl: ControllerProcess) -> None:
     figure("controller_scale_restart_changes", changed_ips + rewritten + writes, "changes")
 
 
-async def churn(kube: Kube, cp: ControlPlane, ctl: ControllerProcess, seconds: float, rate: int) -> None:
-    """`rate` operations per second, alternating create and delete, paced on a clock (not on replies)."""
-    assert ctl.proc
+async def churn(kube: Kube, cp: ControlPlane, ctl: ControllerProcess | None, seconds: float, rate: int) -> None:
+    """`rate` operations per second, alternating create and delete, paced on a clock (not on replies).
+
+    ctl None: the baseline, with the controller down: the benchmark patches each status itself as soon as the
+    create returns (the API server's floor for any controller: create, patch, watch delivery).
+    """
+    label = "baseline" if ctl is None else "churn"
     rv = (await kube.get("/api/v1/services", limit=1))["metadata"]["resourceVersion"]
     sent: dict[str, float] = {}
     seen: dict[str, float] = {}
@@ -204,7 +213,7 @@ async def churn(kube: Kube, cp: ControlPlane, ctl: ControllerProcess, seconds: f
                         seen[name] = time.monotonic()
             except Exception as exc:  # relist (a late timestamp for what it finds: never flattering)
                 restarts += 1
-                print(f"churn     watch failed ({exc!r}); relisting", flush=True)
+                print(f"{label:9} watch failed ({exc!r}); relisting", flush=True)
                 listing = await kube.get("/api/v1/services", labelSelector=CHURN_LABEL)
                 rv = listing["metadata"]["resourceVersion"]
                 for obj in listing["items"]:
@@ -216,6 +225,10 @@ async def churn(kube: Kube, cp: ControlPlane, ctl: ControllerProcess, seconds: f
         try:
             await kube.create(f"/api/v1/namespaces/{namespace(p)}/services", service(name, p, {CHURN_LABEL: "1"}))
             replied[name] = time.monotonic()
+            if ctl is None:
+                ip = f"198.18.200.{len(replied) % 250 + 1}"  # outside every pool; the controller is down
+                await kube.patch(f"/api/v1/namespaces/{namespace(p)}/services/{name}/status",
+                                 {"status": {"loadBalancer": {"ingress": [{"ip": ip}]}}})
         except Exception as exc:
             errors.append(repr(exc))
             sent.pop(name, None)
@@ -234,8 +247,11 @@ async def churn(kube: Kube, cp: ControlPlane, ctl: ControllerProcess, seconds: f
     await asyncio.sleep(0.5)
     tasks: set[asyncio.Task[None]] = set()
     others = {"kube-apiserver+etcd": [p.pid for p in cp.procs], "this benchmark": [os.getpid()]}
+    if ctl is not None:
+        assert ctl.proc
+        others["controller"] = [ctl.proc.pid]
     others0 = {k: sum(map(cpu_seconds, pids)) for k, pids in others.items()}
-    cpu0, t0 = cpu_seconds(ctl.proc.pid), time.monotonic()
+    t0 = time.monotonic()
     ops = int(seconds * rate)
     for k in range(ops):
         delay = t0 + k / rate - time.monotonic()
@@ -255,7 +271,6 @@ async def churn(kube: Kube, cp: ControlPlane, ctl: ControllerProcess, seconds: f
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     wall = time.monotonic() - t0
-    cpu = cpu_seconds(ctl.proc.pid) - cpu0
     others_cpu = {k: sum(map(cpu_seconds, pids)) - others0[k] for k, pids in others.items()}
     pool_rate = pool_writes[0] / wall
     await asyncio.gather(*tasks)
@@ -267,10 +282,11 @@ async def churn(kube: Kube, cp: ControlPlane, ctl: ControllerProcess, seconds: f
     # A Service deleted or still waiting without an IP counts as infinitely late, never as left out.
     lat = [(seen[n] - sent[n]) * 1000 if n in seen else float("inf") for n in sent]
     missing = sorted(set(sent) - set(seen), key=sent.__getitem__)
-    print(f"churn     {ops / wall:.0f} ops/s for {wall:.0f} s ({len(sent)} created, the rest deleted) beside the "
-          f"10,000: time-to-IP p50 {pct(lat, .5):.1f} ms, p99 {pct(lat, .99):.1f} ms, max {max(lat):.1f} ms "
-          f"(target p99 <= 200 ms); never assigned: {len(missing)} ({len(early - set(seen))} deleted first); "
-          f"API errors: {len(errors)}; watch relists: {restarts}; controller CPU {100 * cpu / wall:.0f} % of a core")
+    who = "the benchmark's own status patch, controller down" if ctl is None else "the controller"
+    print(f"{label:9} {ops / wall:.0f} ops/s for {wall:.0f} s ({len(sent)} created, the rest deleted) beside the "
+          f"10,000, IP by {who}: time-to-IP p50 {pct(lat, .5):.1f} ms, p99 {pct(lat, .99):.1f} ms, max "
+          f"{max(lat):.1f} ms{'' if ctl is None else ' (target p99 <= 200 ms)'}; never assigned: {len(missing)} "
+          f"({len(early - set(seen))} deleted first); API errors: {len(errors)}; watch relists: {restarts}")
     if missing:
         print("          never assigned (name@seconds into the churn): "
               + ", ".join(f"{n}@{sent[n] - t0:.1f}" for n in missing[:20]))
@@ -280,15 +296,16 @@ async def churn(kube: Kube, cp: ControlPlane, ctl: ControllerProcess, seconds: f
           f"to the IP: p50 {pct(own, .5):.1f} ms, p99 {pct(own, .99):.1f} ms; "
           "CPU meanwhile: " + ", ".join(f"{k} {100 * v / wall:.0f} %" for k, v in others_cpu.items()) +
           f"; IPPool status writes {pool_rate:.1f}/s")
-    figure("controller_scale_churn_p50", pct(lat, .5), "ms")
-    figure("controller_scale_churn_p99", pct(lat, .99), "ms")
-    figure("controller_scale_churn_cpu", 100 * cpu / wall, "%")
+    figure(f"controller_scale_{label}_p50", pct(lat, .5), "ms")
+    figure(f"controller_scale_{label}_p99", pct(lat, .99), "ms")
+    if ctl is not None:
+        figure("controller_scale_churn_cpu", 100 * others_cpu["controller"] / wall, "%")
     for n, p in live:
         await delete(n, p)
 
 
 async def main_async(cp: ControlPlane, ctl: ControllerProcess, n: int, seconds: float, rate: int,
-                     py_spy: str | None) -> None:
+                     baseline: float, py_spy: str | None) -> None:
     cp.install_chart()  # CRDs, and the ServiceAccount and RBAC the controller runs under
     async with Kube(config.load(str(cp.kubeconfig())), concurrency=CONCURRENCY) as kube:
         await setup(kube)
@@ -300,7 +317,8 @@ async def main_async(cp: ControlPlane, ctl: ControllerProcess, n: int, seconds: 
         rss = ctl.rss_mib()
         print(f"rss       controller RSS with {n} Services in {POOLS} pools: {rss:.1f} MiB (target <= 200 MiB)")
         figure("controller_scale_rss", rss, "MiB")
-        await restart(kube, ctl)
+        # The baseline runs while the controller is down for its restart (it deletes all it creates).
+        await restart(kube, ctl, (lambda: churn(kube, cp, None, baseline, rate)) if baseline else None)
         print(f"rss       after the restart: {ctl.rss_mib():.1f} MiB")
         await churn(kube, cp, ctl, seconds, rate)
         rss = ctl.rss_mib()
@@ -314,6 +332,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--services", type=int, default=10_000)
     p.add_argument("--churn", type=float, default=60.0, metavar="SECONDS")
     p.add_argument("--rate", type=int, default=100, help="creates + deletes per second during the churn")
+    p.add_argument("--baseline", type=float, default=30.0, metavar="SECONDS",
+                   help="the same churn with the controller down and the benchmark patching status (0: skip)")
     p.add_argument("--py-spy", metavar="PATH", help="py-spy binary: dump the controller's stacks if it stalls")
     p.add_argument("--keep-logs", metavar="DIR", help="copy the controller logs here")
     args = p.parse_args(argv)
@@ -322,7 +342,8 @@ def main(argv: list[str] | None = None) -> None:
         ctl = ControllerProcess(cp, Path(d))
         try:
             cp.start()
-            asyncio.run(main_async(cp, ctl, args.services, args.churn, args.rate, args.py_spy))
+            asyncio.run(main_async(cp, ctl, args.services, args.churn, args.rate, args.baseline,
+                                   args.py_spy))
         finally:
             ctl.stop()
             cp.cleanup()

@@ -9,6 +9,7 @@ steady churn a pool whose only change is its counts is written at most every COU
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +26,7 @@ from .metrics import Metrics
 logger = log.get(__name__)
 DEBOUNCE = 0.5
 COUNTS_INTERVAL = 5.0
+DRAIN_TIMEOUT = 5.0
 
 
 class PoolStatusWriter:
@@ -63,7 +65,18 @@ class PoolStatusWriter:
                 return
             await asyncio.sleep(min(wait, DEBOUNCE))  # a Ready change meanwhile still goes out within DEBOUNCE
 
-    async def flush(self, alloc: Allocator) -> float | None:
+    async def drain(self) -> None:
+        """At shutdown: write the counts still deferred, so the next controller finds them right (bounded: an
+        unreachable API server must not hold the exit up)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._alloc is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.flush(self._alloc, defer=False), DRAIN_TIMEOUT)
+
+    async def flush(self, alloc: Allocator, defer: bool = True) -> float | None:
         """Write what changed; returns in how many seconds deferred count-only changes are due (None: none)."""
         now = asyncio.get_running_loop().time()
         due: float | None = None
@@ -106,7 +119,7 @@ class PoolStatusWriter:
             written = self._written.get(name)
             if written == status:
                 continue
-            if written is not None and written.get("conditions") == status["conditions"]:
+            if defer and written is not None and written.get("conditions") == status["conditions"]:
                 wait = self._written_at.get(name, -COUNTS_INTERVAL) + COUNTS_INTERVAL - now
                 if wait > 0:  # only the counts changed, and they were written a moment ago
                     due = wait if due is None else min(due, wait)

@@ -295,6 +295,11 @@ class Reconciler:
                 continue
         return False
 
+    async def drain(self) -> None:
+        """Stopping: IPPool counts still deferred are written now (the caller checks we may still write)."""
+        if self.ready.is_set():
+            await self._pool_status.drain()
+
     def pending(self) -> dict[str, str]:
         return dict(self._pending)
 

@@ -84,3 +84,22 @@ def test_a_restarted_writer_rewrites_no_status_that_is_still_right() -> None:
     assert [name for name, _ in second.writes] == ["q"]
     assert second.writes[0][1]["assigned"] == 0
     assert second.writes[0][1]["conditions"][0]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+
+
+def test_counts_still_deferred_are_written_when_stopping(monkeypatch: Any) -> None:
+    monkeypatch.setattr(pool_status, "DEBOUNCE", 0.01)
+    kube = RecordingKube()
+    alloc = Allocator()
+    alloc.set_pools([parse_pool("p", {"addresses": ["198.18.0.0/29"]}, "1")])
+
+    async def main() -> None:
+        writer = PoolStatusWriter(kube, EventRecorder(kube, "test"), Metrics())  # type: ignore[arg-type]
+        writer.update(alloc)
+        await asyncio.sleep(0.05)
+        alloc.sync(svc("a"), {})
+        writer.update(alloc)
+        await asyncio.sleep(0.05)
+        assert [st["assigned"] for _, st in kube.writes] == [0]  # deferred (COUNTS_INTERVAL is 5 s)
+        await writer.drain()
+        assert [st["assigned"] for _, st in kube.writes] == [0, 1]
+    asyncio.run(main())
