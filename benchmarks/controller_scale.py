@@ -154,13 +154,13 @@ async def count_pool_writes(kube: Kube, count: list[int]) -> None:
 
 async def restart(kube: Kube, ctl: ControllerProcess, while_down: Any = None) -> None:
     before = await snapshot(kube)
-    pool_writes = [0]
-    pools_watcher = asyncio.create_task(count_pool_writes(kube, pool_writes))
-    await asyncio.sleep(0.5)
-    ctl.stop()
+    ctl.stop()  # it writes the IPPool counts it still deferred as it stops: not the restarted one's doing
     if while_down is not None:
         await while_down()
         await asyncio.sleep(1)  # its deletions settle; the restart lists what stays
+    pool_writes = [0]
+    pools_watcher = asyncio.create_task(count_pool_writes(kube, pool_writes))
+    await asyncio.sleep(0.5)
     ready = ctl.start(timeout=120)
     passed = None
     for _ in range(300):  # the first pass after the rebuild (every Service looked at once)
@@ -181,7 +181,7 @@ async def restart(kube: Kube, ctl: ControllerProcess, while_down: Any = None) ->
           f"logged: {writes}; changed IPs: {changed_ips}; changed resourceVersions: {rewritten} "
           f"(targets <= 10 s, 0 changes); IPPool status writes: {pool_writes[0]}")
     figure("controller_scale_restart_ready", ready, "s")
-    figure("controller_scale_restart_changes", changed_ips + rewritten + writes, "changes")
+    figure("controller_scale_restart_changes", changed_ips + rewritten + writes + pool_writes[0], "changes")
 
 
 async def churn(kube: Kube, cp: ControlPlane, ctl: ControllerProcess | None, seconds: float, rate: int) -> None:
@@ -296,6 +296,10 @@ async def churn(kube: Kube, cp: ControlPlane, ctl: ControllerProcess | None, sec
           f"to the IP: p50 {pct(own, .5):.1f} ms, p99 {pct(own, .99):.1f} ms; "
           "CPU meanwhile: " + ", ".join(f"{k} {100 * v / wall:.0f} %" for k, v in others_cpu.items()) +
           f"; IPPool status writes {pool_rate:.1f}/s")
+    slow = sorted(sent[n] - t0 for n in sent if n in replied and replied[n] - sent[n] > 0.2)
+    if slow:  # when the API server was slow, to line it up with what else happened then
+        print(f"          creates slower than 200 ms at (s into the {label}): "
+              + " ".join(f"{t:.1f}" for t in slow[:40]))
     figure(f"controller_scale_{label}_p50", pct(lat, .5), "ms")
     figure(f"controller_scale_{label}_p99", pct(lat, .99), "ms")
     if ctl is not None:

@@ -103,3 +103,33 @@ def test_counts_still_deferred_are_written_when_stopping(monkeypatch: Any) -> No
         await writer.drain()
         assert [st["assigned"] for _, st in kube.writes] == [0, 1]
     asyncio.run(main())
+
+
+def test_count_writes_are_spread_over_rounds_not_burst(monkeypatch: Any) -> None:
+    monkeypatch.setattr(pool_status, "DEBOUNCE", 0.02)
+    monkeypatch.setattr(pool_status, "COUNTS_INTERVAL", 0.0)
+    monkeypatch.setattr(pool_status, "COUNTS_PER_ROUND", 2)
+    kube = RecordingKube()
+    alloc = Allocator()
+    names = [f"p{i}" for i in range(5)]
+    alloc.set_pools([parse_pool(n, {"addresses": [f"198.18.{i}.0/29"], "serviceAllocation": {"namespaces": [n]}},
+                                str(i)) for i, n in enumerate(names)])
+
+    async def main() -> None:
+        writer = PoolStatusWriter(kube, EventRecorder(kube, "test"), Metrics())  # type: ignore[arg-type]
+        assert await writer.flush(alloc) is None and len(kube.writes) == 5  # first writes: no budget
+        kube.writes.clear()
+        for n in names:  # every pool's counts change at once
+            sync_in(alloc, n)
+        rounds = []
+        for _ in range(3):
+            rounds.append((await writer.flush(alloc), len(kube.writes)))
+        d = pool_status.DEBOUNCE
+        assert rounds == [(d, 2), (d, 4), (None, 5)]  # 2 per round, the rest due next round
+        assert sorted(n for n, _ in kube.writes) == names  # each pool once
+    asyncio.run(main())
+
+
+def sync_in(alloc: Allocator, ns: str) -> None:
+    alloc.sync(read_service({"metadata": {"namespace": ns, "name": "s", "uid": ns},
+                             "spec": {"type": "LoadBalancer", "ipFamilies": ["IPv4"], "ports": [{"port": 80}]}}), {})
