@@ -67,7 +67,6 @@ class Allocator:
         self._spans: dict[int, list[tuple[int, PoolSpec]]] = {}
         # autoAssign candidates in preference order; per namespace named by a `namespaces` rule, the ones that
         # namespace may use (a pool listing namespaces admits no other).
-        self._auto: list[PoolSpec] = []
         self._auto_by_ns: dict[str, list[PoolSpec]] = {}
         self._auto_any_ns: list[PoolSpec] = []
         # Addresses held, per usable pool and family: what usage() reports, kept as addresses come and go.
@@ -84,11 +83,11 @@ class Allocator:
         for fam, first, last, pool in spans:
             self._firsts.setdefault(fam, []).append(first)
             self._spans.setdefault(fam, []).append((last, pool))
-        self._auto = sorted((p for p in usable if p.auto_assign), key=lambda p: (
+        auto = sorted((p for p in usable if p.auto_assign), key=lambda p: (
             not p.has_allocation_rules, p.priority if p.priority is not None else 1 << 31, p.created, p.name))
-        self._auto_any_ns = [p for p in self._auto if not p.namespaces]
-        self._auto_by_ns = {ns: [p for p in self._auto if not p.namespaces or ns in p.namespaces]
-                            for ns in {ns for p in self._auto for ns in p.namespaces}}
+        self._auto_any_ns = [p for p in auto if not p.namespaces]
+        self._auto_by_ns = {ns: [p for p in auto if not p.namespaces or ns in p.namespaces]
+                            for ns in {ns for p in auto for ns in p.namespaces}}
         self._assigned = {p.name: {f: 0 for f in p.families} for p in self.pools.values()}
         for addr in self._holders:
             self._count(addr, 1)
