@@ -112,5 +112,7 @@ async def watch_namespaces(kube: Kube, reconciler: Reconciler, health: WatchHeal
 async def watch_pools(kube: Kube, reconciler: Reconciler, health: WatchHealth) -> None:
     def event(kind: str, obj: Any) -> None:
         reconciler.pool_seen(_name(obj), None if kind == "DELETED" else _pool(obj))
-    await _watch(kube, "IPPool", IPPOOLS, health, lambda items: reconciler.pools_listed(
-        dict(_each("IPPool", items, lambda o: (_name(o), _pool(o))))), event)
+    def listed(items: list[Any]) -> None:
+        reconciler.pool_statuses_listed({_name(o): o.get("status") for o in items if isinstance(o, dict)})
+        reconciler.pools_listed(dict(_each("IPPool", items, lambda o: (_name(o), _pool(o)))))
+    await _watch(kube, "IPPool", IPPOOLS, health, listed, event)

@@ -120,6 +120,8 @@ async def run(args: argparse.Namespace) -> None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if elector is None or elector.may_write():
+            await reconciler.drain()
         await events.drain()
         if elector is not None:
             await elector.release()  # writers are stopped: hand over now rather than after the lease expires

@@ -83,10 +83,18 @@ class Reconciler:
         self._listed.add("IPPool")
         self.pools_changed()
 
+    def pool_statuses_listed(self, statuses: Mapping[str, Mapping[str, Any] | None]) -> None:
+        """What the IPPools' status says now (a listing), so a restart rewrites none that is still right."""
+        self._pool_status.observed(statuses)
+
     def pool_seen(self, name: str, pool: PoolSpec | None) -> None:
         """pool None: deleted."""
         if pool is None:
             self.pools.pop(name, None)
+        elif self.pools.get(name) == pool:
+            # Our own status writes come back as MODIFIED events; with the spec unchanged there is nothing to
+            # decide, and revisiting every assigned Service (10,000s) on each one would stall the loop.
+            return
         else:
             self.pools[name] = pool
         self.pools_changed()
@@ -128,8 +136,10 @@ class Reconciler:
             self._wake.clear()
             if not self.synced:
                 continue
+            first = not self.ready.is_set()
             try:
-                if not self.ready.is_set():
+                if first:
+                    started = time.monotonic()
                     self._bootstrap()
                 if self._pools_dirty:
                     self._pools_dirty = False
@@ -146,6 +156,9 @@ class Reconciler:
             for (key, _), result in zip(writes, results):
                 if isinstance(result, Exception):
                     self._failed(key, result)
+            if first:  # restart cost, end to end: rebuilt table, every Service looked at, writes done
+                logger.info("initial_pass", services=len(batch), writes=len(writes),
+                            seconds=round(time.monotonic() - started, 3))
             self.metrics.pending.set(len(self._pending) + sum(map(len, self._waiting.values())))
             self._pool_status.update(self.alloc)
 
@@ -281,6 +294,11 @@ class Reconciler:
             except ValueError:
                 continue
         return False
+
+    async def drain(self) -> None:
+        """Stopping: IPPool counts still deferred are written now (the caller checks we may still write)."""
+        if self.ready.is_set():
+            await self._pool_status.drain()
 
     def pending(self) -> dict[str, str]:
         return dict(self._pending)

@@ -10,6 +10,7 @@ lets the controller warn. Nothing ever moves an IP unless the Service's own requ
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -60,12 +61,36 @@ class Allocator:
         self._by_service: dict[str, tuple[Addr, ...]] = {}
         # Lowest address of each range that might be free: everything below it is taken.
         self._hint: dict[AddressRange, int] = {}
+        # Derived from the pools (set_pools), so lookups stay O(log ranges) with 100s of pools and 10,000s of
+        # Services: usable ranges by family, sorted by first address (usable pools never overlap).
+        self._firsts: dict[int, list[int]] = {}
+        self._spans: dict[int, list[tuple[int, PoolSpec]]] = {}
+        # autoAssign candidates in preference order; per namespace named by a `namespaces` rule, the ones that
+        # namespace may use (a pool listing namespaces admits no other).
+        self._auto_by_ns: dict[str, list[PoolSpec]] = {}
+        self._auto_any_ns: list[PoolSpec] = []
+        # Addresses held, per usable pool and family: what usage() reports, kept as addresses come and go.
+        self._assigned: dict[str, dict[int, int]] = {}
 
     # ----- pools -------------------------------------------------------------------------
     def set_pools(self, pools: Iterable[PoolSpec]) -> dict[str, PoolVerdict]:
         self.pools = {p.name: p for p in pools}
         self.verdicts = judge_pools(self.pools.values())
         self._hint.clear()
+        usable = [p for p in self.pools.values() if self.usable(p.name)]
+        spans = sorted(((r.family, r.first, r.last, p) for p in usable for r in p.ranges), key=lambda s: s[:3])
+        self._firsts, self._spans = {}, {}
+        for fam, first, last, pool in spans:
+            self._firsts.setdefault(fam, []).append(first)
+            self._spans.setdefault(fam, []).append((last, pool))
+        auto = sorted((p for p in usable if p.auto_assign), key=lambda p: (
+            not p.has_allocation_rules, p.priority if p.priority is not None else 1 << 31, p.created, p.name))
+        self._auto_any_ns = [p for p in auto if not p.namespaces]
+        self._auto_by_ns = {ns: [p for p in auto if not p.namespaces or ns in p.namespaces]
+                            for ns in {ns for p in auto for ns in p.namespaces}}
+        self._assigned = {p.name: {f: 0 for f in p.families} for p in self.pools.values()}
+        for addr in self._holders:
+            self._count(addr, 1)
         return self.verdicts
 
     def usable(self, name: str) -> bool:
@@ -73,19 +98,19 @@ class Allocator:
         return bool(v and v.ready)
 
     def pool_of(self, addr: Addr) -> PoolSpec | None:
-        for pool in self.pools.values():
-            if self.usable(pool.name) and pool.range_of(*addr):
-                return pool
-        return None
+        """The usable pool whose ranges contain the address (at most one: usable pools never overlap)."""
+        firsts = self._firsts.get(addr[0])
+        if not firsts:
+            return None
+        i = bisect.bisect_right(firsts, addr[1]) - 1
+        if i < 0:
+            return None
+        last, pool = self._spans[addr[0]][i]
+        return pool if addr[1] <= last else None
 
     def usage(self) -> dict[str, PoolUsage]:
-        out = {name: PoolUsage({f: p.capacity(f) for f in p.families}, {f: 0 for f in p.families})
-               for name, p in self.pools.items()}
-        for addr in self._holders:
-            pool = self.pool_of(addr)
-            if pool is not None:
-                out[pool.name].assigned[addr[0]] += 1
-        return out
+        return {name: PoolUsage({f: p.capacity(f) for f in p.families}, dict(self._assigned[name]))
+                for name, p in self.pools.items()}
 
     # ----- queries -----------------------------------------------------------------------
     def ips_of(self, key: str) -> tuple[str, ...]:
@@ -122,6 +147,7 @@ class Allocator:
             users.pop(key, None)
             if not users:
                 del self._holders[addr]
+                self._count(addr, -1)
                 self._free_hint(addr)
         return tuple(to_text(a) for a in addrs)
 
@@ -171,7 +197,16 @@ class Allocator:
                 self._holders.get(old, {}).pop(req.key, None)
         self._by_service[req.key] = addrs
         for addr in addrs:
-            self._holders.setdefault(addr, {})[req.key] = req
+            users = self._holders.get(addr)
+            if users is None:
+                users = self._holders[addr] = {}
+                self._count(addr, 1)
+            users[req.key] = req
+
+    def _count(self, addr: Addr, delta: int) -> None:
+        pool = self.pool_of(addr)
+        if pool is not None:
+            self._assigned[pool.name][addr[0]] += delta
 
     def _free_hint(self, addr: Addr) -> None:
         for r, low in self._hint.items():
@@ -236,12 +271,10 @@ class Allocator:
             if not pool.admits(req.namespace, ns_labels, req.labels):
                 return [], f"IPPool {pool.name} does not admit this Service (serviceAllocation rules)"
             return [pool], ""
-        pools = [p for p in self.pools.values() if self.usable(p.name) and p.auto_assign
-                 and p.admits(req.namespace, ns_labels, req.labels)]
+        candidates = self._auto_by_ns.get(req.namespace, self._auto_any_ns)
+        pools = [p for p in candidates if p.admits(req.namespace, ns_labels, req.labels)]
         if not pools:
             return [], "no usable IPPool with autoAssign admits this Service"
-        pools.sort(key=lambda p: (not p.has_allocation_rules,
-                                  p.priority if p.priority is not None else 1 << 31, p.created, p.name))
         return pools, ""
 
     def _pick(self, pool: PoolSpec, family: int, req: ServiceRequest) -> tuple[Addr | None, str]:
@@ -260,7 +293,7 @@ class Allocator:
                 self._hint[r] = value
                 return (family, value), ""
             self._hint[r] = r.last + 1
-        used = sum(1 for a in self._holders if a[0] == family and pool.range_of(*a))
+        used = self._assigned[pool.name][family]  # a usable pool: every held address in its ranges is counted
         return None, f"IPv{family} exhausted ({used} of {pool.capacity(family)} assigned)"
 
     def _allocate_requested(self, req: ServiceRequest, ns_labels: Mapping[str, str] | None) -> Outcome:

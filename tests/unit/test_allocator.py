@@ -211,3 +211,60 @@ def test_no_address_is_ever_held_twice_and_new_ones_lie_in_their_pool(operations
                 assert len(set(ports)) == len(ports), (ip_, keys, ports)
         # The table and the status we would have written agree.
         assert {k: v for k, v in a.assignments().items() if v} == {k: v for k, v in status.items() if k in a.assignments()}
+
+
+# ----- the derived indexes (set_pools) answer exactly as a scan of every pool and holder would ----------------
+RULED = [
+    ("r1", {"addresses": ["198.18.0.0-198.18.0.5", "2001:db8::0-2001:db8::3"],
+            "serviceAllocation": {"namespaces": ["ns", "x"], "priority": 5}}),
+    ("r2", {"addresses": ["198.18.1.0/30"], "avoidBuggyIPs": True,
+            "serviceAllocation": {"namespaceSelector": {"matchLabels": {"tier": "gold"}}}}),
+    ("r3", {"addresses": ["198.18.0.4-198.18.0.9"]}),  # overlaps r1: Overlap when r1 is older
+    ("r4", {"addresses": ["198.18.2.0-198.18.2.3"], "autoAssign": False}),
+    ("r5", {"addresses": ["198.18.3.0-198.18.3.1"], "serviceAllocation": {"namespaces": ["y"]}}),
+]
+
+
+def scan_pool_of(a, addr):
+    return next((p for p in a.pools.values() if a.usable(p.name) and p.range_of(*addr)), None)
+
+
+def scan_candidates(a, ns, labels):
+    pools = [p for p in a.pools.values() if a.usable(p.name) and p.auto_assign and p.admits(ns, labels, {})]
+    return sorted(pools, key=lambda p: (not p.has_allocation_rules, p.priority if p.priority is not None else 1 << 31,
+                                        p.created, p.name))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(
+    st.tuples(st.just("create"), st.integers(0, 12), st.sampled_from(["ns", "x", "y", "z"])),
+    st.tuples(st.just("delete"), st.integers(0, 12), st.just("")),
+    st.tuples(st.just("pools"), st.sets(st.integers(0, len(RULED) - 1)), st.permutations(range(len(RULED)))),
+), max_size=40))
+def test_indexes_agree_with_a_full_scan(operations):
+    a = Allocator()
+    a.set_pools([parse_pool(n, s, created=str(i)) for i, (n, s) in enumerate(RULED)])
+    gold = {"tier": "gold"}
+    for op in operations:
+        if op[0] == "create":
+            a.sync(svc(f"s{op[1]}", ns=op[2], ipFamilyPolicy="PreferDualStack", ipFamilies=["IPv4", "IPv6"]), gold)
+        elif op[0] == "delete":
+            for key in [k for k in a.assignments() if k.endswith(f"/s{op[1]}")]:
+                a.release(key)
+        else:  # a subset of the pools, created in another order (changes who wins an overlap)
+            chosen, order = op[1], op[2]
+            a.set_pools([parse_pool(RULED[i][0], RULED[i][1], created=str(order[i])) for i in sorted(chosen)])
+        for value in range(int(ipaddress.ip_address("198.18.0.0")) - 1, int(ipaddress.ip_address("198.18.3.2")) + 1):
+            assert a.pool_of((4, value)) is scan_pool_of(a, (4, value))
+        for value in range(int(ipaddress.ip_address("2001:db8::")) - 1, int(ipaddress.ip_address("2001:db8::4")) + 1):
+            assert a.pool_of((6, value)) is scan_pool_of(a, (6, value))
+        expected = {name: {f: 0 for f in p.families} for name, p in a.pools.items()}
+        for addr in a._holders:
+            if (pool := scan_pool_of(a, addr)) is not None:
+                expected[pool.name][addr[0]] += 1
+        assert {name: u.assigned for name, u in a.usage().items()} == expected
+        for ns in ("ns", "x", "y", "z"):
+            for labels in (gold, {}):
+                req = svc("probe", ns=ns)
+                got, _ = a._candidate_pools(req, labels)
+                assert [p.name for p in got] == [p.name for p in scan_candidates(a, ns, labels)]

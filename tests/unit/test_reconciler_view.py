@@ -92,3 +92,28 @@ def test_one_failing_decision_does_not_drop_the_batch(monkeypatch: Any) -> None:
     assert kube.status["first-pass"] == ["a/a", "a/c"]
     assert metrics.decision_errors._value.get() >= 1
     assert kube.status["a/b"]  # retried once it could be decided
+
+
+def test_an_ippool_event_with_an_unchanged_spec_revisits_no_service(monkeypatch: Any) -> None:
+    # The controller's own IPPool status writes come back as MODIFIED events; each must not cost a pass over
+    # every assigned Service (with 10,000 of them that stalled the loop for most of a second).
+    r, kube, _ = make()
+    synced: list[str] = []
+    real_sync = r.alloc.sync
+
+    def sync(req: Any, *args: Any) -> Any:
+        synced.append(req.key)
+        return real_sync(req, *args)
+    monkeypatch.setattr(r.alloc, "sync", sync)
+    same = parse_pool("gold", {"addresses": ["198.18.50.0/29"], "serviceAllocation": {
+        "priority": 1, "namespaceSelector": {"matchLabels": {"tier": "gold"}}}})
+    grown = parse_pool("fallback", {"addresses": ["198.18.51.0/28"]})
+    counts: list[int] = []
+    run_for(r, 0.05, lambda: (r.pools_listed(POOLS), r.namespaces_listed({"a": {}}),
+                              r.services_listed([svc("a", n) for n in ("x", "y")])),
+            lambda: counts.append(len(synced)), lambda: r.pool_seen("gold", same),
+            lambda: counts.append(len(synced)), lambda: r.pool_seen("fallback", grown),
+            lambda: counts.append(len(synced)))
+    assert kube.status == {"a/x": ["198.18.51.0"], "a/y": ["198.18.51.1"]}
+    assert counts[1] == counts[0]  # same spec: nothing decided again
+    assert counts[2] == counts[1] + 2  # changed spec: both assigned Services looked at again
