@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from lbctl.core.heartbeat import TIMING_PRESETS
 from lbctl.lab import cluster, lifecycle, processes, probes, prober
 from lbctl.lab.api import LabApi, wait_for
 from lbctl.lab.topology import BRIDGE_NS, CLIENT_NS, Topology
@@ -505,7 +506,9 @@ def run(args: argparse.Namespace, report: Report, state: dict[str, bool]) -> Non
     only = set(args.only.split(",")) if args.only else {"arp", "blast", "failover", "footprint"}
     log("lab up")
     state["owns_lab"] = True  # from here on, whatever happens, the lab is ours to tear down
-    topo, warnings = lifecycle.up(nodes=3, say=lambda m: log(f"  {m}"))
+    topo, warnings = lifecycle.up(nodes=3, say=lambda m: log(f"  {m}"), timing=args.timing)
+    if args.timing:
+        log(f"speakers' heartbeat timing preset: {args.timing}")
     if warnings or not all(processes.pid_of(f"speaker-{h.name}") for h in topo.node_hosts):
         raise HarnessError(f"lab has no speakers: {warnings}")
     b = Bench(topo, args, report)
@@ -542,6 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--idle-s", type=float, default=10.0)
     p.add_argument("--kernel-ip", help="node address for the kernel baseline (default: node1's)")
     p.add_argument("--keep", action="store_true", help="leave the lab up afterwards (for debugging)")
+    p.add_argument("--timing", choices=sorted(TIMING_PRESETS), help="speakers' heartbeat timing preset")
     args = p.parse_args(argv)
 
     def _term(signum: int, _frame: Any) -> None:

@@ -6,13 +6,14 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from lbctl.core.heartbeat import TIMING_PRESETS
 from lbctl.lab import lifecycle
 
 Handler = Callable[[argparse.Namespace], int]
 
 
 def _up(args: argparse.Namespace) -> int:
-    lifecycle.up(args.nodes, args.ipv6, args.speakers)
+    lifecycle.up(args.nodes, args.ipv6, args.speakers, timing=args.timing)
     return 0
 
 
@@ -23,7 +24,7 @@ def _down(_: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from lbctl.lab import demo
-    return demo.run(nodes=args.nodes, ipv6=args.ipv6, keep=args.keep, mode=args.failure)
+    return demo.run(nodes=args.nodes, ipv6=args.ipv6, keep=args.keep, mode=args.failure, timing=args.timing)
 
 
 def _status(_: argparse.Namespace) -> int:
@@ -44,6 +45,8 @@ def _shell(args: argparse.Namespace) -> int:
 def _topology_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nodes", type=int, default=3, help="number of worker nodes (default 3)")
     p.add_argument("--ipv6", action=argparse.BooleanOptionalAction, default=True, help="dual-stack (default on)")
+    p.add_argument("--timing", choices=sorted(TIMING_PRESETS),
+                   help="speakers' heartbeat timing preset (chart value speaker.heartbeat.timing; default: the chart's)")
 
 
 def register(p: argparse.ArgumentParser) -> None:

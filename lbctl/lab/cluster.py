@@ -50,11 +50,14 @@ def bootstrap(api: LabApi, topo: Topology) -> None:
         raise RuntimeError(f"creating Nodes: HTTP {bad[0]['status']}: {bad[0]['body'].get('message', bad[0]['body'])}")
 
 
-def lab_values(topo: Topology) -> dict[str, Any]:
-    """The lab's values for the chart: the seed's pool renumbered, JSON logs. Nothing else differs from a
-    user's install."""
-    return {"pools": [{"name": "default", "addresses": [POOL4] + ([POOL6] if topo.ipv6 else [])}],
-            "logFormat": "json"}
+def lab_values(topo: Topology, timing: str | None = None) -> dict[str, Any]:
+    """The lab's values for the chart: the seed's pool renumbered, JSON logs, and the speakers' heartbeat
+    timing preset when one is asked for. Nothing else differs from a user's install."""
+    values: dict[str, Any] = {"pools": [{"name": "default", "addresses": [POOL4] + ([POOL6] if topo.ipv6 else [])}],
+                              "logFormat": "json"}
+    if timing:
+        values["speaker"] = {"heartbeat": {"timing": timing}}
+    return values
 
 
 def start_daemons(api: LabApi, topo: Topology, speakers: bool = True) -> list[str]:

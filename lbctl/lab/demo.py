@@ -31,7 +31,7 @@ def demo_service(ipv6: bool) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "demo", "namespace": "default"}, "spec": spec}
 
 
-def run(nodes: int = 3, ipv6: bool = True, keep: bool = False, mode: str = "link") -> int:
+def run(nodes: int = 3, ipv6: bool = True, keep: bool = False, mode: str = "link", timing: str | None = None) -> int:
     lifecycle.require_root()
     started_here = not lifecycle.is_up()
     try:
@@ -45,7 +45,7 @@ def run(nodes: int = 3, ipv6: bool = True, keep: bool = False, mode: str = "link
 def _run(nodes: int, ipv6: bool, keep: bool, mode: str, started_here: bool) -> int:
     step("Lab: network namespaces on one bridge, a real kube-apiserver, controller and speakers")
     if started_here:
-        topo, _ = lifecycle.up(nodes, ipv6, say=say)
+        topo, _ = lifecycle.up(nodes, ipv6, say=say, timing=timing)
     else:
         topo = lifecycle.load_topology()
         say("already up; using it")

@@ -37,7 +37,8 @@ def leftovers() -> bool:
     return STATE.exists() or bool(topology.lab_namespaces())
 
 
-def up(nodes: int = 3, ipv6: bool = True, speakers: bool = True, say: Say = print) -> tuple[Topology, list[str]]:
+def up(nodes: int = 3, ipv6: bool = True, speakers: bool = True, say: Say = print,
+       timing: str | None = None) -> tuple[Topology, list[str]]:
     """Returns the topology and warnings (e.g. no speaker yet). Cleans up everything on failure."""
     require_root()
     if is_up():
@@ -57,7 +58,7 @@ def up(nodes: int = 3, ipv6: bool = True, speakers: bool = True, say: Say = prin
         api = LabApi()
         cluster.bootstrap(api, topo)
         say(f"cluster: Nodes {', '.join(h.name for h in topo.node_hosts)}")
-        cp.install_chart(cluster.RELEASE, cluster.NAMESPACE, cluster.lab_values(topo))
+        cp.install_chart(cluster.RELEASE, cluster.NAMESPACE, cluster.lab_values(topo, timing))
         pools = topology.POOL4 + (f", {topology.POOL6}" if ipv6 else "")
         say(f"helm install {cluster.RELEASE} (chart {assets.chart_dir()}) into {cluster.NAMESPACE}: CRDs, RBAC, "
             f"heartbeat Secret, controller Deployment, speaker DaemonSet, IPPool default ({pools})")
