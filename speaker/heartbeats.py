@@ -12,7 +12,7 @@ the peers heard, and its kernel drops are counted. The live sets are recomputed 
 have changed them or a deadline passed; the thread *publishes* them, and `live()`/`live_on()` return
 that published snapshot: the event loop, woken when it changes, elects on exactly what woke it (before,
 live() recomputed at call time and could disagree with the thread's sample, so after a stall no
-re-election came). A goodbye is noticed within MIN_GAP; the leaver keeps answering longer.
+re-election came). A goodbye is noticed within one gap (at most an interval); the leaver keeps answering longer.
 
 Segments (docs/reliability.md, "Which segment is alive"): besides the one table that drives identity
 and echoes, each interface keeps its own PeerTable fed only by its own socket, so the election can ask
@@ -50,7 +50,7 @@ RX_AGE_SLACK = 0.01
 # Least time between two drains, in intervals: batches, since each wake-up costs 50-100 us. As long as the
 # receive queue holds twice what arrives meanwhile (the more peers, the shorter), within these bounds.
 MIN_GAP = 0.1
-MAX_GAP = 0.4
+MAX_GAP = 1.0  # a small segment: one wake-up per interval, drained when our own beacon is due
 RCVBUF_HOLD = 0.5  # seconds of every peer's beacons the receive queue must hold (a stall of the thread)
 RCVBUF_TRUESIZE = 2048  # kernel accounting per queued beacon (its buffer, not its ~0.1-1.4 KB payload)
 RCVBUF_MIN_PEERS = 8
