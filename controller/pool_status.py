@@ -41,6 +41,8 @@ class PoolStatusWriter:
         self._alloc: Allocator | None = None
         self._since_cache: dict[str, tuple[tuple[bool, str, str], str]] = {}
         self._written_at: dict[str, float] = {}  # loop time of each pool's last status write
+        self._gauged: set[str] = set()  # pools with metrics, removed when the pool goes (written or not)
+        self._dirty = False  # an update() came while a round was running: run another
 
     def observed(self, statuses: Mapping[str, Mapping[str, Any] | None]) -> None:
         """Statuses as the API server holds them (a listing): a restart rewrites none that it would leave equal,
@@ -56,17 +58,19 @@ class PoolStatusWriter:
 
     def update(self, alloc: Allocator) -> None:
         self._alloc = alloc
+        self._dirty = True
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._flush_later())
 
     async def _flush_later(self) -> None:
         await asyncio.sleep(DEBOUNCE)
-        while True:  # changes arriving meanwhile are picked up by the next round (update() sees us running)
+        while True:  # changes arriving during a round (update() sees us running) get another round
             assert self._alloc is not None
+            self._dirty = False
             wait = await self.flush(self._alloc)
-            if wait is None:
+            if wait is None and not self._dirty:
                 return
-            await asyncio.sleep(min(wait, DEBOUNCE))  # a Ready change meanwhile still goes out within DEBOUNCE
+            await asyncio.sleep(min(wait or DEBOUNCE, DEBOUNCE))  # a Ready change still goes out within DEBOUNCE
 
     async def drain(self) -> None:
         """At shutdown: write the counts still deferred, so the next controller finds them right (bounded: an
@@ -84,20 +88,21 @@ class PoolStatusWriter:
         now = asyncio.get_running_loop().time()
         due: float | None = None
         usage = alloc.usage()
-        for name in set(self._written) - set(alloc.pools):
+        for name in (set(self._written) | self._gauged) - set(alloc.pools):
             self._written.pop(name, None)
             self._written_at.pop(name, None)
             self._verdicts.pop(name, None)
-            for gauge in (self.metrics.pool_ready,):
-                try:
-                    gauge.remove(name)
-                except KeyError:
-                    pass
+            self._gauged.discard(name)
+            for gauge, labels in ((self.metrics.pool_ready, (name,)), (self.metrics.capacity, (name, "ipv4")),
+                                  (self.metrics.capacity, (name, "ipv6")), (self.metrics.assigned, (name, "ipv4")),
+                                  (self.metrics.assigned, (name, "ipv6"))):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(*labels)
         budget = COUNTS_PER_ROUND
         for name in sorted(alloc.pools, key=lambda n: self._written_at.get(n, float("-inf"))):
-            pool = alloc.pools[name]
-            verdict = alloc.verdicts[name]
-            u = usage[name]
+            pool, verdict, u = alloc.pools.get(name), alloc.verdicts.get(name), usage.get(name)
+            if pool is None or verdict is None or u is None:
+                continue  # deleted while an earlier write of this round was in flight: the next round drops it
             families: dict[str, Any] = {}
             for fam in sorted(pool.families):
                 families[f"ipv{fam}"] = {"capacity": str(u.capacity[fam]), "assigned": u.assigned[fam],
@@ -105,6 +110,7 @@ class PoolStatusWriter:
                 self.metrics.capacity.labels(name, f"ipv{fam}").set(u.capacity[fam])
                 self.metrics.assigned.labels(name, f"ipv{fam}").set(u.assigned[fam])
             self.metrics.pool_ready.labels(name).set(1 if verdict.ready else 0)
+            self._gauged.add(name)
             available = ", ".join(f"{v['available']}/IPv{k[-1]}" for k, v in families.items()) if verdict.ready else "0"
             status = {"assigned": sum(v["assigned"] for v in families.values()), "available": available,
                       "ipv4": families.get("ipv4"), "ipv6": families.get("ipv6")}

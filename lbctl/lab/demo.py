@@ -35,14 +35,14 @@ def run(nodes: int = 3, ipv6: bool = True, keep: bool = False, mode: str = "link
     lifecycle.require_root()
     started_here = not lifecycle.is_up()
     try:
-        return _run(nodes, ipv6, keep, mode, started_here)
+        return _run(nodes, ipv6, keep, mode, started_here, timing)
     finally:
         if started_here and not keep:
             step("Tearing the lab down (--keep leaves it up)")
             lifecycle.down(say=say)
 
 
-def _run(nodes: int, ipv6: bool, keep: bool, mode: str, started_here: bool) -> int:
+def _run(nodes: int, ipv6: bool, keep: bool, mode: str, started_here: bool, timing: str | None) -> int:
     step("Lab: network namespaces on one bridge, a real kube-apiserver, controller and speakers")
     if started_here:
         topo, _ = lifecycle.up(nodes, ipv6, say=say, timing=timing)

@@ -133,3 +133,41 @@ def test_count_writes_are_spread_over_rounds_not_burst(monkeypatch: Any) -> None
 def sync_in(alloc: Allocator, ns: str) -> None:
     alloc.sync(read_service({"metadata": {"namespace": ns, "name": "s", "uid": ns},
                              "spec": {"type": "LoadBalancer", "ipFamilies": ["IPv4"], "ports": [{"port": 80}]}}), {})
+
+
+class SlowKube(RecordingKube):
+    """A status write that takes a while, and fails for a pool deleted meanwhile (404 in a real cluster)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def patch(self, path: str, body: Any, content_type: str = "") -> dict[str, Any]:
+        await self.gate.wait()
+        return await super().patch(path, body, content_type)
+
+
+def test_a_pool_deleted_while_a_write_is_in_flight_is_dropped(monkeypatch: Any) -> None:
+    """CI saw `lbctl_pool_ready{pool=...}` outlive its pool: the change came while a flush was writing, and the
+    flush task, seeing nothing deferred, ended without another round."""
+    monkeypatch.setattr(pool_status, "DEBOUNCE", 0.01)
+    kube = SlowKube()
+    alloc = Allocator()
+    alloc.set_pools([parse_pool("p", {"addresses": ["198.18.0.0/29"]}, "1")])
+    metrics = Metrics()
+
+    def gauged() -> set[str]:
+        return {s.labels["pool"] for m in metrics.pool_ready.collect() for s in m.samples}
+
+    async def main() -> None:
+        writer = PoolStatusWriter(kube, EventRecorder(kube, "test"), metrics)  # type: ignore[arg-type]
+        writer.update(alloc)
+        await asyncio.sleep(0.05)  # the first write of p is in flight, held at the gate
+        assert gauged() == {"p"}
+        alloc.set_pools([])  # p deleted meanwhile
+        writer.update(alloc)
+        kube.gate.set()
+        await asyncio.sleep(0.1)
+        assert gauged() == set()
+
+    asyncio.run(main())
