@@ -19,7 +19,7 @@ from lbctl.core.announce import IpIntent, ServiceRef
 from lbctl.core.conflicts import Conflict, ConflictTable
 from lbctl.core.election_index import ElectionIndex
 from lbctl.core.heartbeat import Keyring
-from lbctl.core.isolation import IsolationGuard, Verdict, hold_for
+from lbctl.core.isolation import SUSPECT_INTERVALS, IsolationGuard, Verdict, hold_for
 from lbctl.kube import config
 from lbctl.kube.client import Kube
 from lbctl.kube.events import EventRecorder
@@ -73,7 +73,8 @@ class Speaker:
         # Election in time proportional to what changed (lbctl/core/election_index.py): same owners as owners().
         self.election = ElectionIndex()
         self._won: set[str] = set()  # IPs the election gives this node (before any isolation hold)
-        self.isolation = IsolationGuard(self.node, hold_for(args.dead_after))
+        self.isolation = IsolationGuard(self.node, hold_for(args.dead_after),
+                                        suspect_s=SUSPECT_INTERVALS * args.heartbeat_interval)
         self.registered: Callable[[], frozenset[str] | None] = lambda: None  # the peer census, with Kubernetes
         self._isolation_wake: asyncio.TimerHandle | None = None
         # Per-IP interfaces, recomputed only when the intents or the usable interfaces change.
@@ -205,7 +206,7 @@ class Speaker:
                                 "keeping our IPs, claiming no new one until peers are heard or confirmed gone")
         if v.ended:
             logger.info("isolation_ended", reason=v.ended, heard=len(live) - 1)
-        self.metrics.isolated.set(1 if v.holding else 0)
+        self.metrics.isolated.set(1 if v.holding and not v.suspect else 0)
         if not v.holding:
             self.metrics.isolation_held.set(0)
         if self._isolation_wake:

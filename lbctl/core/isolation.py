@@ -13,6 +13,13 @@ likely cut off (a starved thread, a dead NIC, a filtered port) than surrounded b
   them are still missing), or the missing peers are confirmed gone: their Leases have lapsed (the peer
   census's registered set no longer names them), or the hold ran out.
 
+Peers that vanish together do not expire together: their deadlines are spread by their beacons' phases
+over about one interval, and each expiry is its own re-election. So a second loss while the first is recent
+makes the speaker a suspect for SUSPECT_INTERVALS beacon intervals: it claims nothing new meanwhile (as in a
+hold, but without a warning), long enough for the rest of a mass expiry to land and trigger the hold. One
+node failing is never delayed; only the addresses of the second and later ones of a double failure wait
+that moment.
+
 How long the bounded hold is, and why:
 - HOLD_S = max(3 s, 4 x dead_after) by default. A false mass expiry heals within about one dead_after of
   the heartbeat path catching up (the next echoing beacon of each peer makes it live again); 3 s covers a
@@ -37,6 +44,7 @@ from .status import LEASE_DURATION_S, RENEW_S
 
 RECENT_S = 2.0  # "at once": a false mass expiry lands within a beacon interval or two; rolling restarts are slower
 HOLD_MIN_S = 3.0
+SUSPECT_INTERVALS = 1.5  # the spread of simultaneous expiries (one interval of phases) and some slack
 MIN_LOST = 3  # a 3-node cluster losing two nodes is a plausible failure, never held; a starved receiver loses many
 ALONE_HOLD_S = float(LEASE_DURATION_S + RENEW_S)
 
@@ -47,7 +55,8 @@ def hold_for(dead_after: float) -> float:
 
 @dataclass(frozen=True)
 class Verdict:
-    holding: bool
+    holding: bool  # claim nothing new (a hold, or a moment of suspicion)
+    suspect: bool = False  # a moment of suspicion, not (yet) a hold: no warning, no metric
     started: bool = False  # this call began a hold: warn once
     ended: str | None = None  # this call ended a hold: why ("peers heard", "peers gone", "hold expired")
     missing: frozenset[str] = frozenset()  # recent peers not heard, while holding
@@ -56,8 +65,10 @@ class Verdict:
 
 class IsolationGuard:
     def __init__(self, self_name: str, hold_s: float = HOLD_MIN_S, alone_hold_s: float = ALONE_HOLD_S,
-                 recent_s: float = RECENT_S) -> None:
+                 recent_s: float = RECENT_S, suspect_s: float = 0.0) -> None:
         self.self_name, self.hold_s, self.alone_hold_s, self.recent_s = self_name, hold_s, alone_hold_s, recent_s
+        self.suspect_s = suspect_s  # 0: never suspect (the shell passes SUSPECT_INTERVALS x its interval)
+        self._suspect_since: float | None = None
         self._seen: dict[str, float] = {}  # peer -> last time it was live
         self._prev: set[str] = set()  # peers at the last check: live until this one (checks follow every change)
         self._since: float | None = None
@@ -77,10 +88,17 @@ class IsolationGuard:
             lost = recent - peers
             if len(lost) >= MIN_LOST and 2 * len(lost) > len(recent):
                 self._since, self._recent, self._missing = now, frozenset(recent), frozenset(lost)
+                self._suspect_since = None
                 self._note(peers, now)
                 return self._holding(peers, registered, now, started=True)
             self._note(peers, now)
-            return Verdict(False)
+            if len(lost) < 2:
+                self._suspect_since = None
+                return Verdict(False)
+            if self._suspect_since is None:
+                self._suspect_since = now
+            until = self._suspect_since + self.suspect_s
+            return Verdict(True, suspect=True, until=until) if now < until else Verdict(False)
         self._note(peers, now)
         return self._holding(peers, registered, now)
 

@@ -122,3 +122,26 @@ def test_confirmed_gone_at_once_means_no_hold():
 
 def test_hold_length_follows_dead_after():
     assert hold_for(0.45) == 3.0 and hold_for(1.0) == 4.0
+
+
+def test_second_loss_while_the_first_is_recent_waits_for_the_rest_of_a_mass_expiry():
+    """Peers that vanish together expire one by one (their phases): without a moment of suspicion the first
+    half would be claimed before the hold could trigger."""
+    g = IsolationGuard(ME, suspect_s=0.15)
+    settled(g, PEERS)
+    peers = sorted(PEERS)
+    assert not g.check({ME, *peers[1:]}, None, 10.0).holding  # one node failing: failover at once
+    v = g.check({ME, *peers[2:]}, None, 10.03)
+    assert v.holding and v.suspect and not v.started and v.until == 10.03 + 0.15  # two: wait a moment
+    for k in range(3, 7):  # six of ten gone: more than half
+        v = g.check({ME, *peers[k:]}, None, 10.03 + 0.02 * k)
+    assert v.holding and v.started and not v.suspect  # the rest landed: a hold, with its warning
+
+
+def test_a_double_failure_is_claimed_after_the_moment_of_suspicion():
+    g = IsolationGuard(ME, suspect_s=0.15)
+    settled(g, PEERS)
+    peers = sorted(PEERS)
+    g.check({ME, *peers[1:]}, None, 10.0)
+    assert g.check({ME, *peers[2:]}, None, 10.05).suspect
+    assert not g.check({ME, *peers[2:]}, None, 10.21).holding  # nothing more vanished: an ordinary failover
