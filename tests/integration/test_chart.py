@@ -175,6 +175,18 @@ def test_controller_deployment_is_non_root_without_capabilities() -> None:
         .lb_class == "x.io/y"
 
 
+@pytest.mark.parametrize("timing", ["default", "fast", "relaxed"])
+def test_heartbeat_timing_preset_reaches_the_speaker(timing: str) -> None:
+    """speaker.heartbeat.timing becomes --timing, and the speaker runs with that preset's values."""
+    from lbctl.core.heartbeat import TIMING_PRESETS
+    from speaker.cli import parse_args
+    assert set(TIMING_PRESETS) == {"default", "fast", "relaxed"}  # the schema's enum and _helpers.tpl list these
+    c = container(render({"speaker": {"heartbeat": {"timing": timing}}})[("DaemonSet", "r-lbctl-speaker")])
+    assert (f"--timing={timing}" in c["args"]) is (timing != "default")
+    args = parse_args(expand(c["args"], {"HOST_IP": "198.18.0.21"}) + ["--node-name", "n1"])
+    assert (args.heartbeat_interval, args.dead_after) == TIMING_PRESETS[timing]
+
+
 def render_with(values: dict[str, Any], *api_versions: str) -> dict[tuple[str, str], dict]:
     args = [a for v in api_versions for a in ("--api-versions", v)]
     res = subprocess.run([str(k8sbin.helm()), "template", "r", CHART, "--namespace", "ns", *args, "--values", "-"],
@@ -274,6 +286,10 @@ BAD_VALUES = [
     ({"controller": {"leaderElection": {"leaseDuration": 12, "renewDeadline": 8, "retryPeriod": 0}}},
      ["/controller/leaderElection/retryPeriod"]),
     ({"image": {"repository": ""}}, ["/image/repository"]),
+    ({"speaker": {"heartbeat": {"timing": "turbo"}}}, ["/speaker/heartbeat/timing"]),
+    # The chart checks the values the speaker will run with: the fast preset's dead-after is 0.3 s.
+    ({"speaker": {"heartbeat": {"timing": "fast", "interval": 0.3}}},
+     ["speaker.heartbeat.deadAfter (0.3) must be greater than speaker.heartbeat.interval (0.3)"]),
 ]
 
 
