@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from lbctl.controlplane import RELEASE, SA_NS, ControlPlane, free_port
+from lbctl.lab.controlplane import RELEASE, SA_NS, ControlPlane, free_port
 from tests import httpget
 
 

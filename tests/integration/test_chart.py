@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from lbctl import assets
-from lbctl.controlplane import RELEASE, SA_NS, ControlPlane
+from lbctl.lab.controlplane import RELEASE, SA_NS, ControlPlane
 from lbctl.lab import k8sbin
 from lbctl.lab.api import wait_for
 from tests.procs import ConfinedSpeaker, ControllerProcess

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lbctl.controlplane import RELEASE, SA_NS, free_port
+from lbctl.lab.controlplane import RELEASE, SA_NS, free_port
 from lbctl.kube import config
 from lbctl.kube.client import Kube
 from lbctl.speaker.lease import LeaseRenewer, micro_time
