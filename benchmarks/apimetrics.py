@@ -110,6 +110,12 @@ def report(label: str, before: Scrape, after: Scrape, seconds: float) -> list[st
         lines.append(f"            {name:32} {count / seconds:6.1f}/s  mean {1000 * d.total / d.count:6.1f} ms  "
                      f"p99 ~{1000 * d.quantile(.99):6.0f} ms  > 0.2 s: {d.above(0.2):.0f}")
     lines.append("          watches ended (timeout or cut): " + (", ".join(watches) or "none"))
+    big = [f"{name} x{count:.0f} (mean {1000 * d.total / d.count:.0f} ms)" for count, name, d in rows
+           if name.startswith("LIST ") and d.total / d.count > 0.1]
+    if big:  # whoever sent them, they are not this phase's steady load: say so beside its figures
+        lines.append("          note: slow full LISTs fell in this phase: " + ", ".join(big) + "; a LIST of every "
+                     "Service is the API server's own ClusterIP/NodePort repair (every 3 min, retried on conflict), "
+                     "and its garbage brings GC cycles closer together")
     etcd: dict[str, Histogram] = defaultdict(lambda: Histogram())
     for key, h in after.histograms.items():
         if key[0] == ETCD:

@@ -40,3 +40,13 @@ def test_gc_cycles_are_read_from_a_gctrace_log(tmp_path: Path) -> None:
                    "gc 41 @12.503s 3%: 0.11+1890+0.05 ms clock, 0.2+10/940/1.1+0.1 ms cpu, 581->590->321 MB, "
                    "600 MB goal, 2 P\n")
     assert apimetrics.gc_cycles(log) == [(12.503, 0.11 + 1890 + 0.05, 581, 321)]
+
+
+def test_a_slow_full_list_in_a_phase_is_pointed_out() -> None:
+    text = ('# TYPE apiserver_request_duration_seconds histogram\n'
+            'apiserver_request_duration_seconds_bucket{{verb="LIST",resource="services",subresource="",le="+Inf"}} {n}\n'
+            'apiserver_request_duration_seconds_sum{{verb="LIST",resource="services",subresource=""}} {s}\n'
+            'apiserver_request_duration_seconds_count{{verb="LIST",resource="services",subresource=""}} {n}\n')
+    before, after = apimetrics.parse(text.format(n=1, s=0.8)), apimetrics.parse(text.format(n=9, s=7.2))
+    assert any("slow full LISTs" in line and "LIST services x8 (mean 800 ms)" in line
+               for line in apimetrics.report("churn", before, after, 60.0))
