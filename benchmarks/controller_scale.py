@@ -11,7 +11,11 @@ selector. Prints, in one run:
            status itself as soon as its create returns: the API server's floor for any controller
   churn    a paced 50 creates + 50 deletes per second for --churn seconds while the 10,000 stay; time-to-IP
            per created Service from its create request to its status write seen on a watch (p99 <= 200 ms),
-           split into the create request and the rest; the controller's, API server's and own CPU meanwhile
+           split into the create request and the rest; the controller's, API server's and own CPU meanwhile;
+           the API server's own view of each phase (latency by verb and resource, etcd, watch events, Go GC)
+  verdict  time-to-IP p99 against 200 ms, and the creates' p99 with the controller against the baseline's
+           (target <= 1.5x: the controller must not slow the API server down for everyone else)
+--gctrace lines the API server's and etcd's GC cycles up with the churn (slow creates come in bursts with them).
 CPU-dependent figures (times, CPU) are indicative on a shared machine. Benchmarks report; they do not assert.
 """
 
@@ -26,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import apimetrics
 from benchmarks.controller_bench import bounded, pct, snapshot
 from lbctl.lab.controlplane import ControlPlane
 from lbctl.kube import config
@@ -184,7 +189,39 @@ async def restart(kube: Kube, ctl: ControllerProcess, while_down: Any = None) ->
     figure("controller_scale_restart_changes", changed_ips + rewritten + writes + pool_writes[0], "changes")
 
 
-async def churn(kube: Kube, cp: ControlPlane, ctl: ControllerProcess | None, seconds: float, rate: int) -> None:
+def bursts(times: list[float], gap: float = 0.5) -> list[tuple[float, float, int]]:
+    """Sorted times grouped where they lie less than `gap` apart: (first, last, how many)."""
+    out: list[tuple[float, float, int]] = []
+    for t in times:
+        if out and t - out[-1][1] < gap:
+            out[-1] = (out[-1][0], t, out[-1][2] + 1)
+        else:
+            out.append((t, t, 1))
+    return out
+
+
+def started_at(pid: int) -> float:
+    """A process's start on time.monotonic()'s clock (to 10 ms)."""
+    ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    return ticks / os.sysconf("SC_CLK_TCK") - time.clock_gettime(time.CLOCK_BOOTTIME) + time.monotonic()
+
+
+def gc_during(cp: ControlPlane, start: float, end: float) -> list[str]:
+    """The Go GC cycles of the API server and etcd between two monotonic times (needs --gctrace)."""
+    assert cp.workdir
+    out = []
+    for proc in cp.procs:
+        name = "kube-apiserver" if "apiserver" in " ".join(map(str, proc.args)) else "etcd"
+        born = started_at(proc.pid)
+        cycles = [(born + at - start, ms, heap, live) for at, ms, heap, live in
+                  apimetrics.gc_cycles(cp.workdir / f"{name}.log") if start <= born + at <= end]
+        out.append(f"{name} GC cycles (s in: wall ms, heap MB -> live MB): " + (" ".join(
+            f"{t:.1f}: {ms:.0f} ms, {heap}->{live}" for t, ms, heap, live in cycles) or "none"))
+    return out
+
+
+async def churn(kube: Kube, cp: ControlPlane, ctl: ControllerProcess | None, seconds: float, rate: int,
+                gctrace: bool = False) -> dict[str, float]:
     """`rate` operations per second, alternating create and delete, paced on a clock (not on replies).
 
     ctl None: the baseline, with the controller down: the benchmark patches each status itself as soon as the
@@ -251,6 +288,7 @@ async def churn(kube: Kube, cp: ControlPlane, ctl: ControllerProcess | None, sec
         assert ctl.proc
         others["controller"] = [ctl.proc.pid]
     others0 = {k: sum(map(cpu_seconds, pids)) for k, pids in others.items()}
+    scraped = await apimetrics.scrape(kube)
     t0 = time.monotonic()
     ops = int(seconds * rate)
     for k in range(ops):
@@ -274,6 +312,7 @@ async def churn(kube: Kube, cp: ControlPlane, ctl: ControllerProcess | None, sec
     others_cpu = {k: sum(map(cpu_seconds, pids)) - others0[k] for k, pids in others.items()}
     pool_rate = pool_writes[0] / wall
     await asyncio.gather(*tasks)
+    server = apimetrics.report(label, scraped, await apimetrics.scrape(kube), time.monotonic() - t0)
     deadline = time.monotonic() + 10
     while set(sent) - set(seen) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
@@ -298,18 +337,22 @@ async def churn(kube: Kube, cp: ControlPlane, ctl: ControllerProcess | None, sec
           f"; IPPool status writes {pool_rate:.1f}/s")
     slow = sorted(sent[n] - t0 for n in sent if n in replied and replied[n] - sent[n] > 0.2)
     if slow:  # when the API server was slow, to line it up with what else happened then
-        print(f"          creates slower than 200 ms at (s into the {label}): "
-              + " ".join(f"{t:.1f}" for t in slow[:40]))
+        print(f"          creates slower than 200 ms, in bursts (s into the {label}: how many): "
+              + " ".join(f"{a:.1f}-{b:.1f}: {n}" for a, b, n in bursts(slow)))
+    print("\n".join(server))
+    if gctrace:
+        print("\n".join(f"          {line}" for line in gc_during(cp, t0, t0 + wall)))
     figure(f"controller_scale_{label}_p50", pct(lat, .5), "ms")
     figure(f"controller_scale_{label}_p99", pct(lat, .99), "ms")
     if ctl is not None:
         figure("controller_scale_churn_cpu", 100 * others_cpu["controller"] / wall, "%")
     for n, p in live:
         await delete(n, p)
+    return {"p99": pct(lat, .99), "create_p99": pct(api, .99)}
 
 
 async def main_async(cp: ControlPlane, ctl: ControllerProcess, n: int, seconds: float, rate: int,
-                     baseline: float, py_spy: str | None) -> None:
+                     baseline: float, py_spy: str | None, gctrace: bool = False) -> None:
     cp.install_chart()  # CRDs, and the ServiceAccount and RBAC the controller runs under
     async with Kube(config.load(str(cp.kubeconfig())), concurrency=CONCURRENCY) as kube:
         await setup(kube)
@@ -321,14 +364,31 @@ async def main_async(cp: ControlPlane, ctl: ControllerProcess, n: int, seconds: 
         rss = ctl.rss_mib()
         print(f"rss       controller RSS with {n} Services in {POOLS} pools: {rss:.1f} MiB (target <= 200 MiB)")
         figure("controller_scale_rss", rss, "MiB")
+        floor: dict[str, float] = {}
+
+        async def while_down() -> None:
+            floor.update(await churn(kube, cp, None, baseline, rate, gctrace))
         # The baseline runs while the controller is down for its restart (it deletes all it creates).
-        await restart(kube, ctl, (lambda: churn(kube, cp, None, baseline, rate)) if baseline else None)
+        await restart(kube, ctl, while_down if baseline else None)
         print(f"rss       after the restart: {ctl.rss_mib():.1f} MiB")
-        await churn(kube, cp, ctl, seconds, rate)
+        got = await churn(kube, cp, ctl, seconds, rate, gctrace)
         rss = ctl.rss_mib()
         print(f"rss       after the churn: {rss:.1f} MiB")
         figure("controller_scale_rss_after_churn", rss, "MiB")
+        verdict(got, floor)
         print(f"total     {time.monotonic() - started:.0f} s after the controller first started")
+
+
+def verdict(got: dict[str, float], floor: dict[str, float]) -> None:
+    """The churn's two targets: time-to-IP p99, and what the controller's load costs everyone else's creates."""
+    ok = got["p99"] <= 200
+    line = f"verdict   time-to-IP p99 {got['p99']:.1f} ms (target <= 200 ms): {'PASS' if ok else 'FAIL'}"
+    if floor:
+        ratio = got["create_p99"] / floor["create_p99"]
+        line += (f"; create p99 with the controller {got['create_p99']:.1f} ms / baseline {floor['create_p99']:.1f} ms"
+                 f" = {ratio:.2f}x (target <= 1.5x): {'PASS' if ratio <= 1.5 else 'FAIL'}")
+        figure("controller_scale_create_p99_ratio", ratio, "x")
+    print(line)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -339,15 +399,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--baseline", type=float, default=30.0, metavar="SECONDS",
                    help="the same churn with the controller down and the benchmark patching status (0: skip)")
     p.add_argument("--py-spy", metavar="PATH", help="py-spy binary: dump the controller's stacks if it stalls")
+    p.add_argument("--gctrace", action="store_true",
+                   help="run the API server and etcd with GODEBUG=gctrace=1 and line their GC cycles up with the churn")
     p.add_argument("--keep-logs", metavar="DIR", help="copy the controller logs here")
     args = p.parse_args(argv)
+    if args.gctrace:
+        os.environ["GODEBUG"] = "gctrace=1"  # the control plane inherits it
     cp = ControlPlane()
     with tempfile.TemporaryDirectory(prefix="lbctl-bench-") as d:
         ctl = ControllerProcess(cp, Path(d))
         try:
             cp.start()
             asyncio.run(main_async(cp, ctl, args.services, args.churn, args.rate, args.baseline,
-                                   args.py_spy))
+                                   args.py_spy, args.gctrace))
         finally:
             ctl.stop()
             cp.cleanup()
