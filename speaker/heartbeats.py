@@ -34,7 +34,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from lbctl import log
 from lbctl.core.heartbeat import Decoder, Heartbeat, Keyring, PeerTable, encode, incarnation_bytes
@@ -130,6 +130,7 @@ class Heartbeats:
         self._sending = True
         self._stop = False
         self._warned_alone = False
+        self._known_nodes: set[str] = set()  # as of the last nodes_known()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._loop = asyncio.get_running_loop()
         self._thread: threading.Thread | None = None
@@ -177,6 +178,21 @@ class Heartbeats:
             self._warned_alone = True
             logger.warning("no_heartbeat_interface", hint="no usable interface with an IPv4 broadcast address "
                                                           "or IPv6; this speaker cannot see its peers")
+
+    def nodes_known(self, nodes: Iterable[str]) -> None:
+        """The Nodes the API server lists now (event loop): peers of Nodes deleted since are forgotten. A
+        name never listed is kept (a new Node's speaker may be heard before our watch shows the Node)."""
+        nodes = set(nodes)
+        gone = self._known_nodes - nodes
+        self._known_nodes = nodes
+        if not gone:
+            return
+        with self._lock:
+            for name in gone:
+                self.peers.forget(name)
+                for table in self.segments.values():
+                    table.forget(name)
+        self._poke()  # the thread publishes the smaller live set
 
     def live(self, now: float) -> set[str]:
         """Live speakers, ourselves included: the set the heartbeat thread last published (and woke the
@@ -301,6 +317,9 @@ class Heartbeats:
         if len(self._mine) > 1 and now >= self._previous_until:
             self._decoder.mine = self._mine[:1]
         with self._lock:
+            self.peers.forget_silent(now)  # departed peers leave the scans and the queue sizing
+            for table in self.segments.values():
+                table.forget_silent(now)
             deaf = self.peers.deaf(now)
             peers = self.peers.peer_count()
             if peers > self._rcvbuf_peers:
