@@ -28,6 +28,7 @@ we take a new one.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import select
 import socket
@@ -131,6 +132,7 @@ class Heartbeats:
         self._stop = False
         self._warned_alone = False
         self._known_nodes: set[str] = set()  # as of the last nodes_known()
+        self._send_failing: dict[str, int] = {}  # interface -> beacons failed since its outage began
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._loop = asyncio.get_running_loop()
         self._thread: threading.Thread | None = None
@@ -433,15 +435,34 @@ class Heartbeats:
         with self._lock:
             self._seq += 1
             seq, inc = self._seq, self.incarnation
-            targets = list(self._socks.values())
+            targets = list(self._socks.items())
             echo = self.peers.heard(time.monotonic())
         data = encode(Heartbeat(self.node, inc, seq, int(self.interval * 1000), leaving), self.keys, echo)
-        for sock, dests in targets:
+        for name, (sock, dests) in targets:
             for dest in dests:
                 try:
                     sock.sendto(data, dest)
-                except OSError:
-                    pass  # link down, no route right now, or closed meanwhile; the next beat retries
+                except OSError as exc:  # link down, no route right now, or closed meanwhile; the next beat retries
+                    self._send_failed(name, exc)
+                else:
+                    if name in self._send_failing:
+                        self._send_recovered(name)
+
+    def _send_failed(self, name: str, exc: OSError) -> None:
+        """Count every failed beacon; log once per outage of an interface (the next success ends it)."""
+        error = errno.errorcode.get(exc.errno or 0, "unknown")
+        self.metrics.heartbeat_send_errors.labels(name, error).inc()
+        failing = self._send_failing.get(name)
+        if failing is None:
+            self._send_failing[name] = 1
+            logger.warning("heartbeat_send_failed", interface=name, error=error, detail=str(exc),
+                           note="peers stop hearing us on this interface while it lasts; logged once per outage")
+        else:
+            self._send_failing[name] = failing + 1
+
+    def _send_recovered(self, name: str) -> None:
+        failed = self._send_failing.pop(name, 0)
+        logger.info("heartbeat_send_recovered", interface=name, failed_beacons=failed)
 
     # --- shutdown (event loop thread) -----------------------------------------------------------
     async def leave(self) -> None:
