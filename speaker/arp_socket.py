@@ -69,6 +69,8 @@ class ArpResponder(Responder):
         frame = self.sock.recv(2048)
         reply = answer_arp(frame, self.owned, self.mac)
         if reply is not None:
+            if not self._answers.allow(frame[_REQUESTER], time.monotonic()):
+                return LIMITED
             try:
                 self.sock.send(reply)
             except OSError:

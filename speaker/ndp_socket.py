@@ -91,6 +91,8 @@ class NdpResponder(Responder):
         ns = parse_neighbor_solicitation(data, hop_limit if hop_limit is not None else -1, source)
         if ns is None or ns.target not in self.owned:
             return SEEN
+        if not self._answers.allow((source, ns.source_lladdr, ns.target), time.monotonic()):
+            return LIMITED
         dad = source == UNSPECIFIED  # a duplicate-address probe: defend with an all-nodes NA
         dest = (ALL_NODES_TEXT, 0, 0, self.index) if dad else (addr[0], 0, 0, self.index)
         try:
