@@ -83,6 +83,24 @@ def measure(n: int, a: argparse.Namespace, env: dict[str, str], tmp: str) -> dic
             **{f"{who}_mean": statistics.fmean(s) / 1000 if s else float("nan") for who, s in rtts.items()}}
 
 
+def run(a: argparse.Namespace, counts: list[int], env: dict[str, str], tmp: str,
+        results: list[dict[str, object]]) -> None:
+    clean_namespaces()  # a crashed earlier run's leftovers: only ever our own names
+    build_namespaces()
+    base = Child("baseline", SPK_NS, [sys.executable, "-m", "benchmarks.lab_arp", "respond", "--iface", "eth0",
+                                      "--mac", SPK_MAC, "--ip", BASE_IP], env)
+    try:
+        base.next_event("ready", 0, 20)
+        for n in counts:
+            print(f"== {n} simulated peers ==", flush=True)
+            r = measure(n, a, env, tmp)
+            print("  " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()),
+                  flush=True)
+            results.append(r)
+    finally:
+        base.stop(grace=5)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.arp_among_peers", description=__doc__.split("\n\n")[0])
     p.add_argument("--peers", default="0,200", help="comma-separated simulated peer counts")
@@ -101,29 +119,14 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, interrupted)
     env = {**os.environ, "LBCTL_HEARTBEAT_KEY": os.urandom(24).hex(), "PYTHONUNBUFFERED": "1"}
     tmp = tempfile.mkdtemp(prefix="lbctl-arp-peers-")
-    results, base = [], None
+    results: list[dict[str, object]] = []
     failed = False
     try:
-        clean_namespaces()
-        build_namespaces()
-        base = Child("baseline", SPK_NS, [sys.executable, "-m", "benchmarks.lab_arp", "respond", "--iface", "eth0",
-                                          "--mac", SPK_MAC, "--ip", BASE_IP], env)
-        base.next_event("ready", 0, 20)
-        for n in counts:
-            print(f"== {n} simulated peers ==", flush=True)
-            r = measure(n, a, env, tmp)
-            print("  " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()),
-                  flush=True)
-            results.append(r)
-    except HarnessError as exc:
-        print(f"harness failed: {exc}", file=sys.stderr)
-        failed = True
-    except KeyboardInterrupt:
-        print("interrupted: cleaning up", file=sys.stderr)
+        run(a, counts, env, tmp, results)
+    except (HarnessError, KeyboardInterrupt) as exc:
+        print(f"stopped early ({exc!r}): cleaning up", file=sys.stderr)
         failed = True
     finally:
-        if base is not None:
-            base.stop(grace=5)
         clean_namespaces()
         shutil.rmtree(tmp, ignore_errors=True)
     rows = []

@@ -60,16 +60,21 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
+def attach(sock: socket.socket, prog) -> None:
+    """Attach a classic BPF program; our own frames are left out where the kernel can."""
+    raw = bpf_bytes(prog)
+    buf = ctypes.create_string_buffer(raw, len(raw))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(_SockFprog(len(prog), ctypes.addressof(buf))))
+    try:
+        sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+    except OSError:
+        pass
+
+
 def open_socket(ifname: str, rcvbuf: int = 4 << 20) -> socket.socket:
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     try:
-        prog = bpf_bytes(REPLY_BPF)
-        buf = ctypes.create_string_buffer(prog, len(prog))
-        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(_SockFprog(len(REPLY_BPF), ctypes.addressof(buf))))
-        try:
-            sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-        except OSError:
-            pass
+        attach(sock, REPLY_BPF)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.bind((ifname, ETH_P_ARP))
         sock.setblocking(False)
@@ -229,14 +234,7 @@ def blast(ifname: str, ip: bytes, target: bytes, duration: float, window: int, e
 
 def respond(ifname: str, mac: bytes, ip: bytes) -> None:
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-    prog = arp_filter_for(frozenset((ip,)), mac)
-    raw = bpf_bytes(prog)
-    buf = ctypes.create_string_buffer(raw, len(raw))
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(_SockFprog(len(prog), ctypes.addressof(buf))))
-    try:
-        sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-    except OSError:
-        pass
+    attach(sock, arp_filter_for(frozenset((ip,)), mac))
     sock.bind((ifname, ETH_P_ARP))
     owned = frozenset((ip,))
     print(json.dumps({"event": "ready"}), flush=True)
