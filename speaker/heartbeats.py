@@ -55,6 +55,9 @@ MAX_GAP = 1.0  # a small segment: one wake-up per interval, drained when our own
 RCVBUF_HOLD = 0.5  # seconds of every peer's beacons the receive queue must hold (a stall of the thread)
 RCVBUF_TRUESIZE = 2048  # kernel accounting per queued beacon (its buffer, not its ~0.1-1.4 KB payload)
 RCVBUF_MIN_PEERS = 8
+# Beacons decoded between two hand-overs of the GIL (~5 us each): the drain holds the GIL throughout (so the
+# event loop cannot starve it), and an ARP/NDP thread woken meanwhile would wait for the whole batch.
+YIELD_EVERY = 16
 
 
 def new_incarnation() -> int:
@@ -397,25 +400,28 @@ class Heartbeats:
                 if not n:
                     break
                 total += n
-                with self._lock:
-                    for i in range(n):
-                        got = None if truncated[i] else fields(buf, i * slot, sizes[i], view)
-                        if got is None:
-                            rejected += 1
-                            continue
-                        name, inc, seq, interval_ms, leaving, echoes, key_index = got
-                        if key_index:
-                            previous_key += 1
-                        if name == node:
-                            continue  # our own broadcast looped back (or a forgery of our name: changes nothing)
-                        # Kernel timestamps are wall-clock: turn them into an age, bounded so a clock step
-                        # can neither date a beacon in the future nor before our previous drain.
-                        stamp = stamps[i]
-                        age = min(max(wall - stamp, 0.0), oldest) if stamp else oldest
-                        t = now - age
-                        peers.observe_fields(name, inc, seq, leaving, echoes, t, interval_ms)  # replays refused
-                        if segment is not None:  # the same beacon sent on two NICs counts once per segment
-                            segment.observe_fields(name, inc, seq, leaving, echoes, t, interval_ms)
+                for first in range(0, n, YIELD_EVERY):
+                    if first:
+                        os.sched_yield()  # hand the GIL over: an ARP/NDP answer waits at most one chunk
+                    with self._lock:
+                        for i in range(first, min(first + YIELD_EVERY, n)):
+                            got = None if truncated[i] else fields(buf, i * slot, sizes[i], view)
+                            if got is None:
+                                rejected += 1
+                                continue
+                            name, inc, seq, interval_ms, leaving, echoes, key_index = got
+                            if key_index:
+                                previous_key += 1
+                            if name == node:
+                                continue  # our own broadcast looped back (or a forgery of our name: changes nothing)
+                            # Kernel timestamps are wall-clock: turn them into an age, bounded so a clock step
+                            # can neither date a beacon in the future nor before our previous drain.
+                            stamp = stamps[i]
+                            age = min(max(wall - stamp, 0.0), oldest) if stamp else oldest
+                            t = now - age
+                            peers.observe_fields(name, inc, seq, leaving, echoes, t, interval_ms)  # replays refused
+                            if segment is not None:  # the same beacon sent on two NICs counts once per segment
+                                segment.observe_fields(name, inc, seq, leaving, echoes, t, interval_ms)
                 if n < rx.batch:
                     break
         if rejected:
