@@ -58,7 +58,7 @@ def measure(n: int, a: argparse.Namespace, env: dict[str, str], tmp: str) -> dic
                                             "--dest", SPK_IP], env)
             children.append(sim)
             sim.next_event("ready", 0, 20)
-        spk = Speaker([sys.executable, "-m", "speaker", "--node-name", REAL, "--static-config", cfg,
+        spk = Speaker([sys.executable, "-m", "lbctl.speaker", "--node-name", REAL, "--static-config", cfg,
                        "--interfaces", "eth0", "--log-format", "json"], env)
         children.append(spk)
         if spk.settle(expected, a.converge_timeout, SETTLE_HOLD) is None:

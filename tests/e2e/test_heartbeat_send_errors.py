@@ -11,8 +11,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from lbctl.core.heartbeat import Keyring
-from speaker.heartbeats import Heartbeats
-from speaker.metrics import Metrics
+from lbctl.speaker.heartbeats import Heartbeats
+from lbctl.speaker.metrics import Metrics
 
 from .test_speaker_dataplane import in_netns, sh
 

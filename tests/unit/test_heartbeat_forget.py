@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lbctl.core.heartbeat import Keyring, PeerTable
-from speaker.heartbeats import Heartbeats
-from speaker.metrics import Metrics
+from lbctl.speaker.heartbeats import Heartbeats
+from lbctl.speaker.metrics import Metrics
 
 KEY = b"k" * 32
 DEAD = 0.45
