@@ -2,6 +2,7 @@
 
     ip netns exec lbctl-client python -m benchmarks.lab_arp rtt   --iface eth0 --mac M --ip A --targets T1,T2 ...
     ip netns exec lbctl-client python -m benchmarks.lab_arp blast --iface eth0 --mac M --ip A --target T ...
+    ip netns exec NS python -m benchmarks.lab_arp respond --iface eth0 --mac M --ip A
 
 Each prints one JSON object on stdout. Frames are built with struct (lbctl.core.arp's layout) and sent
 on an AF_PACKET socket that only sees ARP replies (BPF), so the client's kernel ARP state is neither
@@ -17,6 +18,9 @@ blast: keeps --window requests outstanding for --duration seconds, one per windo
        back, and the client's kernel ignores them (PACKET_OTHERHOST) while AF_PACKET sees them. One
        stable MAC per sender IP is what real clients look like: the responder's neighbour entries for
        the slot IPs are refreshed, never rewritten, so the kernel baseline pays no churn for our matching.
+respond: the baseline responder: one thread blocked in recv on an AF_PACKET socket with the speaker's kind of
+       filter, answering --ip with the speaker's codec (answer_arp); prints {"event": "ready"}, then runs
+       until killed. Beside a speaker it shows what the speaker's other threads cost its answers.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import struct
 import sys
 import time
 
-from lbctl.core.arp import (ARP_FRAME_LEN, ARPHRD_ETHER, ARPOP_REQUEST, BPF_JMP_JEQ_K, BPF_LD_H_ABS,
+from lbctl.core.arp import (ARP_FRAME_LEN, answer_arp, arp_filter_for, ARPHRD_ETHER, ARPOP_REQUEST, BPF_JMP_JEQ_K, BPF_LD_H_ABS,
                             BPF_RET_K, BROADCAST_MAC, ETH_P_ARP, ETH_P_IP, PACKET_IGNORE_OUTGOING, SNAP_LEN,
                             SO_ATTACH_FILTER, SOL_PACKET, ZERO_MAC, bpf_bytes, mac_to_bytes)
 
@@ -56,16 +60,21 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
+def attach(sock: socket.socket, prog) -> None:
+    """Attach a classic BPF program; our own frames are left out where the kernel can."""
+    raw = bpf_bytes(prog)
+    buf = ctypes.create_string_buffer(raw, len(raw))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(_SockFprog(len(prog), ctypes.addressof(buf))))
+    try:
+        sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+    except OSError:
+        pass
+
+
 def open_socket(ifname: str, rcvbuf: int = 4 << 20) -> socket.socket:
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     try:
-        prog = bpf_bytes(REPLY_BPF)
-        buf = ctypes.create_string_buffer(prog, len(prog))
-        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(_SockFprog(len(REPLY_BPF), ctypes.addressof(buf))))
-        try:
-            sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-        except OSError:
-            pass
+        attach(sock, REPLY_BPF)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.bind((ifname, ETH_P_ARP))
         sock.setblocking(False)
@@ -223,9 +232,25 @@ def blast(ifname: str, ip: bytes, target: bytes, duration: float, window: int, e
             "mean_rtt_us": round(rtt_sum / matched / 1000, 1) if matched else None}
 
 
+def respond(ifname: str, mac: bytes, ip: bytes) -> None:
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    attach(sock, arp_filter_for(frozenset((ip,)), mac))
+    sock.bind((ifname, ETH_P_ARP))
+    owned = frozenset((ip,))
+    print(json.dumps({"event": "ready"}), flush=True)
+    while True:
+        reply = answer_arp(sock.recv(2048), owned, mac)
+        if reply is not None:
+            sock.send(reply)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="lab_arp", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="mode", required=True)
+    r = sub.add_parser("respond")
+    r.add_argument("--iface", default="eth0")
+    r.add_argument("--mac", required=True, help="the interface's MAC")
+    r.add_argument("--ip", required=True, help="the address to answer for (not configured on the interface)")
     for name in ("rtt", "blast"):
         s = sub.add_parser(name)
         s.add_argument("--iface", default="eth0")
@@ -246,6 +271,9 @@ def main(argv: list[str] | None = None) -> None:
             s.add_argument("--tail-ms", type=float, default=500.0)
     a = p.parse_args(argv)
     ip = socket.inet_aton(a.ip)
+    if a.mode == "respond":
+        respond(a.iface, mac_to_bytes(a.mac), ip)
+        return
     if a.mode == "rtt":
         out = rtt(a.iface, mac_to_bytes(a.mac), ip, [socket.inet_aton(t) for t in a.targets.split(",")], a.count,
                   a.gap_ms / 1000, a.timeout_ms / 1000, a.warmup)

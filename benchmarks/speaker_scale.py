@@ -60,7 +60,7 @@ from tests.figures import figure
 from .peersim import peer_names
 
 ROOT = Path(__file__).resolve().parents[1]
-PREFIX = "lbctl-sim-"
+PREFIX = f"{os.environ.get('LBCTL_LAB_PREFIX', 'lbctl-')}sim-"  # a helper's prefix keeps runs apart
 BR_NS, SPK_NS, SIM_NS = f"{PREFIX}br", f"{PREFIX}spk", f"{PREFIX}peers"
 NAMESPACES = (BR_NS, SPK_NS, SIM_NS)
 SPK_IP, SIM_IP, PREFIXLEN = "198.18.0.2", "198.18.0.3", 16

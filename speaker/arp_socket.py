@@ -1,32 +1,25 @@
-"""ARP responder on one interface: AF_PACKET + a BPF of the owned IPs, answered by a dedicated thread.
+"""ARP responder on one interface: AF_PACKET + a BPF of the owned IPs, answered by a dedicated thread
+(speaker/responder.py: the model and flood limits it shares with NDP).
 
 The kernel filter passes only ARP requests for IPs this node owns, and ARP frames in which another
 MAC claims one of them (conflicts, a successor's takeover), so on a busy LAN the other nodes'
 speakers never wake. The hot path is a blocking recv, a set lookup and one struct pack per
-request (lbctl.core.arp.answer_arp); no logging, no allocation beyond the reply. A thread blocked in
-recv answers markedly faster than a wake-up through the event loop (89 -> ~60-75 us RTT in
-benchmarks/lab_bench.py), and the GIL is free while the loop idles. Ownership is the `owned`
-frozenset, swapped atomically, so losing an IP stops the answers at once.
+request (lbctl.core.arp.answer_arp).
 """
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import socket
-import struct
-import threading
 import time
-from collections.abc import Callable
 
 from lbctl.core.arp import (ARP_BPF, ETH_P_ARP, PACKET_IGNORE_OUTGOING, SO_ATTACH_FILTER, SOL_PACKET, Insn,
                             answer_arp, arp_filter_for, bpf_bytes, build_gratuitous, foreign_claim)
 
 from .metrics import Metrics
+from .responder import ANSWERED, ERROR, LIMITED, SEEN, ForeignCallback, Responder, set_poll_timeout
 
-POLL_STOP = 0.5  # seconds a blocked recv waits before checking whether to stop
-FLUSH_EVERY = 256  # frames between metric updates (a lock each) under load
-NOTIFY_GAP = 0.1  # seconds between two reports of the same foreign claim to the event loop
+_REQUESTER = slice(22, 42)  # sha spa tha tpa: who asks, for which address (the flood limit's key)
 
 
 class _SockFprog(ctypes.Structure):
@@ -50,93 +43,42 @@ def open_arp_socket(ifname: str, prog: tuple[Insn, ...] = ARP_BPF) -> socket.soc
         except OSError:
             pass  # Linux < 4.20: the filter drops our own replies; answer_arp never answers our announcements
         sock.bind((ifname, ETH_P_ARP))
-        sec = int(POLL_STOP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", sec, int((POLL_STOP - sec) * 1e6)))
+        set_poll_timeout(sock)
     except BaseException:
         sock.close()
         raise
     return sock
 
 
-ForeignCallback = Callable[[str, bytes, bytes], None]  # (interface, packed IP, foreign MAC), on the loop
+class ArpResponder(Responder):
+    kind = "arp"
 
-
-class ArpResponder:
     def __init__(self, ifname: str, index: int, mac: bytes, metrics: Metrics,
                  on_foreign: ForeignCallback | None = None) -> None:
-        self.ifname, self.index, self.mac = ifname, index, mac
-        self.owned: frozenset[bytes] = frozenset()  # packed IPv4 addresses we answer for
-        # Leaving (SIGTERM): an IP whose successor is heard announcing it is dropped by this thread at once,
-        # so no reply of ours can follow the successor's announcement on this socket.
-        self.yielding = False
-        self._on_foreign = on_foreign
-        self._loop = asyncio.get_running_loop() if on_foreign else None
-        self._reported: dict[tuple[bytes, bytes], float] = {}
+        super().__init__(ifname, index, mac, metrics, open_arp_socket(ifname, arp_filter_for(frozenset(), mac)),
+                         on_foreign)
         self._seen = metrics.arp_seen.labels(ifname)
         self._answered = metrics.arp_answered.labels(ifname)
-        self._garps = metrics.garps.labels(ifname)
-        self._errors = metrics.socket_errors.labels(ifname)
-        self.sock = open_arp_socket(ifname, arp_filter_for(self.owned, mac))
         self._filtered = True
-        self._stop = False
-        self._thread = threading.Thread(target=self._serve, name=f"arp-{ifname}", daemon=True)
-        self._thread.start()
+        self._start()
 
-    def _serve(self) -> None:
-        sock, mac = self.sock, self.mac
-        seen = answered = errors = 0
-        try:
-            while not self._stop:
-                try:
-                    frame = sock.recv(2048)
-                except (BlockingIOError, InterruptedError, TimeoutError):  # SO_RCVTIMEO: check _stop
-                    frame = b""
-                except OSError:  # ENETDOWN while the link flaps; closed socket on shutdown
-                    errors += 1
-                    if self._stop:
-                        break
-                    time.sleep(0.05)
-                    continue
-                if frame:
-                    seen += 1
-                    reply = answer_arp(frame, self.owned, mac)
-                    if reply is not None:
-                        try:
-                            sock.send(reply)
-                            answered += 1
-                        except OSError:
-                            errors += 1
-                    elif frame[28:32] in self.owned:  # cheap pre-check: the filter passed a sender claim
-                        self._foreign(frame)
-                    if seen < FLUSH_EVERY:
-                        continue
-                if seen or errors:
-                    self._seen.inc(seen)
-                    self._answered.inc(answered)
-                    self._errors.inc(errors)
-                    seen = answered = errors = 0
-        finally:
-            sock.close()
+    def _counters(self) -> tuple:
+        return self._seen, self._answered
 
-    def _foreign(self, frame: bytes) -> None:
-        claim = foreign_claim(frame, self.owned, self.mac)
-        if claim is None:
-            return
-        ip, mac = claim
-        if self.yielding:
-            self.owned = self.owned - {ip}
-        # A flood of foreign claims must not flood the event loop: one report per (ip, MAC) per gap.
-        now = time.monotonic()
-        if now - self._reported.get((ip, mac), -NOTIFY_GAP) < NOTIFY_GAP:
-            return
-        if len(self._reported) > 4096:
-            self._reported.clear()
-        self._reported[(ip, mac)] = now
-        if self._loop is not None and self._on_foreign is not None:
+    def _one(self) -> int:
+        frame = self.sock.recv(2048)
+        reply = answer_arp(frame, self.owned, self.mac)
+        if reply is not None:
+            if not self._answers.allow(frame[_REQUESTER], time.monotonic()):
+                return LIMITED
             try:
-                self._loop.call_soon_threadsafe(self._on_foreign, self.ifname, ip, mac)
-            except RuntimeError:  # the loop closed while we were shutting down
-                pass
+                self.sock.send(reply)
+            except OSError:
+                return ERROR
+            return ANSWERED
+        if frame[28:32] in self.owned:  # cheap pre-check: the filter passed a sender claim
+            self._foreign(foreign_claim(frame, self.owned, self.mac))
+        return SEEN
 
     def set_owned(self, owned: frozenset[bytes]) -> None:
         """Answer exactly `owned` from now on; the kernel filter follows so other nodes' IPs never wake us.
@@ -159,9 +101,6 @@ class ArpResponder:
                     pass  # the previous (narrower) filter stays; the next set_owned retries nothing
         self.owned = owned
 
-    def release(self, ip: bytes) -> None:
-        self.owned = self.owned - {ip}
-
     def gratuitous(self, ip: bytes) -> bool:
         """Both GARP forms (RFC 5227 request, RFC 5944 reply); receivers differ in which they honour."""
         try:
@@ -172,8 +111,3 @@ class ArpResponder:
             return False
         self._garps.inc(2)
         return True
-
-    def close(self) -> None:
-        """Stop answering now; the thread closes the socket within POLL_STOP."""
-        self.owned = frozenset()
-        self._stop = True

@@ -28,13 +28,14 @@ we take a new one.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import select
 import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from lbctl import log
 from lbctl.core.heartbeat import Decoder, Heartbeat, Keyring, PeerTable, encode, incarnation_bytes
@@ -54,6 +55,9 @@ MAX_GAP = 1.0  # a small segment: one wake-up per interval, drained when our own
 RCVBUF_HOLD = 0.5  # seconds of every peer's beacons the receive queue must hold (a stall of the thread)
 RCVBUF_TRUESIZE = 2048  # kernel accounting per queued beacon (its buffer, not its ~0.1-1.4 KB payload)
 RCVBUF_MIN_PEERS = 8
+# Beacons decoded between two hand-overs of the GIL (~5 us each): the drain holds the GIL throughout (so the
+# event loop cannot starve it), and an ARP/NDP thread woken meanwhile would wait for the whole batch.
+YIELD_EVERY = 16
 
 
 def new_incarnation() -> int:
@@ -130,6 +134,8 @@ class Heartbeats:
         self._sending = True
         self._stop = False
         self._warned_alone = False
+        self._known_nodes: set[str] = set()  # as of the last nodes_known()
+        self._send_failing: dict[str, int] = {}  # interface -> beacons failed since its outage began
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._loop = asyncio.get_running_loop()
         self._thread: threading.Thread | None = None
@@ -177,6 +183,21 @@ class Heartbeats:
             self._warned_alone = True
             logger.warning("no_heartbeat_interface", hint="no usable interface with an IPv4 broadcast address "
                                                           "or IPv6; this speaker cannot see its peers")
+
+    def nodes_known(self, nodes: Iterable[str]) -> None:
+        """The Nodes the API server lists now (event loop): peers of Nodes deleted since are forgotten. A
+        name never listed is kept (a new Node's speaker may be heard before our watch shows the Node)."""
+        nodes = set(nodes)
+        gone = self._known_nodes - nodes
+        self._known_nodes = nodes
+        if not gone:
+            return
+        with self._lock:
+            for name in gone:
+                self.peers.forget(name)
+                for table in self.segments.values():
+                    table.forget(name)
+        self._poke()  # the thread publishes the smaller live set
 
     def live(self, now: float) -> set[str]:
         """Live speakers, ourselves included: the set the heartbeat thread last published (and woke the
@@ -301,6 +322,9 @@ class Heartbeats:
         if len(self._mine) > 1 and now >= self._previous_until:
             self._decoder.mine = self._mine[:1]
         with self._lock:
+            self.peers.forget_silent(now)  # departed peers leave the scans and the queue sizing
+            for table in self.segments.values():
+                table.forget_silent(now)
             deaf = self.peers.deaf(now)
             peers = self.peers.peer_count()
             if peers > self._rcvbuf_peers:
@@ -376,25 +400,28 @@ class Heartbeats:
                 if not n:
                     break
                 total += n
-                with self._lock:
-                    for i in range(n):
-                        got = None if truncated[i] else fields(buf, i * slot, sizes[i], view)
-                        if got is None:
-                            rejected += 1
-                            continue
-                        name, inc, seq, interval_ms, leaving, echoes, key_index = got
-                        if key_index:
-                            previous_key += 1
-                        if name == node:
-                            continue  # our own broadcast looped back (or a forgery of our name: changes nothing)
-                        # Kernel timestamps are wall-clock: turn them into an age, bounded so a clock step
-                        # can neither date a beacon in the future nor before our previous drain.
-                        stamp = stamps[i]
-                        age = min(max(wall - stamp, 0.0), oldest) if stamp else oldest
-                        t = now - age
-                        peers.observe_fields(name, inc, seq, leaving, echoes, t, interval_ms)  # replays refused
-                        if segment is not None:  # the same beacon sent on two NICs counts once per segment
-                            segment.observe_fields(name, inc, seq, leaving, echoes, t, interval_ms)
+                for first in range(0, n, YIELD_EVERY):
+                    if first:
+                        os.sched_yield()  # hand the GIL over: an ARP/NDP answer waits at most one chunk
+                    with self._lock:
+                        for i in range(first, min(first + YIELD_EVERY, n)):
+                            got = None if truncated[i] else fields(buf, i * slot, sizes[i], view)
+                            if got is None:
+                                rejected += 1
+                                continue
+                            name, inc, seq, interval_ms, leaving, echoes, key_index = got
+                            if key_index:
+                                previous_key += 1
+                            if name == node:
+                                continue  # our own broadcast looped back (or a forgery of our name: changes nothing)
+                            # Kernel timestamps are wall-clock: turn them into an age, bounded so a clock step
+                            # can neither date a beacon in the future nor before our previous drain.
+                            stamp = stamps[i]
+                            age = min(max(wall - stamp, 0.0), oldest) if stamp else oldest
+                            t = now - age
+                            peers.observe_fields(name, inc, seq, leaving, echoes, t, interval_ms)  # replays refused
+                            if segment is not None:  # the same beacon sent on two NICs counts once per segment
+                                segment.observe_fields(name, inc, seq, leaving, echoes, t, interval_ms)
                 if n < rx.batch:
                     break
         if rejected:
@@ -414,15 +441,34 @@ class Heartbeats:
         with self._lock:
             self._seq += 1
             seq, inc = self._seq, self.incarnation
-            targets = list(self._socks.values())
+            targets = list(self._socks.items())
             echo = self.peers.heard(time.monotonic())
         data = encode(Heartbeat(self.node, inc, seq, int(self.interval * 1000), leaving), self.keys, echo)
-        for sock, dests in targets:
+        for name, (sock, dests) in targets:
             for dest in dests:
                 try:
                     sock.sendto(data, dest)
-                except OSError:
-                    pass  # link down, no route right now, or closed meanwhile; the next beat retries
+                except OSError as exc:  # link down, no route right now, or closed meanwhile; the next beat retries
+                    self._send_failed(name, exc)
+                else:
+                    if name in self._send_failing:
+                        self._send_recovered(name)
+
+    def _send_failed(self, name: str, exc: OSError) -> None:
+        """Count every failed beacon; log once per outage of an interface (the next success ends it)."""
+        error = errno.errorcode.get(exc.errno or 0, "unknown")
+        self.metrics.heartbeat_send_errors.labels(name, error).inc()
+        failing = self._send_failing.get(name)
+        if failing is None:
+            self._send_failing[name] = 1
+            logger.warning("heartbeat_send_failed", interface=name, error=error, detail=str(exc),
+                           note="peers stop hearing us on this interface while it lasts; logged once per outage")
+        else:
+            self._send_failing[name] = failing + 1
+
+    def _send_recovered(self, name: str) -> None:
+        failed = self._send_failing.pop(name, 0)
+        logger.info("heartbeat_send_recovered", interface=name, failed_beacons=failed)
 
     # --- shutdown (event loop thread) -----------------------------------------------------------
     async def leave(self) -> None:

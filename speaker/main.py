@@ -133,6 +133,7 @@ class Speaker:
 
     def reconcile(self, now: float) -> None:
         assert self.source is not None
+        self.heartbeats.nodes_known(self.source.nodes())  # peers of deleted Nodes are forgotten
         live = self.heartbeats.live(now)
         intents = self.source.intents()
         # Each IP among the speakers heard on the segment it is announced on (docs/reliability.md).

@@ -14,6 +14,9 @@ class Metrics:
                                     registry=r)
         self.ndp_answered = Counter("lbctl_speaker_ndp_replies_total", "Neighbor solicitations answered",
                                     ["interface"], registry=r)
+        self.responder_limited = Counter("lbctl_speaker_responder_limited_total",
+                                         "ARP requests and neighbour solicitations left unanswered by the flood "
+                                         "limit (per requester and address)", ["interface", "kind"], registry=r)
         self.garps = Counter("lbctl_speaker_gratuitous_sent_total", "Gratuitous ARPs and unsolicited NAs sent",
                              ["interface"], registry=r)
         self.live_peers = Gauge("lbctl_speaker_live_peers", "Speakers heard recently, this one included", registry=r)
@@ -51,6 +54,9 @@ class Metrics:
         self.heartbeat_drops = Counter("lbctl_speaker_heartbeat_drops_total",
                                        "Heartbeats the kernel dropped because a heartbeat socket's receive queue "
                                        "was full (SO_RXQ_OVFL)", registry=r)
+        self.heartbeat_send_errors = Counter("lbctl_speaker_heartbeat_send_errors_total",
+                                             "Heartbeats that could not be sent (link down, no route), by errno",
+                                             ["interface", "error"], registry=r)
         self.heartbeat_receive_buffer = Gauge("lbctl_speaker_heartbeat_receive_buffer_bytes",
                                               "Receive queue granted to the heartbeat sockets (kernel bytes; "
                                               "capped by net.core.rmem_max)", registry=r)

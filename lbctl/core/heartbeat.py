@@ -49,6 +49,8 @@ ECHO_ROTATION = 10  # every heard incarnation is echoed at least once per this m
 ECHO_WINDOW = 32  # a verified peer must echo us again within dead_after + this many of its intervals
 MAX_WINDOW_INTERVAL_MS = 2000  # bound on the interval a beacon claims, for the echo window
 NAME_CACHE = 4096  # node-name bytes -> str, cleared when full (a key holder could invent names)
+FORGET_MIN_S = 60.0  # a peer silent this long (or 100 dead_after, if longer) leaves the table
+GHOSTS = 1024  # forgotten peers whose incarnations stay refused (bounded); the oldest are dropped beyond
 
 _HEAD = struct.Struct("!4sBBQQIBB")
 _U64 = 1 << 64
@@ -202,6 +204,11 @@ class Decoder:
         return name, inc, seq, interval, bool(flags & FLAG_LEAVING), echoes, index
 
 
+def forget_after(dead_after: float) -> float:
+    """Silence after which a peer leaves the table (PeerTable.forget_silent)."""
+    return max(FORGET_MIN_S, 100 * dead_after)
+
+
 def decode(data: bytes | bytearray | memoryview, keys: Keyring | bytes,
            mine: Sequence[bytes] = ()) -> Heartbeat | None:
     """Verify and parse; None for anything not a well-formed heartbeat signed with one of `keys`.
@@ -252,6 +259,12 @@ class PeerTable:
 
     `require_echo=False` (the per-interface tables): live = heard within dead_after, not left; the echo
     rules are enforced by intersecting with the table that requires them.
+
+    Departed peers: a peer silent for forget_after, or whose Node
+    was deleted, leaves the table, so it is no longer scanned, counted in peer_count() or echoed. Its
+    record moves to a bounded set of ghosts (GHOSTS, oldest dropped first), restored as it was if the
+    node is heard again: a replay of a forgotten incarnation stays refused, and forgetting never changes
+    who is live while the ghost is kept.
     """
 
     def __init__(self, self_name: str, dead_after: float = DEFAULT_DEAD_AFTER, require_echo: bool = True) -> None:
@@ -267,6 +280,10 @@ class PeerTable:
         self._ring: list[_Inc] = []  # echo rotation, rebuilt each time round
         self._rotating = False  # more incarnations heard than fit in a beacon
         self._cursor = 0
+        self.forget_after = forget_after(dead_after)
+        self.ghosts_max = GHOSTS
+        self._ghosts: dict[str, _Peer] = {}  # forgotten peers, oldest first
+        self._next_forget = 0.0
 
     def observe(self, hb: Heartbeat, now: float) -> bool:
         """Record a verified heartbeat; False if it was stale (a replay, reordered, retired) or our own."""
@@ -281,7 +298,16 @@ class PeerTable:
         echoes_us = echoes_us or not self.require_echo
         peer = self._peers.get(node)
         if peer is None:
-            peer = self._peers[node] = _Peer({}, {})
+            peer = self._ghosts.get(node)
+            if peer is None:
+                peer = self._peers[node] = _Peer({}, {})
+            else:  # forgotten: back in the table only on a beacon its record accepts (a replay stays out)
+                old = peer.incs.get(inc)
+                if inc in peer.retired or (old is not None and (old.left or seq <= old.sequence)):
+                    return False
+                self._peers[node] = self._ghosts.pop(node)
+                for r in peer.incs.values():
+                    r.gone = False
         rec = peer.incs.get(inc)
         window = self.dead_after + ECHO_WINDOW * min(interval_ms, MAX_WINDOW_INTERVAL_MS) / 1000
         if rec is None:
@@ -435,9 +461,29 @@ class PeerTable:
         return len(self._peers)
 
     def forget(self, node: str) -> None:
-        """Drop all state for a node deleted from the cluster (bounds memory)."""
+        """A node deleted from the cluster: out of the table (bounds memory and scans), into the ghosts."""
         peer = self._peers.pop(node, None)
         if peer is not None:
-            for r in peer.incs.values():
-                r.gone = True
+            self._bury(node, peer)
             self._dirty = True
+
+    def forget_silent(self, now: float) -> int:
+        """Forget peers silent for forget_after whose echo windows have lapsed too (so they cannot be live),
+        scanning at most once a second. Returns how many were forgotten."""
+        if now < self._next_forget:
+            return 0
+        self._next_forget = now + 1.0
+        quiet = [name for name, p in self._peers.items()
+                 if all(now - r.last_seen > self.forget_after and now - r.last_echo > r.window
+                        for r in p.incs.values())]
+        for name in quiet:
+            self._bury(name, self._peers.pop(name))
+        return len(quiet)
+
+    def _bury(self, node: str, peer: _Peer) -> None:
+        for r in peer.incs.values():
+            r.gone = True
+        self._ghosts.pop(node, None)
+        self._ghosts[node] = peer
+        while len(self._ghosts) > self.ghosts_max:
+            del self._ghosts[next(iter(self._ghosts))]

@@ -321,6 +321,53 @@ def test_forged_heartbeat_is_ignored(lab: Lab) -> None:
     wait_for(lambda: owner_is(lab, VIP_GHOST, "node1"), timeout=3, what="node1 back after the ghost went quiet")
 
 
+def replies(lab: Lab, node: str, family: str) -> float:
+    name = "arp" if family == "arp" else "ndp"
+    found = re.findall(rf'^lbctl_speaker_{name}_replies_total\{{[^}}]*\}} ([0-9.e+]+)$', lab.http(node, "/metrics"), re.M)
+    return sum(float(v) for v in found)
+
+
+@pytest.mark.parametrize("family", ["arp", "ndp"])
+def test_a_flood_from_one_requester_is_answered_at_the_flood_limit(lab: Lab, family: str) -> None:
+    """20,000 requests in 1 s from one host for one owned address: answered at ANSWER_RATE, not 20,000 times
+    (the same limiter in both responders); the host is answered again right after."""
+    from scapy.layers.inet6 import ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, IPv6, in6_getnsma, in6_getnsmac
+    from scapy.layers.l2 import ARP, Ether
+    from scapy.utils6 import inet_pton
+
+    from lbctl.core.ratelimit import ANSWER_BURST, ANSWER_RATE
+    cmac = lab.macs["client"]
+    if family == "arp":
+        wait_for(lambda: owner_is(lab, VIP2, "node2"), timeout=5, what="node2 owns VIP2")
+        frame = bytes(Ether(dst="ff:ff:ff:ff:ff:ff", src=cmac) / ARP(op=1, hwsrc=cmac, psrc="198.18.0.9", pdst=VIP2))
+    else:
+        wait_for(lambda: lab.ndp_solicit(VIP6) == {lab.macs["node2"]}, timeout=5, what="NA from node2")
+        group = in6_getnsma(inet_pton(socket.AF_INET6, VIP6))
+        frame = bytes(Ether(dst=in6_getnsmac(group), src=cmac) /
+                      IPv6(src="2001:db8::9", dst=socket.inet_ntop(socket.AF_INET6, group), hlim=255) /
+                      ICMPv6ND_NS(tgt=VIP6) / ICMPv6NDOptSrcLLAddr(lladdr=cmac))
+    time.sleep(0.7)  # responders publish their counters at least every 0.5 s when idle
+    before = replies(lab, "node2", family)
+    sent, started = 0, time.monotonic()
+    with lab.raw() as s:
+        while (elapsed := time.monotonic() - started) < 1.0:
+            while sent < 20_000 * elapsed:  # paced: 20,000/s, well within what the responder drains
+                with contextlib.suppress(OSError):
+                    s.send(frame)
+                sent += 1
+    elapsed = time.monotonic() - started
+    time.sleep(0.7)
+    answered = replies(lab, "node2", family) - before
+    allowed = ANSWER_BURST + ANSWER_RATE * elapsed
+    assert answered <= allowed * 1.1, f"{answered:.0f} of {sent} requests answered in {elapsed:.2f} s"
+    assert answered >= ANSWER_RATE * elapsed * 0.5, f"only {answered:.0f} answered"
+    time.sleep(0.1)  # the bucket refills
+    if family == "arp":
+        assert lab.arp_who_has(VIP2) == {lab.macs["node2"]}
+    else:
+        assert lab.ndp_solicit(VIP6) == {lab.macs["node2"]}
+
+
 def test_sigterm_hands_over_quickly(lab: Lab) -> None:
     wait_for(lambda: owner_is(lab, VIP1, "node1"), timeout=5, what="node1 owns VIP1")
     proc = lab.procs["node1"]
