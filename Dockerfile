@@ -23,13 +23,14 @@ COPY lbctl ./lbctl
 COPY controller ./controller
 COPY speaker ./speaker
 # The venv ships no pip or setuptools: nothing installs at run time, and they only widen the image.
+# The import check runs from /: the checkout in /src would shadow the installed lbctl package.
 RUN set -eu; \
     pip=/opt/lbctl/bin/pip; \
     offline=${WHEELS:+--no-index --find-links=$WHEELS}; \
     $pip wheel $offline --no-deps --wheel-dir /tmp/dist . ; \
     $pip install $offline /tmp/dist/lbctl-*.whl; \
     $pip uninstall --yes pip setuptools; \
-    /opt/lbctl/bin/python -c 'import lbctl.assets, lbctl.controller.main, lbctl.speaker.main'
+    cd / && /opt/lbctl/bin/python -c 'import lbctl.assets, lbctl.controller.main, lbctl.speaker.main'
 
 FROM ${BASE}
 COPY --from=build /opt/lbctl /opt/lbctl
