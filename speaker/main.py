@@ -334,11 +334,12 @@ async def run(args: argparse.Namespace, keys: Keyring) -> None:
         tasks.append(asyncio.create_task(sp.announcer.refresh_loop(), name="garp-refresh"))
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait({stopper, beat, *tasks}, return_when=asyncio.FIRST_COMPLETED)
-    for task in done:  # every task runs forever; one ending early is a bug worth a loud log
-        if task is not stopper:
-            exc = None if task.cancelled() else task.exception()
-            name = task.get_name() if isinstance(task, asyncio.Task) else "heartbeats"
-            logger.error("task_ended", task=name, error=repr(exc))
+    failed = [task for task in done if task is not stopper]
+    for task in failed:  # every task runs forever; one ending early is a bug worth a loud log
+        exc = None if task.cancelled() else task.exception()
+        name = task.get_name() if isinstance(task, asyncio.Task) else "heartbeats"
+        logger.error("task_ended", task=name, error=repr(exc), exc_info=exc)
+    stopper.cancel()
     try:
         for task in tasks:
             task.cancel()
@@ -374,6 +375,8 @@ async def run(args: argparse.Namespace, keys: Keyring) -> None:
         if kube:
             await kube.close()
         logger.info("stopped")
+    if failed:  # after the handover and cleanup above: exit non-zero so the kubelet restarts us and says so
+        raise SystemExit(1)
 
 
 def main(argv: list[str] | None = None) -> None:
