@@ -283,6 +283,17 @@ class Speaker:
             self.dirty.set()
 
 
+LAG_SAMPLE_S = 0.1
+
+
+async def watch_loop_lag(metrics: Metrics) -> None:
+    """Sample how late the loop wakes a timer: a long callback (a big recompute) shows here as lag."""
+    while True:
+        t0 = time.monotonic()
+        await asyncio.sleep(LAG_SAMPLE_S)
+        metrics.loop_lag.observe(max(0.0, time.monotonic() - t0 - LAG_SAMPLE_S))
+
+
 async def run(args: argparse.Namespace, keys: Keyring) -> None:
     metrics = Metrics()
     loop = asyncio.get_running_loop()
@@ -329,7 +340,8 @@ async def run(args: argparse.Namespace, keys: Keyring) -> None:
     beat = sp.heartbeats.ended
     tasks += [asyncio.create_task(sp.elect_forever(), name="election"),
               asyncio.create_task(sp.sweep_conflicts(), name="conflicts"),
-              asyncio.create_task(sp.interfaces.run(), name="interfaces")]
+              asyncio.create_task(sp.interfaces.run(), name="interfaces"),
+              asyncio.create_task(watch_loop_lag(metrics), name="loop-lag")]
     if args.garp_refresh > 0:
         tasks.append(asyncio.create_task(sp.announcer.refresh_loop(), name="garp-refresh"))
     stopper = asyncio.create_task(stop.wait())
