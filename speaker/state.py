@@ -17,6 +17,7 @@ from lbctl.core.election import NodeInfo
 from lbctl.core.intent_index import IntentIndex
 from lbctl.kube.client import ApiError, Kube
 from lbctl.kube.resources import IPPOOLS, NODES, SERVICES
+from lbctl.kube.watch_health import WatchHealth
 
 logger = log.get(__name__)
 SLICES_V1 = "/apis/discovery.k8s.io/v1/endpointslices"
@@ -32,6 +33,7 @@ class KubeState:
         self.index = IntentIndex(lb_class)
         self.model = self.index.model
         self._synced: set[str] = set()
+        self.health = WatchHealth()
 
     @property
     def synced(self) -> bool:
@@ -64,18 +66,16 @@ class KubeState:
             await self._watch("EndpointSlice", SLICES_V1BETA1)
 
     async def _watch(self, kind: str, path: str, fallback_on_404: bool = False) -> None:
-        failing = False
         async for event, obj in self.kube.informer(path):
             if event == "ERROR":
                 if fallback_on_404 and isinstance(obj, ApiError) and obj.status == 404:
                     raise _NotServed()
-                if not failing:  # once per outage, not per retry
+                if self.health.failed(kind):  # once per outage, not per retry
                     logger.warning("watch_failed", kind=kind, error=str(obj), keeping="last known state")
-                failing = True
                 continue
-            if failing:
-                logger.info("watch_recovered", kind=kind)
-                failing = False
+            down = self.health.recovered(kind)
+            if down is not None:
+                logger.info("watch_recovered", kind=kind, failed_seconds=round(down, 1))
             try:
                 changed = self.index.apply(kind, event, obj)
             except Exception as exc:  # an odd object must not end the watch
