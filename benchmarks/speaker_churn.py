@@ -49,17 +49,16 @@ from lbctl.core.heartbeat import TIMING_PRESETS
 from lbctl.kube import config
 from lbctl.kube.client import ApiError, Kube
 from lbctl.kube.resources import apply
-from lbctl.lab.topology import in_ns, sh
 from lbctl.tables import table
 from tests.figures import figure
 
-from .speaker_scale import TICK, Child, cpu_ticks, metric
+from .speaker_scale import TICK, Child, build_namespaces, clean_namespaces, cpu_ticks, metric
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = os.environ.get("LBCTL_LAB_PREFIX", "lbctl-") + "churn-"
 BR_NS, SPK_NS, CLI_NS = f"{PREFIX}br", f"{PREFIX}spk", f"{PREFIX}cli"
 NAMESPACES = (BR_NS, SPK_NS, CLI_NS)
-SPK_IP, CLI_IP, PREFIXLEN = "198.18.0.2", "198.18.0.3", 16
+SPK_IP, CLI_IP = "198.18.0.2", "198.18.0.3"  # on speaker_scale's /16
 SPK_MAC, CLI_MAC = "02:18:5e:00:01:02", "02:18:5e:00:01:03"
 MINE_NET, OTHERS_NET = "198.18.64.0/24", "198.18.128.0/17"
 NODE, OTHER_NODES = "churn-speaker", ("churn-other-1", "churn-other-2", "churn-other-3")
@@ -70,36 +69,6 @@ ARP_GAP_MS = 5.0
 ARP_TARGETS = 4
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; Python 3.11 lacks the name
 READY_TIMEOUT = 300.0
-
-
-# --- namespaces (outside) ---------------------------------------------------------------------------
-
-def clean_namespaces() -> None:
-    """Remove our namespaces and whatever still runs in them (only ever this benchmark's processes)."""
-    listed = sh("ip", "netns", "list", check=False).stdout.split("\n")
-    for ns in [line.split()[0] for line in listed if line.split() and line.split()[0] in NAMESPACES]:
-        for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
-            try:
-                os.kill(int(pid), 9)
-            except (ProcessLookupError, ValueError):
-                pass
-        sh("ip", "netns", "del", ns, check=False)
-
-
-def build_namespaces() -> None:
-    for ns in NAMESPACES:
-        sh("ip", "netns", "add", ns)
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
-        in_ns(ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
-    sh("ip", "-n", BR_NS, "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0")
-    sh("ip", "-n", BR_NS, "link", "set", "br0", "up")
-    for ns, port, ip, mac in ((SPK_NS, "v-spk", SPK_IP, SPK_MAC), (CLI_NS, "v-cli", CLI_IP, CLI_MAC)):
-        # Created in the bridge namespace, the peer end moved straight into the host's: never the root ns.
-        sh("ip", "-n", BR_NS, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
-        sh("ip", "-n", BR_NS, "link", "set", port, "master", "br0", "up")
-        sh("ip", "-n", ns, "link", "set", "eth0", "address", mac)
-        sh("ip", "-n", ns, "addr", "add", f"{ip}/{PREFIXLEN}", "brd", "+", "dev", "eth0")
-        sh("ip", "-n", ns, "link", "set", "eth0", "up")
 
 
 # --- the cluster (inside cli) -----------------------------------------------------------------------
@@ -410,15 +379,16 @@ def main(argv: list[str] | None = None) -> None:
         return
     if os.geteuid() != 0:
         raise SystemExit("speaker_churn needs root (network namespaces, raw sockets)")
-    clean_namespaces()
+    hosts = ((SPK_NS, "v-spk", SPK_IP, SPK_MAC), (CLI_NS, "v-cli", CLI_IP, CLI_MAC))
+    clean_namespaces(NAMESPACES)  # a crashed earlier run's leftovers: only ever our own names
     try:
-        build_namespaces()
+        build_namespaces(BR_NS, hosts)
         rc = subprocess.run(["ip", "netns", "exec", CLI_NS, sys.executable, "-m", "benchmarks.speaker_churn",
                              "--inside", *(argv if argv is not None else sys.argv[1:])], cwd=ROOT).returncode
         if rc:
             raise SystemExit(rc)
     finally:
-        clean_namespaces()
+        clean_namespaces(NAMESPACES)
 
 
 if __name__ == "__main__":
