@@ -245,7 +245,8 @@ async def churn(kube: Kube, names: list[str], version: str, rate: int, seconds: 
 
 
 async def measure(kube: Kube, spk: Child, clock: BeaconClock, label: str, seconds: float, interval: float,
-                  targets: list[str], churn_args: tuple[list[str], str, int] | None) -> Phase:
+                  targets: list[str], churn_args: tuple[list[str], str, int] | None,
+                  py_spy: str | None = None, py_spy_out: str = "") -> Phase:
     phase = Phase(label)
     count = max(10, int(seconds * 1000 / ARP_GAP_MS / len(targets)))
     arp = await asyncio.create_subprocess_exec(
@@ -255,6 +256,12 @@ async def measure(kube: Kube, spk: Child, clock: BeaconClock, label: str, second
     before = await asyncio.to_thread(scrape)
     clock.take()
     t0, c0 = time.monotonic(), cpu_ticks(spk.pid)
+    spy = None
+    if py_spy:  # where the speaker spends its time in this phase (a folded-stacks file, for flame graphs)
+        spy = await asyncio.create_subprocess_exec(py_spy, "record", "--pid", str(spk.pid), "--duration",
+                                                   str(int(seconds)), "--format", "raw", "--threads",
+                                                   "-o", f"{py_spy_out}-{label}.txt",
+                                                   stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     if churn_args:
         names, version, rate = churn_args
         await churn(kube, names, version, rate, seconds, phase)
@@ -264,6 +271,8 @@ async def measure(kube: Kube, spk: Child, clock: BeaconClock, label: str, second
     beacons = clock.take()
     after = await asyncio.to_thread(scrape)
     out, _ = await arp.communicate()
+    if spy:
+        await spy.wait()
     phase.cpu = 100 * ticks / TICK / wall
     phase.lag99, phase.lag_samples = lag_p99(before, after)
     phase.jitter = [abs(b - a - interval) for a, b in zip(beacons, beacons[1:])]
@@ -340,9 +349,10 @@ async def inside_async(cp: ControlPlane, args: argparse.Namespace, workdir: Path
                   f"(watching {args.services} Services and EndpointSlices)", flush=True)
             await asyncio.sleep(2)
             targets = ips[:min(ARP_TARGETS, args.mine)]
-            idle = await measure(kube, spk, clock, "idle", args.duration, interval, targets, None)
+            spy = (args.py_spy, args.py_spy_out)
+            idle = await measure(kube, spk, clock, "idle", args.duration, interval, targets, None, *spy)
             busy = await measure(kube, spk, clock, "churn", args.duration, interval, targets,
-                                 (names[args.mine:], version, args.rate))
+                                 (names[args.mine:], version, args.rate), *spy)
             if not spk.alive():
                 raise RuntimeError("speaker exited during the run: " + " | ".join(spk.tail[-8:]))
             report(idle, busy, args.rate)
@@ -370,6 +380,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--duration", type=float, default=30.0, help="seconds per phase")
     p.add_argument("--timing", choices=list(TIMING_PRESETS), default="fast",
                    help="the speaker's heartbeat preset (fast: 0.1 s, many beacons to time)")
+    p.add_argument("--py-spy", metavar="PATH", help="py-spy binary: record the speaker in each phase")
+    p.add_argument("--py-spy-out", metavar="PREFIX", default="speaker-churn-profile",
+                   help="py-spy's folded stacks go to PREFIX-idle.txt and PREFIX-churn.txt")
     p.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)  # the part run in the cli namespace
     args = p.parse_args(argv)
     if not 0 < args.mine < args.services:

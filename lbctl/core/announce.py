@@ -176,7 +176,9 @@ class ClusterModel:
     def withheld_reason(self, ip: str) -> str | None:
         """Why `ip` must not be announced: whoever may write a Service's status must not be able to make the
         cluster answer ARP for any address (a gateway, say), so only addresses of a usable IPPool are."""
-        pool = self.pool_for(ip)
+        return self._unusable(self.pool_for(ip))
+
+    def _unusable(self, pool: PoolSpec | None) -> str | None:
         if pool is None:
             return "it is outside every IPPool"
         if pool.error:
@@ -187,11 +189,7 @@ class ClusterModel:
 
     def withheld(self, lb_class: str | None) -> dict[str, tuple[str, tuple[ServiceRef, ...]]]:
         """ip -> (reason, Services) for every assigned address that is not announced."""
-        return {ip: w for ip, svcs in self._by_ip(lb_class).items() if (w := self.withheld_at(ip, svcs))}
-
-    def withheld_at(self, ip: str, svcs: Iterable[ServiceRequest]) -> tuple[str, tuple[ServiceRef, ...]] | None:
-        reason = self.withheld_reason(ip)
-        return (reason, _refs(svcs)) if reason else None
+        return {ip: w for ip, svcs in self._by_ip(lb_class).items() if (w := self.state_at(ip, svcs, _none)[1])}
 
     def _by_ip(self, lb_class: str | None) -> dict[str, list[ServiceRequest]]:
         by_ip: dict[str, list[ServiceRequest]] = {}
@@ -205,24 +203,30 @@ class ClusterModel:
         ready = self.ready_by_service()
         empty: set[str] = set()
         return {ip: intent for ip, svcs in self._by_ip(lb_class).items()
-                if (intent := self.intent_at(ip, svcs, lambda key: ready.get(key, empty))) is not None}
+                if (intent := self.state_at(ip, svcs, lambda key: ready.get(key, empty))[0]) is not None}
 
-    def intent_at(self, ip: str, svcs: Iterable[ServiceRequest],
-                  ready_of: Callable[[str], Iterable[str]]) -> IpIntent | None:
-        """The intent of `ip`, held by `svcs` (Services that want it); None when it is withheld."""
-        if self.withheld_reason(ip):
-            return None
+    def state_at(self, ip: str, svcs: Iterable[ServiceRequest], ready_of: Callable[[str], Iterable[str]]
+                 ) -> tuple[IpIntent | None, tuple[str, tuple[ServiceRef, ...]] | None]:
+        """(intent, None) for `ip` held by `svcs` (Services that want it), or (None, (reason, Services)) when
+        it is withheld. The one per-IP function of both the full rebuild and IntentIndex."""
         svcs = list(svcs)
         pool = self.pool_for(ip)
-        sels, ifs = layer2_of(pool.layer2) if pool else ((), ())
+        reason = self._unusable(pool)
+        if reason or pool is None:
+            return None, (reason or "", _refs(svcs))
+        sels, ifs = layer2_of(pool.layer2)
         nodes: set[str] = set()
         for s in svcs:
             nodes.update(ready_of(s.key))
         return IpIntent(
-            ip=ip, services=_refs(svcs), pool=pool.name if pool else None, node_selectors=sels, interfaces=ifs,
+            ip=ip, services=_refs(svcs), pool=pool.name, node_selectors=sels, interfaces=ifs,
             # Shared addresses: Local on any sharer confines the owner to nodes serving one of them.
             etp_local=any(s.etp_local for s in svcs), ready_nodes=frozenset(nodes),
-        )
+        ), None
+
+
+def _none(_key: str) -> Iterable[str]:
+    return ()
 
 
 def service_ips(svc: ServiceRequest, lb_class: str | None) -> tuple[str, ...]:

@@ -3,7 +3,7 @@
 A speaker watches every Service and EndpointSlice in the cluster; most events are for Services it will never
 announce. Rebuilding every IP's intent on each (10,000 Services: tens of ms on the event loop, which shares
 the GIL with the ARP and heartbeat threads) is what this avoids. Per event only the IPs it can touch are
-recomputed, with the same per-IP function as the full rebuild (`ClusterModel.intent_at` / `withheld_at`):
+recomputed, with the same per-IP function as the full rebuild (`ClusterModel.state_at`):
 
 - a Service: the IPs it held before and holds now;
 - an EndpointSlice: the IPs of the Service it belonged to and belongs to now;
@@ -134,8 +134,7 @@ class IntentIndex:
         self.recomputed += len(ips)
         for ip in ips:
             svcs = [self.model.services[k] for k in self._at.get(ip, ())]
-            intent = self.model.intent_at(ip, svcs, self._ready_of) if svcs else None
-            held = self.model.withheld_at(ip, svcs) if svcs else None
+            intent, held = self.model.state_at(ip, svcs, self._ready_of) if svcs else (None, None)
             if intent is None:
                 self.intents.pop(ip, None)
             else:
