@@ -4,8 +4,8 @@
 
 Needs root. Builds its own namespaces (named $LBCTL_LAB_PREFIX + churn-*, never the lab's) on one bridge:
 
-    br (br0) -- spk  198.18.0.2/16  the real `python -m speaker` (Kubernetes mode, the chart's ServiceAccount)
-             -- cli  198.18.0.3/16  etcd + kube-apiserver (lbctl/controlplane.py) on 198.18.0.3, and this
+    br (br0) -- spk  198.18.0.2/16  the real `python -m lbctl.speaker` (Kubernetes mode, the chart's ServiceAccount)
+             -- cli  198.18.0.3/16  etcd + kube-apiserver (lbctl/lab/controlplane.py) on 198.18.0.3, and this
                                     benchmark itself (re-run inside with --inside): the API client making the
                                     churn, ARP probes (benchmarks.lab_arp rtt), beacon capture, /metrics scrapes
 
@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.controller_bench import bounded, pct
-from lbctl.controlplane import RELEASE, SA_NS, ControlPlane
+from lbctl.lab.controlplane import RELEASE, SA_NS, ControlPlane
 from lbctl.core.heartbeat import TIMING_PRESETS
 from lbctl.kube import config
 from lbctl.kube.client import ApiError, Kube
@@ -213,7 +213,8 @@ class Phase:
 
 async def churn(kube: Kube, names: list[str], version: str, rate: int, seconds: float, phase: Phase) -> None:
     """`rate` updates per second, paced, alternately a Service label and an EndpointSlice readiness flip."""
-    svcs, slices = f"/api/v1/namespaces/{NS}/services", f"/apis/discovery.k8s.io/{version}/namespaces/{NS}/endpointslices"
+    svcs = f"/api/v1/namespaces/{NS}/services"
+    slices = f"/apis/discovery.k8s.io/{version}/namespaces/{NS}/endpointslices"
     sem = asyncio.Semaphore(CONCURRENCY)
     lat: list[float] = []
     tasks: list[asyncio.Task[None]] = []
@@ -324,7 +325,7 @@ async def inside_async(cp: ControlPlane, args: argparse.Namespace, workdir: Path
         key = workdir / "key"
         key.write_text(os.urandom(32).hex())
         kubeconfig = cp.service_account_kubeconfig(SA_NS, f"{RELEASE}-speaker")
-        spk = Child("speaker", SPK_NS, [sys.executable, "-m", "speaker", "--node-name", NODE, "--kubeconfig",
+        spk = Child("speaker", SPK_NS, [sys.executable, "-m", "lbctl.speaker", "--node-name", NODE, "--kubeconfig",
                                         str(kubeconfig), "--lease-namespace", SA_NS, "--heartbeat-key-file", str(key),
                                         "--timing", args.timing, "--http-host", "0.0.0.0", "--http-port",
                                         str(HTTP_PORT), "--log-format", "json"],

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 DIE = """
 import sys
-import speaker.main as m
+import lbctl.speaker.main as m
 
 async def broken(self):
     raise RuntimeError("conflict sweeper broke")

@@ -12,7 +12,7 @@ import pytest
 
 from lbctl.core.announce import ClusterModel
 from lbctl.kube.resources import IPPOOLS, NODES, SERVICES
-from speaker.state import SLICES_V1, KubeState
+from lbctl.speaker.state import SLICES_V1, KubeState
 
 from .test_speaker_model import eps, node, pool, svc
 

@@ -6,7 +6,7 @@ import asyncio
 
 from lbctl.kube.resources import SERVICES
 from lbctl.kube.watch_health import WatchHealth
-from speaker.state import KubeState
+from lbctl.speaker.state import KubeState
 
 from .test_speaker_churn_cost import StubInformer
 from .test_speaker_model import svc
