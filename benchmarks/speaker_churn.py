@@ -260,7 +260,7 @@ async def measure(kube: Kube, spk: Child, clock: BeaconClock, label: str, second
     spy = None
     if py_spy:  # where the speaker spends its time in this phase (a folded-stacks file, for flame graphs)
         spy = await asyncio.create_subprocess_exec(py_spy, "record", "--pid", str(spk.pid), "--duration",
-                                                   str(int(seconds)), "--format", "raw", "--threads",
+                                                   str(int(seconds)), "--format", "raw", "--threads", "--nonblocking",
                                                    "-o", f"{py_spy_out}-{label}.txt",
                                                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     if churn_args:
