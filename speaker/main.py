@@ -36,10 +36,6 @@ from .status import ConflictEvents, StatusWriter, TakeoverEvents, status_body
 from .withheld import WithheldReporter
 
 logger = log.get("speaker")
-# The ARP responder and heartbeat threads share the GIL with the event loop: a frame that arrives while the loop
-# runs Python waits until the loop is made to let go, after the switch interval (CPython's default: 5 ms, 30x
-# an ARP answer). 0.5 ms bounds that wait; the switch costs only when a thread is actually waiting.
-GIL_SWITCH_S = 0.0005
 HANDOVER_GRACE = 1.0  # at most this long answering after LEAVING; each IP stops once its successor announces it
 CONFIRM_S = 0.25  # a foreign claim counts only if we still own the IP this much later (not a move in flight)
 
@@ -405,7 +401,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"lbctl-speaker: cannot open raw sockets ({denied}); the speaker needs CAP_NET_RAW "
               "(securityContext.capabilities.add: [NET_RAW]) and hostNetwork", file=sys.stderr)
         raise SystemExit(2)
-    sys.setswitchinterval(GIL_SWITCH_S)
     try:
         asyncio.run(run(args, keys))
     except config.ConfigError as exc:
