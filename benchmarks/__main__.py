@@ -5,10 +5,12 @@ from __future__ import annotations
 import importlib
 import sys
 
-ALL = ["codec", "controller", "controller_scale", "election", "simulation", "speaker_scale", "status", "fuzz", "lab",
+ALL = ["codec", "controller", "controller_scale", "election", "simulation", "speaker_scale", "speaker_churn", "status",
+       "fuzz", "lab",
        "reliability"]  # reliability: ~5 min, the figures table; speaker_scale ~7 min
 MODULES = {"reliability": "benchmarks.reliability", "simulation": "benchmarks.simulation",
-           "speaker_scale": "benchmarks.speaker_scale", "controller_scale": "benchmarks.controller_scale"}
+           "speaker_scale": "benchmarks.speaker_scale", "speaker_churn": "benchmarks.speaker_churn",
+           "controller_scale": "benchmarks.controller_scale"}
 # the others are benchmarks.<name>_bench
 
 

@@ -202,14 +202,14 @@ class Speaker(Child):
 
 # --- namespaces ------------------------------------------------------------------------------------
 
-def our_namespaces() -> list[str]:
+def our_namespaces(names: tuple[str, ...] = NAMESPACES) -> list[str]:
     out = sh("ip", "netns", "list", check=False).stdout
-    return [line.split()[0] for line in out.splitlines() if line.split() and line.split()[0] in NAMESPACES]
+    return [line.split()[0] for line in out.splitlines() if line.split() and line.split()[0] in names]
 
 
-def clean_namespaces() -> None:
+def clean_namespaces(names: tuple[str, ...] = NAMESPACES) -> None:
     """Remove our namespaces and whatever still runs in them (only ever this benchmark's processes)."""
-    for ns in our_namespaces():
+    for ns in our_namespaces(names):
         for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
             try:
                 os.kill(int(pid), signal.SIGKILL)
@@ -218,18 +218,22 @@ def clean_namespaces() -> None:
         sh("ip", "netns", "del", ns, check=False)
 
 
-def build_namespaces() -> None:
-    """A bridge namespace and two hosts on it; IPv6 off (IPv4 beacons and ARP only)."""
-    for ns in NAMESPACES:
+HOSTS = ((SPK_NS, "v-spk", SPK_IP, SPK_MAC), (SIM_NS, "v-peers", SIM_IP, SIM_MAC))
+
+
+def build_namespaces(bridge: str = BR_NS, hosts: tuple[tuple[str, str, str, str], ...] = HOSTS) -> None:
+    """A bridge namespace and hosts (namespace, bridge port, IPv4, MAC) on it; IPv6 off (IPv4 beacons and
+    ARP only). Also benchmarks/speaker_churn.py's."""
+    for ns in (bridge, *(h[0] for h in hosts)):
         sh("ip", "netns", "add", ns)
         sh("ip", "-n", ns, "link", "set", "lo", "up")
         in_ns(ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
-    sh("ip", "-n", BR_NS, "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0")
-    sh("ip", "-n", BR_NS, "link", "set", "br0", "up")
-    for ns, port, ip, mac in ((SPK_NS, "v-spk", SPK_IP, SPK_MAC), (SIM_NS, "v-peers", SIM_IP, SIM_MAC)):
+    sh("ip", "-n", bridge, "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0")
+    sh("ip", "-n", bridge, "link", "set", "br0", "up")
+    for ns, port, ip, mac in hosts:
         # Created in the bridge namespace, the peer end moved straight into the host's: never the root ns.
-        sh("ip", "-n", BR_NS, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
-        sh("ip", "-n", BR_NS, "link", "set", port, "master", "br0", "up")
+        sh("ip", "-n", bridge, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        sh("ip", "-n", bridge, "link", "set", port, "master", "br0", "up")
         sh("ip", "-n", ns, "link", "set", "eth0", "address", mac)
         sh("ip", "-n", ns, "addr", "add", f"{ip}/{PREFIXLEN}", "brd", "+", "dev", "eth0")
         sh("ip", "-n", ns, "link", "set", "eth0", "up")

@@ -1,13 +1,12 @@
 """The controller's three list-watches (Services, Namespaces, IPPools) on lbctl's informer, and their health.
 
 All three feed one Reconciler, which decides nothing before every one of them has listed (one synced
-barrier). lbctl's informer relists after any failure, so a watch never ends on its own; `WatchHealth` says
-how long each has been failing so /healthz can report a controller that sees nothing.
+barrier). lbctl's informer relists after any failure, so a watch never ends on its own; `WatchHealth`
+(lbctl/kube/watch_health.py, shared with the speaker) says how long each has been failing for /healthz.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,34 +15,11 @@ from lbctl.core.pools import parse_pool
 from lbctl.core.service import read_service
 from lbctl.kube.client import Kube
 from lbctl.kube.resources import IPPOOLS, NAMESPACES, SERVICES
+from lbctl.kube.watch_health import WatchHealth
 
 from .reconciler import Reconciler
 
 logger = log.get(__name__)
-
-
-class WatchHealth:
-    """Since when each watch has been failing (absent: working)."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self.failing_since: dict[str, float] = {}
-
-    def failed(self, kind: str) -> bool:
-        """Record a failure; True for the first one of an outage (log that one, not every retry)."""
-        if kind in self.failing_since:
-            return False
-        self.failing_since[kind] = self.clock()
-        return True
-
-    def recovered(self, kind: str) -> float | None:
-        since = self.failing_since.pop(kind, None)
-        return None if since is None else self.clock() - since
-
-    def worst(self) -> float:
-        """Seconds the longest-failing watch has been failing (0 when all work)."""
-        now = self.clock()
-        return max((now - t for t in self.failing_since.values()), default=0.0)
 
 
 def _name(obj: Any) -> str:

@@ -58,6 +58,10 @@ class Announcer:
         self._ndp: dict[str, NdpResponder] = {}
         self._bursts: dict[Key, asyncio.Task[None]] = {}
         self._unplaced: set[str] = set()
+        # (ip, pool interfaces) -> (where, packed, version): apply() runs on every reconcile, placing every
+        # owned IP; parsed again only when the usable interfaces change (candidates is replaced then).
+        self._placed: dict[tuple[str, tuple[str, ...]], tuple[list[Interface], bytes, int]] = {}
+        self._placed_for: object = None
         self._broken: dict[tuple[str, str], str] = {}  # (kind, interface) -> error, logged once
 
     def owned_ips(self) -> set[str]:
@@ -67,12 +71,16 @@ class Announcer:
         """Announce exactly `mine`; returns the announcements that are new."""
         want: dict[Key, tuple[Interface, IpIntent]] = {}
         unplaced = set()
+        cache = self._placed if self.interfaces.candidates is self._placed_for else {}
+        placed: dict[tuple[str, tuple[str, ...]], tuple[list[Interface], bytes, int]] = {}
         for ip, intent in mine.items():
-            ifaces = self.interfaces.for_ip(ip, intent.interfaces)
-            if not ifaces:
+            k = (ip, intent.interfaces)
+            place = placed[k] = cache.get(k) or self._place(ip, intent.interfaces)
+            if not place[0]:
                 unplaced.add(ip)
-            for iface in ifaces:
+            for iface in place[0]:
                 want[(ip, iface.name)] = (iface, intent)
+        self._placed, self._placed_for = placed, self.interfaces.candidates
         if unplaced - self._unplaced:
             logger.warning("no_interface_for_ip", ips=sorted(unplaced - self._unplaced),
                            hint="no usable interface has a subnet holding it and its pool names no interfaces")
@@ -82,9 +90,9 @@ class Announcer:
         v4: dict[str, set[bytes]] = {}
         v6: dict[str, set[bytes]] = {}
         ifs: dict[str, Interface] = {}
-        for (ip, name), (iface, _) in want.items():
-            addr = ipaddress.ip_address(ip)
-            (v4 if addr.version == 4 else v6).setdefault(name, set()).add(addr.packed)
+        for (ip, name), (iface, intent) in want.items():
+            _, packed, version = placed[(ip, intent.interfaces)]
+            (v4 if version == 4 else v6).setdefault(name, set()).add(packed)
             ifs[name] = iface
         self._sync(self._arp, v4, ifs, ArpResponder, "arp")
         self._sync(self._ndp, v6, ifs, NdpResponder, "ndp")
@@ -106,14 +114,17 @@ class Announcer:
                 continue
             if not self._serving(ip, name):
                 continue
-            ann = Announcement(ip, name, iface.mac, now_iso(), services,
-                               _packed=ipaddress.ip_address(ip).packed)
+            ann = Announcement(ip, name, iface.mac, now_iso(), services, _packed=placed[(ip, intent.interfaces)][1])
             self.current[key] = ann
             new.append(ann)
             if self.garp_count:
                 self._bursts[key] = asyncio.create_task(self._burst(key, self.garp_count))
         self.metrics.announced.set(len(self.owned_ips()))
         return new
+
+    def _place(self, ip: str, pool_interfaces: tuple[str, ...]) -> tuple[list[Interface], bytes, int]:
+        addr = ipaddress.ip_address(ip)
+        return self.interfaces.for_ip(ip, pool_interfaces), addr.packed, addr.version
 
     def _serving(self, ip: str, name: str) -> bool:
         table = self._arp if ":" not in ip else self._ndp

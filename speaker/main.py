@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from lbctl import arpsysctl, httpserver, log
-from lbctl.core.announce import IpIntent, ServiceRef
+from lbctl.core.announce import IpIntent
 from lbctl.core.conflicts import Conflict, ConflictTable
 from lbctl.core.election_index import ElectionIndex
 from lbctl.core.heartbeat import Keyring
@@ -77,11 +77,10 @@ class Speaker:
                                         suspect_s=SUSPECT_INTERVALS * args.heartbeat_interval)
         self.registered: Callable[[], frozenset[str] | None] = lambda: None  # the peer census, with Kubernetes
         self._isolation_wake: asyncio.TimerHandle | None = None
-        # Per-IP interfaces, recomputed only when the intents or the usable interfaces change.
+        # Per-IP interfaces, recomputed only for the IPs whose intent changed, or all when the interfaces do.
         self._where: dict[str, tuple[str, ...]] = {}
-        self._where_key: tuple[object, object] = (None, None)
-        self._where_cache: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
-        self._withheld: tuple[object, dict[str, tuple[str, tuple[ServiceRef, ...]]]] = (None, {})
+        self._where_ifaces: object = None
+        self._resync = True  # the election has not taken in the source's changes: give it every IP next time
 
     def ready(self) -> bool:
         return self.warm and self.source is not None and self.source.synced
@@ -136,13 +135,20 @@ class Speaker:
         self.heartbeats.nodes_known(self.source.nodes())  # peers of deleted Nodes are forgotten
         live = self.heartbeats.live(now)
         intents = self.source.intents()
+        # Only the IPs whose intent changed are looked at (an event for one Service costs its own IPs).
+        changes = self.source.take_changes()
+        if self._resync:
+            changes = None
+        self._resync = True  # until the election has taken these changes in
+        segments, changes = self._segments(intents, changes)
         # Each IP among the speakers heard on the segment it is announced on (docs/reliability.md).
         try:
-            changed = self.election.update(intents, live, self.source.nodes(), self._segments(intents),
-                                           self.heartbeats.live_on(now))
+            changed = self.election.update(intents, live, self.source.nodes(), segments,
+                                           self.heartbeats.live_on(now), only=changes)
         except Exception:
             self.election, self._won = ElectionIndex(), set()  # maybe half applied: rank afresh next time
             raise
+        self._resync = False
         for ip in changed:
             if self.election.owners.get(ip) == self.node:
                 self._won.add(ip)
@@ -170,34 +176,25 @@ class Speaker:
         announced = list(self.announcer.current.values())
         if self.events:
             self.events.update(mine, announced)
-        self.withheld.update(self._withheld_now(intents), live)
+        self.withheld.update(self.source.withheld(), live)
         self._publish()
 
-    def _segments(self, intents: dict[str, IpIntent]) -> dict[str, tuple[str, ...]]:
-        """IP -> names of the interfaces it would be announced on. Liveness changes (most reconciles) reuse
-        the last answer; new intents reuse it per (IP, pool interfaces) while the interfaces stay put."""
-        key = (intents, self.interfaces.candidates)  # both are replaced, never mutated, when they change
-        if key[0] is self._where_key[0] and key[1] is self._where_key[1]:
-            return self._where
-        cache = self._where_cache if key[1] is self._where_key[1] else {}
-        fresh: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
-        for ip, intent in intents.items():
-            k = (ip, intent.interfaces)
-            names = cache.get(k)
-            if names is None:
-                names = tuple(i.name for i in self.interfaces.for_ip(ip, intent.interfaces))
-            fresh[k] = names
-        self._where = {ip: fresh[(ip, i.interfaces)] for ip, i in intents.items()}
-        self._where_key, self._where_cache = key, fresh
-        return self._where
-
-    def _withheld_now(self, intents: dict[str, IpIntent]) -> dict[str, tuple[str, tuple[ServiceRef, ...]]]:
-        # The source rebuilds its intents from the same objects whenever any of them changes: while the
-        # intents are the same object, so is what is withheld (a scan of every Service and pool, not redone).
-        if self._withheld[0] is not intents:
-            assert self.source is not None
-            self._withheld = (intents, self.source.withheld())
-        return self._withheld[1]
+    def _segments(self, intents: dict[str, IpIntent],
+                  changes: set[str] | None) -> tuple[dict[str, tuple[str, ...]], set[str] | None]:
+        """IP -> names of the interfaces it would be announced on, redone for the IPs in `changes` (None: all);
+        returned with the IPs whose entry may have changed (None: any, as when the usable interfaces did)."""
+        candidates = self.interfaces.candidates  # replaced, never mutated, when they change
+        if candidates is not self._where_ifaces:
+            self._where_ifaces, changes = candidates, None
+        if changes is None:
+            self._where = {}
+        for ip in intents if changes is None else changes:
+            intent = intents.get(ip)
+            if intent is None:
+                self._where.pop(ip, None)
+            else:
+                self._where[ip] = tuple(i.name for i in self.interfaces.for_ip(ip, intent.interfaces))
+        return self._where, changes
 
     def _isolation(self, v: Verdict, live: set[str], now: float) -> None:
         if v.started:
@@ -284,6 +281,17 @@ class Speaker:
             self.dirty.set()
 
 
+LAG_SAMPLE_S = 0.1
+
+
+async def watch_loop_lag(metrics: Metrics) -> None:
+    """Sample how late the loop wakes a timer: a long callback (a big recompute) shows here as lag."""
+    while True:
+        t0 = time.monotonic()
+        await asyncio.sleep(LAG_SAMPLE_S)
+        metrics.loop_lag.observe(max(0.0, time.monotonic() - t0 - LAG_SAMPLE_S))
+
+
 async def run(args: argparse.Namespace, keys: Keyring) -> None:
     metrics = Metrics()
     loop = asyncio.get_running_loop()
@@ -330,16 +338,18 @@ async def run(args: argparse.Namespace, keys: Keyring) -> None:
     beat = sp.heartbeats.ended
     tasks += [asyncio.create_task(sp.elect_forever(), name="election"),
               asyncio.create_task(sp.sweep_conflicts(), name="conflicts"),
-              asyncio.create_task(sp.interfaces.run(), name="interfaces")]
+              asyncio.create_task(sp.interfaces.run(), name="interfaces"),
+              asyncio.create_task(watch_loop_lag(metrics), name="loop-lag")]
     if args.garp_refresh > 0:
         tasks.append(asyncio.create_task(sp.announcer.refresh_loop(), name="garp-refresh"))
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait({stopper, beat, *tasks}, return_when=asyncio.FIRST_COMPLETED)
-    for task in done:  # every task runs forever; one ending early is a bug worth a loud log
-        if task is not stopper:
-            exc = None if task.cancelled() else task.exception()
-            name = task.get_name() if isinstance(task, asyncio.Task) else "heartbeats"
-            logger.error("task_ended", task=name, error=repr(exc))
+    failed = [task for task in done if task is not stopper]
+    for task in failed:  # every task runs forever; one ending early is a bug worth a loud log
+        exc = None if task.cancelled() else task.exception()
+        name = task.get_name() if isinstance(task, asyncio.Task) else "heartbeats"
+        logger.error("task_ended", task=name, error=repr(exc), exc_info=exc)
+    stopper.cancel()
     try:
         for task in tasks:
             task.cancel()
@@ -375,6 +385,8 @@ async def run(args: argparse.Namespace, keys: Keyring) -> None:
         if kube:
             await kube.close()
         logger.info("stopped")
+    if failed:  # after the handover and cleanup above: exit non-zero so the kubelet restarts us and says so
+        raise SystemExit(1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Event-loop lag: the ARP/NDP and heartbeat threads share the GIL with the loop, so a slow callback is felt there.
+LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class Metrics:
@@ -60,3 +63,6 @@ class Metrics:
         self.heartbeat_receive_buffer = Gauge("lbctl_speaker_heartbeat_receive_buffer_bytes",
                                               "Receive queue granted to the heartbeat sockets (kernel bytes; "
                                               "capped by net.core.rmem_max)", registry=r)
+        self.loop_lag = Histogram("lbctl_speaker_loop_lag_seconds",
+                                  "How late the event loop ran a timer it was asked to run (sampled every "
+                                  "0.1 s): time spent in callbacks between", buckets=LAG_BUCKETS, registry=r)

@@ -12,10 +12,12 @@ from collections.abc import Callable
 from typing import Any
 
 from lbctl import log
-from lbctl.core.announce import ClusterModel, IpIntent, ServiceRef, static_intents
+from lbctl.core.announce import IpIntent, ServiceRef, static_intents
 from lbctl.core.election import NodeInfo
+from lbctl.core.intent_index import IntentIndex
 from lbctl.kube.client import ApiError, Kube
 from lbctl.kube.resources import IPPOOLS, NODES, SERVICES
+from lbctl.kube.watch_health import WatchHealth
 
 logger = log.get(__name__)
 SLICES_V1 = "/apis/discovery.k8s.io/v1/endpointslices"
@@ -23,26 +25,32 @@ SLICES_V1BETA1 = "/apis/discovery.k8s.io/v1beta1/endpointslices"
 
 
 class KubeState:
+    """Intents kept up to date per event (lbctl/core/intent_index.py): a Service or EndpointSlice change
+    anywhere in the cluster costs the IPs of that one Service, not a rebuild of every IP's state."""
+
     def __init__(self, kube: Kube, lb_class: str | None, on_change: Callable[[], None]) -> None:
         self.kube, self.lb_class, self.on_change = kube, lb_class, on_change
-        self.model = ClusterModel()
+        self.index = IntentIndex(lb_class)
+        self.model = self.index.model
         self._synced: set[str] = set()
-        self._intents: dict[str, IpIntent] | None = None
+        self.health = WatchHealth()
 
     @property
     def synced(self) -> bool:
         return len(self._synced) == 4
 
     def intents(self) -> dict[str, IpIntent]:
-        if self._intents is None:
-            self._intents = self.model.intents(self.lb_class)
-        return self._intents
+        """Updated in place: see take_changes() for which entries changed."""
+        return self.index.intents
+
+    def take_changes(self) -> set[str] | None:
+        return self.index.take_changes()
 
     def nodes(self) -> dict[str, NodeInfo]:
         return self.model.nodes
 
     def withheld(self) -> dict[str, tuple[str, tuple[ServiceRef, ...]]]:
-        return self.model.withheld(self.lb_class)
+        return self.index.withheld
 
     def tasks(self) -> list[asyncio.Task[None]]:
         return [asyncio.create_task(self._watch("Service", SERVICES), name="watch-services"),
@@ -58,27 +66,24 @@ class KubeState:
             await self._watch("EndpointSlice", SLICES_V1BETA1)
 
     async def _watch(self, kind: str, path: str, fallback_on_404: bool = False) -> None:
-        failing = False
         async for event, obj in self.kube.informer(path):
             if event == "ERROR":
                 if fallback_on_404 and isinstance(obj, ApiError) and obj.status == 404:
                     raise _NotServed()
-                if not failing:  # once per outage, not per retry
+                if self.health.failed(kind):  # once per outage, not per retry
                     logger.warning("watch_failed", kind=kind, error=str(obj), keeping="last known state")
-                failing = True
                 continue
-            if failing:
-                logger.info("watch_recovered", kind=kind)
-                failing = False
+            down = self.health.recovered(kind)
+            if down is not None:
+                logger.info("watch_recovered", kind=kind, failed_seconds=round(down, 1))
             try:
-                changed = self.model.apply(kind, event, obj)
+                changed = self.index.apply(kind, event, obj)
             except Exception as exc:  # an odd object must not end the watch
                 logger.warning("object_ignored", kind=kind, error=repr(exc))
                 continue
             if event == "SYNC":
                 self._synced.add(kind)
             if changed:
-                self._intents = None
                 self.on_change()
 
 
@@ -101,6 +106,7 @@ class StaticState:
         self.path = path
         self._intents: dict[str, IpIntent] = {}
         self._nodes: dict[str, NodeInfo] = {}
+        self._reloaded = True
         self.load()
 
     def load(self) -> None:
@@ -108,9 +114,15 @@ class StaticState:
         with open(self.path) as f:
             doc: Any = json.load(f)
         self._intents, self._nodes = static_intents(doc)
+        self._reloaded = True
 
     def intents(self) -> dict[str, IpIntent]:
         return self._intents
+
+    def take_changes(self) -> set[str] | None:
+        """None (any IP) after a (re)load, else nothing."""
+        reloaded, self._reloaded = self._reloaded, False
+        return None if reloaded else set()
 
     def nodes(self) -> dict[str, NodeInfo]:
         return self._nodes

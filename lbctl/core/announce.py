@@ -10,7 +10,7 @@ same shapes.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,11 +90,14 @@ class ClusterModel:
         self.nodes: dict[str, NodeInfo] = {}
         self.pools: dict[str, PoolSpec] = {}
         self.unready_pools: dict[str, str] = {}  # name -> the message of its Ready=False condition
+        self._by_age: list[PoolSpec] | None = None  # pools oldest first, sorted once per pool change
 
     # Each apply returns True when something election-relevant may have changed.
     def apply(self, kind: str, event: str, obj: Any) -> bool:
         handler = {"Service": self._service, "EndpointSlice": self._slice, "Node": self._node,
                    "IPPool": self._pool}[kind]
+        if kind == "IPPool":
+            self._by_age = None
         if event == "SYNC":
             self._store(kind).clear()
             for item in obj if isinstance(obj, list) else []:
@@ -163,7 +166,9 @@ class ClusterModel:
     def pool_for(self, ip: str) -> PoolSpec | None:
         """The pool whose range holds `ip`; the oldest wins an overlap, as in the controller."""
         addr = ipaddress.ip_address(ip)
-        for pool in sorted(self.pools.values(), key=lambda p: (p.created, p.name)):
+        if self._by_age is None:
+            self._by_age = sorted(self.pools.values(), key=lambda p: (p.created, p.name))
+        for pool in self._by_age:
             if pool.range_of(addr.version, int(addr)) is not None:
                 return pool
         return None
@@ -171,7 +176,9 @@ class ClusterModel:
     def withheld_reason(self, ip: str) -> str | None:
         """Why `ip` must not be announced: whoever may write a Service's status must not be able to make the
         cluster answer ARP for any address (a gateway, say), so only addresses of a usable IPPool are."""
-        pool = self.pool_for(ip)
+        return self._unusable(self.pool_for(ip))
+
+    def _unusable(self, pool: PoolSpec | None) -> str | None:
         if pool is None:
             return "it is outside every IPPool"
         if pool.error:
@@ -182,42 +189,55 @@ class ClusterModel:
 
     def withheld(self, lb_class: str | None) -> dict[str, tuple[str, tuple[ServiceRef, ...]]]:
         """ip -> (reason, Services) for every assigned address that is not announced."""
-        out: dict[str, tuple[str, tuple[ServiceRef, ...]]] = {}
-        for ip, svcs in self._by_ip(lb_class).items():
-            reason = self.withheld_reason(ip)
-            if reason:
-                out[ip] = (reason, tuple(sorted(ServiceRef(s.namespace, s.name, s.uid) for s in svcs)))
-        return out
+        return {ip: w for ip, svcs in self._by_ip(lb_class).items() if (w := self.state_at(ip, svcs, _none)[1])}
 
     def _by_ip(self, lb_class: str | None) -> dict[str, list[ServiceRequest]]:
         by_ip: dict[str, list[ServiceRequest]] = {}
         for svc in self.services.values():
-            if not svc.wants(lb_class):
-                continue
-            for raw in svc.current_ips:
-                ip = canonical_ip(raw)
-                if ip:
-                    by_ip.setdefault(ip, []).append(svc)
+            for ip in service_ips(svc, lb_class):
+                by_ip.setdefault(ip, []).append(svc)
         return by_ip
 
     def intents(self, lb_class: str | None) -> dict[str, IpIntent]:
+        """Every IP's intent from scratch (IntentIndex keeps the same up to date per changed object)."""
         ready = self.ready_by_service()
-        out: dict[str, IpIntent] = {}
-        for ip, svcs in self._by_ip(lb_class).items():
-            if self.withheld_reason(ip):
-                continue
-            pool = self.pool_for(ip)
-            sels, ifs = layer2_of(pool.layer2) if pool else ((), ())
-            nodes: set[str] = set()
-            for s in svcs:
-                nodes |= ready.get(s.key, set())
-            out[ip] = IpIntent(
-                ip=ip, services=tuple(sorted(ServiceRef(s.namespace, s.name, s.uid) for s in svcs)),
-                pool=pool.name if pool else None, node_selectors=sels, interfaces=ifs,
-                # Shared addresses: Local on any sharer confines the owner to nodes serving one of them.
-                etp_local=any(s.etp_local for s in svcs), ready_nodes=frozenset(nodes),
-            )
-        return out
+        empty: set[str] = set()
+        return {ip: intent for ip, svcs in self._by_ip(lb_class).items()
+                if (intent := self.state_at(ip, svcs, lambda key: ready.get(key, empty))[0]) is not None}
+
+    def state_at(self, ip: str, svcs: Iterable[ServiceRequest], ready_of: Callable[[str], Iterable[str]]
+                 ) -> tuple[IpIntent | None, tuple[str, tuple[ServiceRef, ...]] | None]:
+        """(intent, None) for `ip` held by `svcs` (Services that want it), or (None, (reason, Services)) when
+        it is withheld. The one per-IP function of both the full rebuild and IntentIndex."""
+        svcs = list(svcs)
+        pool = self.pool_for(ip)
+        reason = self._unusable(pool)
+        if reason or pool is None:
+            return None, (reason or "", _refs(svcs))
+        sels, ifs = layer2_of(pool.layer2)
+        nodes: set[str] = set()
+        for s in svcs:
+            nodes.update(ready_of(s.key))
+        return IpIntent(
+            ip=ip, services=_refs(svcs), pool=pool.name, node_selectors=sels, interfaces=ifs,
+            # Shared addresses: Local on any sharer confines the owner to nodes serving one of them.
+            etp_local=any(s.etp_local for s in svcs), ready_nodes=frozenset(nodes),
+        ), None
+
+
+def _none(_key: str) -> Iterable[str]:
+    return ()
+
+
+def service_ips(svc: ServiceRequest, lb_class: str | None) -> tuple[str, ...]:
+    """The canonical addresses a Service holds, when it is one the speakers serve."""
+    if not svc.wants(lb_class):
+        return ()
+    return tuple(dict.fromkeys(ip for raw in svc.current_ips if (ip := canonical_ip(raw))))
+
+
+def _refs(svcs: Iterable[ServiceRequest]) -> tuple[ServiceRef, ...]:
+    return tuple(sorted(ServiceRef(s.namespace, s.name, s.uid) for s in svcs))
 
 
 def owners(intents: Mapping[str, IpIntent], live: set[str], nodes: Mapping[str, NodeInfo],

@@ -101,16 +101,25 @@ class ElectionIndex:
 
     def update(self, intents: Mapping[str, IpIntent], live: set[str], nodes: Mapping[str, NodeInfo],
                segments_of: Mapping[str, Iterable[str]] | None = None,
-               live_on: Mapping[str, set[str]] | None = None) -> set[str]:
+               live_on: Mapping[str, set[str]] | None = None, only: Iterable[str] | None = None) -> set[str]:
+        """`only`: the IPs whose intent or segments may have changed since the last update (the others are
+        not looked at, so a Service event costs its own IPs, not a scan of them all); None: any."""
         segments_of, live_on = segments_of or {}, live_on or {}
         before: dict[str, str | None] = {}
         redo: set[str] = set()
 
         # 1. IPs gone, new, or with another intent or segments: out of every structure, recomputed at the end.
-        for ip in [ip for ip in self._ips if ip not in intents]:
+        if only is None:
+            gone, scan = [ip for ip in self._ips if ip not in intents], list(intents)
+        else:
+            only = set(only)
+            gone, scan = [ip for ip in only if ip in self._ips and ip not in intents], [ip for ip in only
+                                                                                        if ip in intents]
+        for ip in gone:
             before[ip] = self.owners.pop(ip)
             self._forget(self._ips.pop(ip))
-        for ip, intent in intents.items():
+        for ip in scan:
+            intent = intents[ip]
             group = segments_of.get(ip, ())
             if type(group) is not tuple:
                 group = tuple(group)

@@ -128,12 +128,17 @@ class World:
     def expected(self) -> dict[str, str | None]:
         return owners(self.intents, self.live, self.nodes, segment_live(self.segments_of, self.live_on))
 
-    def update(self, index: ElectionIndex) -> set[str]:
-        return index.update(self.intents, self.live, self.nodes, self.segments_of, self.live_on)
+    def update(self, index: ElectionIndex, only: set[str] | None = None) -> set[str]:
+        return index.update(self.intents, self.live, self.nodes, self.segments_of, self.live_on, only)
+
+    def inputs(self) -> tuple[dict[str, IpIntent], dict[str, tuple[str, ...]]]:
+        return dict(self.intents), {ip: tuple(s) for ip, s in self.segments_of.items()}
 
 
+@pytest.mark.parametrize("hinted", [False, True], ids=["scan", "only-changed"])
 @pytest.mark.parametrize("seed", range(300))
-def test_index_equals_full_recompute_after_every_step(seed: int) -> None:
+def test_index_equals_full_recompute_after_every_step(seed: int, hinted: bool) -> None:
+    """hinted: told which IPs' intents or segments changed (as the speaker does), it looks at no other."""
     rnd = random.Random(seed)
     world = World(rnd)
     index = ElectionIndex(k=rnd.choice([1, 2, 3, 8]))
@@ -141,9 +146,15 @@ def test_index_equals_full_recompute_after_every_step(seed: int) -> None:
     assert world.update(index) == set(want)  # the first update reports every IP
     assert index.owners == want
     for i in range(40):
+        seen = world.inputs()
         what = world.step()
         prev, want = want, world.expected()
-        changed = world.update(index)
+        now = world.inputs()
+        only = None
+        if hinted:
+            only = {ip for k in (0, 1) for ip in seen[k].keys() | now[k].keys() if seen[k].get(ip) != now[k].get(ip)}
+            only |= set(rnd.sample(IPS, 2))  # a hint may hold more than what changed
+        changed = world.update(index, only)
         assert index.owners == want, f"step {i} ({what})"
         assert changed == {ip for ip in prev.keys() | want.keys() if prev.get(ip, "-") != want.get(ip, "-")}, \
             f"step {i} ({what})"
