@@ -180,7 +180,8 @@ class Reconciler:
         self.alloc.set_pools(self.pools.values())
         restored = 0
         for req in sorted(self.services.values(), key=lambda r: (r.created, r.key)):
-            if req.wants(self.lb_class) and req.current_ips and not req.error:
+            # Whatever the Service asks for now (even a request with a typo): what its status holds stays its.
+            if req.wants(self.lb_class) and req.current_ips:
                 try:
                     outcome = self.alloc.restore(req)
                 except Exception as exc:

@@ -157,8 +157,10 @@ class Allocator:
             released = self.release(req.key)
             return Outcome(ips=(), changed=bool(req.current_ips) and bool(released), released=released)
         held = self._by_service.get(req.key, ())
-        if req.error:
-            return Outcome(ips=self.ips_of(req.key), error=req.error, changed=False)
+        if req.error:  # an invalid request moves nothing: the Service keeps what it holds, and is told why
+            ips = self.ips_of(req.key)
+            error = f"{req.error}; keeps {', '.join(ips)}" if ips else req.error
+            return Outcome(ips=ips, error=error, changed=ips != tuple(req.current_ips), retained=self._retained(held))
         if held:
             keep = self._still_fits(req, held, ns_labels)
             if keep is None:

@@ -268,3 +268,15 @@ def test_indexes_agree_with_a_full_scan(operations):
                 req = svc("probe", ns=ns)
                 got, _ = a._candidate_pools(req, labels)
                 assert [p.name for p in got] == [p.name for p in scan_candidates(a, ns, labels)]
+
+
+def test_an_invalid_request_keeps_what_it_holds_and_is_told_why():
+    a = alloc_with(("p", {"addresses": ["198.18.0.10-198.18.0.11"]}))
+    held = a.sync(svc("a"), {}).ips
+    typo = svc("a", ips=held, annotations={"lbctl.io/loadBalancerIPs": "198.18.0.300"})
+    out = a.sync(typo, {})
+    assert out.ips == held and not out.changed and "invalid" in out.error and "keeps 198.18.0.10" in out.error
+    # After a restart the table is rebuilt from statuses, the typo included: nobody else gets the address.
+    b = alloc_with(("p", {"addresses": ["198.18.0.10-198.18.0.11"]}))
+    b.restore(typo)
+    assert b.sync(svc("other"), {}).ips == ("198.18.0.11",)
