@@ -46,6 +46,7 @@ class FakeApi:
         self.watchers: list[Reconciler] = []
         self.status_writes = 0  # Service status writes by the controller
         self.fail_writes = 0  # the next this many Service status writes fail with a 500
+        self.failed_writes = 0
 
     def tick(self) -> int:
         self.seq += 1
@@ -96,6 +97,7 @@ class FakeApi:
         """A status written by hand (kubectl edit --subresource=status)."""
         body = self.services[key]
         body["metadata"]["handEdits"] += 1
+        body["metadata"]["statusBy"] = "user"
         self._set_ingress(body, tuple(ips))
         self._service_event(key)
 
@@ -152,9 +154,11 @@ class FakeApi:
                 raise ApiError(409, "Conflict", "Precondition failed: UID in precondition")
             if self.fail_writes > 0:
                 self.fail_writes -= 1
+                self.failed_writes += 1
                 raise ApiError(500, "InternalError", "injected: the write did not complete")
             ingress = (body["status"]["loadBalancer"] or {}).get("ingress") or []
             self._set_ingress(current, tuple(i["ip"] for i in ingress))
+            current["metadata"]["statusBy"] = "controller"
             self.status_writes += 1
             self._service_event(key)
             return copy.deepcopy(current)
