@@ -189,7 +189,8 @@ class Reconciler:
                     self._failed(req.key, exc)
                     continue
                 if outcome.error:
-                    self._warn(req, "IPConflict", outcome.error + "; a new address will be allocated")
+                    self._warn(req, "IPConflict", outcome.error + "; it keeps the address until one of them "
+                               "lets go of it (delete it, or change its request)")
                 restored += 1
             self._dirty.add(req.key)
         self._pools_dirty = False

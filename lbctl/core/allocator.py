@@ -144,14 +144,14 @@ class Allocator:
         self._observe(req, lb_class)
         if not req.wants(lb_class):
             return Outcome(ips=req.current_ips)
-        addrs: list[Addr] = []
-        for addr in self._shown.get(req.key, ()):
-            conflict = share_conflict(req, self._decided_users(addr, req.key))
-            if conflict:
-                return Outcome(ips=req.current_ips, error=f"{to_text(addr)} recorded in status is {conflict}")
-            addrs.append(addr)
-        self._claim(req, tuple(addrs))
-        return Outcome(ips=req.current_ips, retained=self._retained(addrs))
+        # A status is kept even when it clashes with an older one: a sharer whose own request changed and could
+        # not move looks just like that, and the running controller let it keep its address; moving the other
+        # one now would move a Service that asked for nothing. Both are told (IPConflict).
+        addrs = self._shown.get(req.key, ())
+        conflicts = [f"{to_text(a)} recorded in status is {c}" for a in addrs
+                     if (c := share_conflict(req, self._decided_users(a, req.key)))]
+        self._claim(req, addrs)
+        return Outcome(ips=req.current_ips, retained=self._retained(addrs), error="; ".join(conflicts) or None)
 
     def release(self, key: str) -> tuple[str, ...]:
         """The Service is gone: everything it held or showed is free."""
@@ -177,7 +177,7 @@ class Allocator:
             self._granted.pop(req.key, None)
             self._rehold(req.key, self._exclusive(req))
             return Outcome(ips=(), changed=bool(req.current_ips) and was_ours)
-        held = self._by_service.get(req.key, ())
+        held = self._unwritten_conflicts_dropped(req)
         if req.error:  # an invalid request moves nothing: the Service keeps what it holds, and is told why
             ips = self.ips_of(req.key)
             error = f"{req.error}; keeps {', '.join(ips)}" if ips else req.error
@@ -204,6 +204,22 @@ class Allocator:
         return outcome
 
     # ----- internals ---------------------------------------------------------------------
+    def _unwritten_conflicts_dropped(self, req: ServiceRequest) -> tuple[Addr, ...]:
+        """The decided addresses, less those its status never showed and another status shows now (a write
+        that had not landed loses to a status already there: nobody ever saw the address as this Service's)."""
+        held = self._by_service.get(req.key, ())
+        shown = self._shown.get(req.key, ())
+        lost = [a for a in held if a not in shown and share_conflict(
+            req, [u for k, u in self._holders.get(a, {}).items() if k != req.key and a in self._shown.get(k, ())])]
+        if lost:
+            held = tuple(a for a in held if a not in lost)
+            self._by_service[req.key] = held
+            if not held:
+                del self._by_service[req.key]
+                self._granted.pop(req.key, None)
+            self._rehold(req.key, req)
+        return held
+
     def _settled(self, req: ServiceRequest, held: tuple[Addr, ...]) -> Outcome:
         ips = tuple(to_text(a) for a in held)
         pool = self.pool_of(held[0])
