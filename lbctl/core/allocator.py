@@ -307,8 +307,10 @@ class Allocator:
             return "a required address family is missing"
         for addr in held:
             pool = self.pool_of(addr)
-            # Addresses outside every usable pool are retained, never moved (see module doc).
-            if pool is not None and req.pool and pool.name != req.pool:
+            # Addresses outside every usable pool are retained, never moved (see module doc); so is one that a
+            # pool edit put into another pool: only a change of the Service's own pool request moves it.
+            granted = self._granted.get(req.key)
+            if pool is not None and req.pool and pool.name != req.pool and (granted is None or granted.pool != req.pool):
                 return f"holds {to_text(addr)} from IPPool {pool.name} but asks for IPPool {req.pool}"
             # Only a Service whose own sharing terms changed can have broken a sharing: the others stay put.
             if _sharing_terms(self._granted.get(req.key)) != _sharing_terms(req):

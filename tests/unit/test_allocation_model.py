@@ -555,3 +555,14 @@ def test_a_sharer_that_dropped_its_key_keeps_its_address_across_a_handover() -> 
            ("delete_pool", {"name": "p0"}),
            ("put_service", {"key": "a/s0", "body": lb()}),
            ("leader_change", {}))
+
+
+def test_an_address_a_pool_edit_moves_into_another_pool_stays() -> None:
+    # Found by the machine: p1 and p2 both span 198.18.0.0-3 (p2 is Overlap); a/s0 asks for p1 and gets
+    # 198.18.0.0; p1 is edited to 198.18.0.4/30, so the address now lies in p2. The controller moved a/s0 to
+    # 198.18.0.4 ("holds ... from IPPool p2 but asks for IPPool p1") although a/s0 asked for nothing.
+    same = {"addresses": ["198.18.0.0-198.18.0.3"]}
+    replay(("put_service", {"key": "a/s0", "body": lb({"lbctl.io/address-pool": "p1"})}),
+           ("delete_pool", {"name": "p0"}),
+           ("put_pool", {"name": "p1", "spec": {"addresses": ["198.18.0.4/30"]}}),
+           pools=(PLAIN_POOL, same, same))
