@@ -70,6 +70,7 @@ class Allocator:
         self._shown: dict[str, tuple[Addr, ...]] = {}
         self._holding: dict[str, set[Addr]] = {}  # key -> the addresses it stands in _holders for
         self._granted: dict[str, ServiceRequest] = {}  # the request each decided Service last got its addresses by
+        self._releasing: set[str] = set()  # no longer ours; the status still shows what we gave it
         self._freed: list[Addr] = []  # addresses that left _holders during the current call
         # Lowest address of each range that might be free: everything below it is taken.
         self._hint: dict[AddressRange, int] = {}
@@ -159,6 +160,7 @@ class Allocator:
         self._by_service.pop(key, None)
         self._shown.pop(key, None)
         self._granted.pop(key, None)
+        self._releasing.discard(key)
         self._rehold(key, None)
         return tuple(to_text(a) for a in self._freed)
 
@@ -172,11 +174,18 @@ class Allocator:
     def _sync(self, req: ServiceRequest, ns_labels: Mapping[str, str] | None, lb_class: str | None) -> Outcome:
         was_ours = bool(self._by_service.get(req.key))
         self._observe(req, lb_class)
+        if req.wants(lb_class):
+            self._releasing.discard(req.key)
         if not req.wants(lb_class):
             self._by_service.pop(req.key, None)
             self._granted.pop(req.key, None)
             self._rehold(req.key, self._exclusive(req))
-            return Outcome(ips=(), changed=bool(req.current_ips) and was_ours)
+            # Ours until now: its status is cleared, and cleared again by every retry until the write lands.
+            if was_ours and req.current_ips:
+                self._releasing.add(req.key)
+            elif not req.current_ips:
+                self._releasing.discard(req.key)
+            return Outcome(ips=(), changed=req.key in self._releasing)
         held = self._unwritten_conflicts_dropped(req)
         if req.error:  # an invalid request moves nothing: the Service keeps what it holds, and is told why
             ips = self.ips_of(req.key)
