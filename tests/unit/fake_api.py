@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from controller.reconciler import Reconciler
+from lbctl.controller.reconciler import Reconciler
 from lbctl.core.pools import parse_pool
 from lbctl.core.service import read_service
 from lbctl.kube.client import ApiError

@@ -39,8 +39,8 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from controller.metrics import Metrics
-from controller.reconciler import Reconciler
+from lbctl.controller.metrics import Metrics
+from lbctl.controller.reconciler import Reconciler
 from lbctl.kube.events import EventRecorder
 
 from .fake_api import FakeApi, FakeKube, ingress_ips
