@@ -13,16 +13,12 @@ import datetime as dt
 from typing import Any
 
 from lbctl import log
+from lbctl.core.leader import micro_time
 from lbctl.core.status import LEASE_DURATION_S, LEASE_LABELS, LEASE_PREFIX, NODE_LABEL, RENEW_S
 from lbctl.kube.client import ApiError, Kube
 from lbctl.kube.config import ConfigError
 
 logger = log.get(__name__)
-
-
-def micro_time(t: dt.datetime) -> str:
-    """MicroTime as the API server wants it: RFC 3339 with exactly six fractional digits."""
-    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class LeaseRenewer:

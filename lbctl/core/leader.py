@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .timestamps import rfc3339
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -165,7 +167,7 @@ def released_spec(record: LeaseRecord, wall: dt.datetime) -> dict[str, Any]:
 
 def micro_time(wall: dt.datetime) -> str:
     """Kubernetes MicroTime (RFC 3339 with microseconds, UTC)."""
-    return wall.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return rfc3339(wall, micro=True)
 
 
 class Fence:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import log
+from ..core.timestamps import rfc3339
 from .client import Kube, KubeError
 
 logger = log.get(__name__)
@@ -31,7 +32,7 @@ class EventRecorder:
 
     async def _post(self, involved: dict[str, str], type_: str, reason: str, message: str) -> None:
         ns = involved.get("namespace") or "default"
-        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = rfc3339(dt.datetime.now(dt.timezone.utc))
         body = {
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"generateName": f"{involved['name']}.", "namespace": ns},
