@@ -26,6 +26,7 @@ from lbctl import log
 from lbctl.core.leader import (Action, Fence, LeaseRecord, Observation, Resume, Timing, decide, lease_spec,
                                observe, read_lease, released_spec)
 from lbctl.kube.client import ApiError, Kube, KubeError, Unreachable
+from lbctl.kube.lease import LeaseClient
 
 logger = log.get(__name__)
 
@@ -48,9 +49,7 @@ class LeaderElector:
         self.kube, self.identity, self.timing = kube, identity, timing
         self.resume = resume  # from the process we re-executed from, until we lead (lbctl/core/leader.py)
         self.lease = f"{namespace}/{name}"
-        self.path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}"
-        self.collection = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
-        self.name, self.namespace = name, namespace
+        self.leases = LeaseClient(kube, namespace, name)
         self.fence = Fence(timing)
         self.leading = asyncio.Event()
         self.decided = False  # first round done: we lead, or know who does
@@ -99,12 +98,8 @@ class LeaderElector:
 
     async def _attempt(self) -> float:
         sent_at = time.monotonic()  # before the GET: a renewal based on it is never older than we think
-        try:
-            record: LeaseRecord | None = read_lease(await self.kube.get(self.path))
-        except ApiError as exc:
-            if exc.status != 404:
-                raise
-            record = None
+        current = await self.leases.get()
+        record = read_lease(current) if current is not None else None
         self._seen = observe(self._seen, record, sent_at)
         self._holder = record.holder if record else ""
         decision = decide(record, self._seen, sent_at, self.identity, self.timing, self.resume)
@@ -117,9 +112,9 @@ class LeaderElector:
         spec = lease_spec(record, self.identity, self.timing, dt.datetime.now(dt.timezone.utc))
         try:
             if record is None:
-                written = await self.kube.create(self.collection, self._body(spec, None))
+                written = await self.leases.create(spec)
             else:
-                written = await self.kube.replace(self.path, self._body(spec, record.resource_version))
+                written = await self.leases.replace(spec, record.resource_version)
         except ApiError as exc:
             if exc.status == 409:  # another candidate wrote first (create or update): look again soon
                 logger.info("lease_conflict", lease=self.lease, action=decision.action.value)
@@ -138,12 +133,6 @@ class LeaderElector:
                         transitions=self._record.transitions)
         return decision.wait_s
 
-    def _body(self, spec: Mapping[str, Any], resource_version: str | None) -> dict[str, Any]:
-        meta: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
-        if resource_version:
-            meta["resourceVersion"] = resource_version
-        return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta, "spec": dict(spec)}
-
     async def release(self) -> None:
         """On a clean stop, after the writers stopped: hand the lease over at once instead of letting it expire."""
         if not self.leading.is_set() or self._record is None:
@@ -151,11 +140,12 @@ class LeaderElector:
         self.fence.give_up()
         self.gauge.set(0)
         try:
-            current = read_lease(await self.kube.get(self.path))
-            if current.holder != self.identity:
+            got = await self.leases.get()
+            current = read_lease(got) if got is not None else None
+            if current is None or current.holder != self.identity:
                 return
-            await self.kube.replace(self.path, self._body(released_spec(current, dt.datetime.now(dt.timezone.utc)),
-                                                          current.resource_version))
+            await self.leases.replace(released_spec(current, dt.datetime.now(dt.timezone.utc)),
+                                      current.resource_version)
             logger.info("lease_released", lease=self.lease, identity=self.identity)
         except KubeError as exc:  # it expires on its own
             logger.warning("lease_release_failed", lease=self.lease, error=str(exc))
