@@ -7,7 +7,6 @@ logged and retried on the next change, never fatal. Events fire on ownership tra
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -15,7 +14,8 @@ from typing import Any
 from lbctl import log
 from lbctl.core.announce import IpIntent, ServiceRef
 from lbctl.core.conflicts import Conflict
-from lbctl.kube.client import ApiError, Kube
+from lbctl.core.timestamps import rfc3339
+from lbctl.kube.client import ApiError, Kube, KubeError
 from lbctl.kube.events import EventRecorder
 
 from .announcer import Announcement
@@ -45,7 +45,7 @@ def status_body(node: str, announcements: Iterable[Announcement], live: Iterable
 
 
 def iso(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return rfc3339(t)
 
 
 class StatusWriter:
@@ -78,12 +78,12 @@ class StatusWriter:
                 await self._ensure()
             await self.kube.patch(f"{COLLECTION}/{self.node}/status", {"status": want})
             self._written = want
-        except (ApiError, OSError, asyncio.TimeoutError) as exc:
+        except KubeError as exc:
             if isinstance(exc, ApiError) and exc.status == 404:
                 self._exists = False
             logger.warning("status_write_failed", error=str(exc))
             self._wake.set()  # retry after the gap
-        except Exception as exc:  # aiohttp errors not derived from OSError; visibility must never kill us
+        except Exception as exc:  # a bug here too: visibility must never kill us
             logger.warning("status_write_failed", error=repr(exc))
             self._wake.set()
 
