@@ -29,7 +29,7 @@ RUN set -eu; \
     $pip wheel $offline --no-deps --wheel-dir /tmp/dist . ; \
     $pip install $offline /tmp/dist/lbctl-*.whl; \
     $pip uninstall --yes pip setuptools; \
-    /opt/lbctl/bin/python -c 'import lbctl.assets, controller.main, speaker.main'
+    /opt/lbctl/bin/python -c 'import lbctl.assets, lbctl.controller.main, lbctl.speaker.main'
 
 FROM ${BASE}
 COPY --from=build /opt/lbctl /opt/lbctl

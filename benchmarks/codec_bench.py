@@ -42,9 +42,9 @@ from lbctl.core.heartbeat import (  # noqa: E402
     incarnation_bytes,
 )
 from lbctl.core.heartbeat import Keyring  # noqa: E402
-from speaker.heartbeats import Heartbeats  # noqa: E402
-from speaker.metrics import Metrics  # noqa: E402
-from speaker.recvmmsg import BatchReceiver, enable_rx_metadata  # noqa: E402
+from lbctl.speaker.heartbeats import Heartbeats  # noqa: E402
+from lbctl.speaker.metrics import Metrics  # noqa: E402
+from lbctl.speaker.recvmmsg import BatchReceiver, enable_rx_metadata  # noqa: E402
 
 OUR_MAC = "02:00:00:00:00:aa"
 VIP = "192.0.2.100"

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lbctl.controlplane import ControlPlane
+from lbctl.lab.controlplane import ControlPlane
 from lbctl.core.service import ingress_status
 from lbctl.kube import config
 from lbctl.kube.client import Kube

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.controller_bench import bounded, pct, snapshot
-from lbctl.controlplane import ControlPlane
+from lbctl.lab.controlplane import ControlPlane
 from lbctl.kube import config
 from lbctl.kube.client import Kube
 from lbctl.kube.resources import apply

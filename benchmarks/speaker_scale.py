@@ -5,7 +5,7 @@
 
 Needs root. Builds its own namespaces, all named lbctl-sim-* (never the lab's), on one bridge:
 
-    lbctl-sim-br (br0) -- lbctl-sim-spk   198.18.0.2/16  one real `python -m speaker --static-config`
+    lbctl-sim-br (br0) -- lbctl-sim-spk   198.18.0.2/16  one real `python -m lbctl.speaker --static-config`
                        -- lbctl-sim-peers 198.18.0.3/16  benchmarks.peersim (N virtual speakers, one socket)
                                                          + benchmarks.scale_wire (ARP probes, GARP capture,
                                                            /metrics scrapes over the segment)
@@ -296,7 +296,7 @@ def timing_flags(timing: str) -> tuple[list[str], float]:
     speaker's advertised interval)."""
     if timing == "default":
         return [], DEFAULT_INTERVAL
-    helptext = subprocess.run([sys.executable, "-m", "speaker", "--help"], cwd=ROOT, capture_output=True,
+    helptext = subprocess.run([sys.executable, "-m", "lbctl.speaker", "--help"], cwd=ROOT, capture_output=True,
                               text=True).stdout
     return (["--timing", timing] if "--timing" in helptext else PRESETS[timing]), float(PRESETS[timing][1])
 
@@ -381,7 +381,7 @@ class Bench:
                     + ("in every beacon" if ready["rotation"] <= 1 else
                        f"while new, then once per {ready['rotation']} beacons"))
             t0 = time.monotonic()
-            spk = Speaker([sys.executable, "-m", "speaker", "--node-name", REAL, "--static-config", str(cfg),
+            spk = Speaker([sys.executable, "-m", "lbctl.speaker", "--node-name", REAL, "--static-config", str(cfg),
                            "--interfaces", "eth0", "--log-format", "json", *self.flags], self.env)
             self.children.append(spk)
             t = spk.settle(expected, a.converge_timeout, SETTLE_HOLD)

@@ -1,4 +1,4 @@
-"""`lbctl-controller` / `python -m controller`: allocates LoadBalancer IPs from IPPools."""
+"""`lbctl-controller` / `python -m lbctl.controller`: allocates LoadBalancer IPs from IPPools."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`lbctl-speaker` / `python -m speaker`: announces LoadBalancer IPs on the node's L2 segment.
+"""`lbctl-speaker` / `python -m lbctl.speaker`: announces LoadBalancer IPs on the node's L2 segment.
 
 One process per node (hostNetwork). Each speaker heartbeats its peers, elects an owner per IP with
 the same pure function as every other speaker, and answers ARP/NDP only for the IPs it owns.

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lbctl.controlplane import ControlPlane
+from lbctl.lab.controlplane import ControlPlane
 from lbctl.kube import config
 from lbctl.kube.client import ApiError
 from lbctl.kube.sync import SyncKube

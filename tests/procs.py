@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from lbctl.controlplane import RELEASE, SA_NS, ControlPlane, free_port
+from lbctl.lab.controlplane import RELEASE, SA_NS, ControlPlane, free_port
 from tests import httpget
 
 
@@ -49,7 +49,7 @@ class ControllerProcess:
         kubeconfig = self.cp.service_account_kubeconfig(SA_NS, f"{RELEASE}-controller")
         started = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "controller", "--kubeconfig", str(kubeconfig),
+            [sys.executable, "-m", "lbctl.controller", "--kubeconfig", str(kubeconfig),
              "--http-host", "127.0.0.1", "--http-port", str(self.port), "--log-format", "json",
              "--leader-election-id", self.identity, *self.extra],
             stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
@@ -97,7 +97,7 @@ class ConfinedSpeaker:
         key.chmod(0o400)
         self.kubeconfig = cp.service_account_kubeconfig(SA_NS, f"{RELEASE}-speaker")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "speaker", "--node-name", node, "--kubeconfig", str(self.kubeconfig),
+            [sys.executable, "-m", "lbctl.speaker", "--node-name", node, "--kubeconfig", str(self.kubeconfig),
              "--heartbeat-key-file", str(key), "--interfaces", "lbctl-none0", "--http-host", "127.0.0.1",
              "--http-port", str(self.port), "--log-format", "json"],
             stdout=open(self.log_file, "wb"), stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))

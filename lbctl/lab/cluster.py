@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from lbctl.controlplane import ControlPlane
+from .controlplane import ControlPlane
 
 from . import apiproxy, faultproxy, pods, processes
 from .api import LabApi

@@ -56,7 +56,7 @@ def test_speaker_losing_most_peers_at_once_holds_then_fails_over(segment: Path) 
                                         "--dest", SPK_IP], env)
         children.append(sim)
         sim.next_event("ready", 0, 20)
-        spk = Speaker([sys.executable, "-m", "speaker", "--node-name", REAL, "--static-config", str(cfg),
+        spk = Speaker([sys.executable, "-m", "lbctl.speaker", "--node-name", REAL, "--static-config", str(cfg),
                        "--interfaces", "eth0", "--log-format", "json"], env)
         children.append(spk)
         before = share(ips, [REAL, *names])

@@ -20,9 +20,9 @@ from .test_conflicts import metric
 _V6_BEACONS = r"""
 import asyncio, json, sys, time
 from lbctl.core.heartbeat import Keyring
-from speaker.heartbeats import Heartbeats
-from speaker.interfaces import HEARTBEAT_GROUP6
-from speaker.metrics import Metrics
+from lbctl.speaker.heartbeats import Heartbeats
+from lbctl.speaker.interfaces import HEARTBEAT_GROUP6
+from lbctl.speaker.metrics import Metrics
 node, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 async def main():
     hb = Heartbeats(node, Keyring([b"e2e-v6-key"]), port, 0.1, 0.45, lambda: None, Metrics())

@@ -110,7 +110,7 @@ class Lab:
         keyfile.write_bytes(KEY)
         log = open(self.tmp / f"{node}.log", "ab")
         self.procs[node] = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns[node], *NET_RAW_ONLY, sys.executable, "-m", "speaker", "--node-name", node,
+            ["ip", "netns", "exec", self.ns[node], *NET_RAW_ONLY, sys.executable, "-m", "lbctl.speaker", "--node-name", node,
              "--static-config", str(cfg), "--heartbeat-key-file", str(keyfile), "--http-host", "127.0.0.1",
              "--log-format", "json", "--log-level", "debug"],
             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"))

@@ -44,6 +44,21 @@ def test_installed_package_carries_its_files(venv: Path) -> None:
     assert (chart / "templates").is_dir()
 
 
+def test_wheel_installs_nothing_but_lbctl_at_the_top(venv: Path) -> None:
+    """Top-level `controller` and `speaker` packages would collide with any other distribution's."""
+    py = venv / "venv" / "bin" / "python"
+    site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    record = next(site.glob("lbctl-*.dist-info")) / "RECORD"
+    paths = [line.split(",")[0] for line in record.read_text().splitlines()]
+    tops = {p.split("/", 1)[0] for p in paths if "/" in p and not p.startswith("../")}  # ../ = scripts in bin/
+    assert tops <= {"lbctl", record.parent.name}, sorted(tops)
+    for entry in ("lbctl-controller", "lbctl-speaker"):
+        res = subprocess.run([str(venv / "venv" / "bin" / entry), "--help"], capture_output=True, text=True,
+                             cwd=venv)
+        assert res.returncode == 0 and "usage" in res.stdout, res.stderr[-2000:]
+
+
 def test_lab_demo_from_the_wheel(venv: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     res = subprocess.run([str(venv / "venv" / "bin" / "lbctl"), "lab", "demo"], capture_output=True, text=True,

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from lbctl.controlplane import ControlPlane
+from lbctl.lab.controlplane import ControlPlane
 from lbctl.kube.sync import SyncKube
 from tests.conftest import ControllerProcess
 from tests.wait import wait_for

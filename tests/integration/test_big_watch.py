@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lbctl.controlplane import ControlPlane
+from lbctl.lab.controlplane import ControlPlane
 from lbctl.kube import config
 from lbctl.kube.client import Kube
 from tests import httpget

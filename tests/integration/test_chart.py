@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from lbctl import assets
-from lbctl.controlplane import RELEASE, SA_NS, ControlPlane
+from lbctl.lab.controlplane import RELEASE, SA_NS, ControlPlane
 from lbctl.lab import k8sbin
 from lbctl.lab.api import wait_for
 from tests.procs import ConfinedSpeaker, ControllerProcess
@@ -133,7 +133,7 @@ def test_speaker_daemonset_is_least_privilege_host_network() -> None:
         assert c[probe]["httpGet"] == {"path": path, "port": "metrics"}
 
     # The speaker's own parser accepts exactly these flags, with the kubelet's $(VAR) expansion.
-    from speaker.cli import parse_args
+    from lbctl.speaker.cli import parse_args
     args = parse_args(expand(c["args"], {"HOST_IP": "198.18.0.21"}) + ["--node-name", "n1"])
     assert (args.lb_class, args.heartbeat_port, args.heartbeat_interval, args.dead_after) == \
         ("example.com/lb", 17946, 0.2, 0.9)
@@ -166,7 +166,7 @@ def test_controller_deployment_is_non_root_without_capabilities() -> None:
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"]}
     assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
 
-    from controller.main import parse_args
+    from lbctl.controller.main import parse_args
     args = parse_args(c["args"])
     assert (args.lb_class, args.log_format, args.log_level, args.http_port) == (None, "console", "debug", 9472)
     assert args.leader_elect and args.leader_election_name == "r-lbctl-controller"
@@ -179,7 +179,7 @@ def test_controller_deployment_is_non_root_without_capabilities() -> None:
 def test_heartbeat_timing_preset_reaches_the_speaker(timing: str) -> None:
     """speaker.heartbeat.timing becomes --timing, and the speaker runs with that preset's values."""
     from lbctl.core.heartbeat import TIMING_PRESETS
-    from speaker.cli import parse_args
+    from lbctl.speaker.cli import parse_args
     assert set(TIMING_PRESETS) == {"default", "fast", "relaxed"}  # the schema's enum and _helpers.tpl list these
     c = container(render({"speaker": {"heartbeat": {"timing": timing}}})[("DaemonSet", "r-lbctl-speaker")])
     assert (f"--timing={timing}" in c["args"]) is (timing != "default")

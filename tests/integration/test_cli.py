@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lbctl.controlplane import RELEASE, SA_NS, free_port
+from lbctl.lab.controlplane import RELEASE, SA_NS, free_port
 from lbctl.kube import config
 from lbctl.kube.client import Kube
-from speaker.lease import LeaseRenewer, micro_time
+from lbctl.speaker.lease import LeaseRenewer, micro_time
 
 SPEAKERS = "/apis/lbctl.io/v1alpha1/speakerstatuses"
 LEASES = f"/apis/coordination.k8s.io/v1/namespaces/{SA_NS}/leases"

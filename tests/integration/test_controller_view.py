@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from lbctl.controlplane import ControlPlane
+from lbctl.lab.controlplane import ControlPlane
 from tests import httpget
 from tests.conftest import ControllerProcess
 from tests.wait import wait_for

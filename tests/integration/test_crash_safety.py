@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from lbctl.controlplane import ControlPlane
+from lbctl.lab.controlplane import ControlPlane
 from lbctl.kube.sync import SyncKube
 from tests.conftest import admin_client
 from tests.figures import figure

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lbctl.controlplane import RELEASE, SA_NS, ControlPlane, free_port
+from lbctl.lab.controlplane import RELEASE, SA_NS, ControlPlane, free_port
 from lbctl.kube import config
 from lbctl.kube.client import STRATEGIC, ApiError
 from lbctl.kube.sync import SyncKube

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from lbctl.controlplane import SA_NS, ControlPlane
+from lbctl.lab.controlplane import SA_NS, ControlPlane
 from lbctl.kube.sync import SyncKube
 from tests.integration.conftest import Lab
 from tests.figures import figure

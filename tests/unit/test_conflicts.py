@@ -58,7 +58,7 @@ def test_a_flood_is_defended_at_most_once_per_interval(gaps: list[float]) -> Non
 
 
 def test_speaker_metrics_register_without_clashes() -> None:
-    from speaker.metrics import Metrics
+    from lbctl.speaker.metrics import Metrics
 
     m = Metrics()
     m.conflicts.set(1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lbctl.core.heartbeat import Heartbeat, decode, encode
-from speaker.cli import parse_args, read_keys
+from lbctl.speaker.cli import parse_args, read_keys
 
 
 def keyfiles(tmp_path, *keys: bytes) -> list[str]:

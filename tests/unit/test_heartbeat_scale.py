@@ -29,10 +29,10 @@ from lbctl.core.heartbeat import (
     encode,
     incarnation_bytes,
 )
-from speaker.cli import parse_args
-from speaker.heartbeats import Heartbeats
-from speaker.metrics import Metrics
-from speaker.recvmmsg import SLOT, BatchReceiver, enable_rx_metadata
+from lbctl.speaker.cli import parse_args
+from lbctl.speaker.heartbeats import Heartbeats
+from lbctl.speaker.metrics import Metrics
+from lbctl.speaker.recvmmsg import SLOT, BatchReceiver, enable_rx_metadata
 
 KEY = b"k" * 32
 PEERS = 500

@@ -10,8 +10,8 @@ from lbctl.core.announce import IpIntent, owners, segment_live
 from lbctl.core.election import NodeInfo, rank
 from lbctl.core.heartbeat import Heartbeat, Keyring, encode, incarnation_bytes
 from lbctl.core.registered import ShortfallLog, check_peers
-from speaker.heartbeats import Heartbeats
-from speaker.metrics import Metrics
+from lbctl.speaker.heartbeats import Heartbeats
+from lbctl.speaker.metrics import Metrics
 
 KEY = b"k" * 32
 NODES = {n: NodeInfo(n) for n in ("a", "b", "c")}
@@ -116,8 +116,8 @@ def test_shortfall_is_logged_on_change_then_rate_limited() -> None:
 
 def test_ipv6_only_interfaces_beacon_to_the_link_local_group() -> None:
     from lbctl.core.netifs import heartbeat_targets, interfaces
-    from speaker.heartbeats import _destinations, _group6
-    from speaker.interfaces import HEARTBEAT_GROUP6
+    from lbctl.speaker.heartbeats import _destinations, _group6
+    from lbctl.speaker.interfaces import HEARTBEAT_GROUP6
     up = 0x1 | 0x2 | 0x1000 | 0x10000  # UP BROADCAST MULTICAST LOWER_UP
     links = [{"index": i, "name": n, "flags": f, "type": 1, "address": f"02:00:00:00:00:0{i}", "port_of": None}
              for i, n, f in ((2, "dual", up), (3, "v6only", up), (4, "v6nomcast", up & ~0x1000), (5, "v4", up))]
@@ -136,7 +136,7 @@ def test_ipv6_only_interfaces_beacon_to_the_link_local_group() -> None:
 
 def test_unicast_fallback_goes_on_the_interface_holding_the_peers_address() -> None:
     from lbctl.core.netifs import heartbeat_targets, interfaces
-    from speaker.interfaces import HEARTBEAT_GROUP6
+    from lbctl.speaker.interfaces import HEARTBEAT_GROUP6
     up = 0x1 | 0x2 | 0x1000 | 0x10000
     links = [{"index": 2, "name": "eth0", "flags": up, "type": 1, "address": "02:00:00:00:00:02", "port_of": None},
              {"index": 3, "name": "v6", "flags": up, "type": 1, "address": "02:00:00:00:00:03", "port_of": None}]
@@ -147,7 +147,7 @@ def test_unicast_fallback_goes_on_the_interface_holding_the_peers_address() -> N
     got = heartbeat_targets(cands, HEARTBEAT_GROUP6, peers)
     # eth0 beacons IPv4 (broadcast + the on-link peer, once; not ourselves, not off-link); v6 adds its peer.
     assert got == {"eth0": ("198.18.0.255", "198.18.0.2"), "v6": ("ff02::114", "2001:db8:6::2")}
-    from speaker.heartbeats import _destinations, _group6
+    from lbctl.speaker.heartbeats import _destinations, _group6
     assert _group6(got["v6"]) == "ff02::114" and _group6(got["eth0"]) is None
     assert _destinations("lo", ("ff02::114", "2001:db8:6::2"), 1)[1] == ("2001:db8:6::2", 1, 0, 0)
 

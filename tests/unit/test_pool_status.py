@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from controller import pool_status
-from controller.metrics import Metrics
-from controller.pool_status import PoolStatusWriter
+from lbctl.controller import pool_status
+from lbctl.controller.metrics import Metrics
+from lbctl.controller.pool_status import PoolStatusWriter
 from lbctl.core.allocator import Allocator
 from lbctl.core.pools import parse_pool
 from lbctl.core.service import read_service

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from controller import reconciler as rec
-from controller.metrics import Metrics
-from controller.reconciler import Reconciler
+from lbctl.controller import reconciler as rec
+from lbctl.controller.metrics import Metrics
+from lbctl.controller.reconciler import Reconciler
 from lbctl.core.pools import parse_pool
 from lbctl.core.service import read_service
 from lbctl.kube.events import EventRecorder

@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from lbctl import assets
-from lbctl.lab import k8sbin
+from . import k8sbin
 
 CACHE = Path(os.environ.get("LBCTL_CACHE", Path.home() / ".cache" / "lbctl"))
 APISERVER = Path(os.environ.get("LBCTL_APISERVER", CACHE / "bin" / "kube-apiserver"))
