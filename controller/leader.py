@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from lbctl import log
 from lbctl.core.leader import (Action, Fence, LeaseRecord, Observation, Timing, decide, lease_spec, observe,
                                read_lease, released_spec)
-from lbctl.kube.client import ApiError, Kube
+from lbctl.kube.client import ApiError, Kube, KubeError
 
 logger = log.get(__name__)
 
@@ -70,7 +70,7 @@ class LeaderElector:
             try:
                 bound = self.fence.remaining(time.monotonic()) if self.leading.is_set() else self.timing.renew_deadline
                 wait = await asyncio.wait_for(self._attempt(), timeout=max(0.1, bound))
-            except (ApiError, OSError, asyncio.TimeoutError, ValueError) as exc:
+            except (KubeError, asyncio.TimeoutError) as exc:  # TimeoutError: the attempt's own bound
                 logger.warning("lease_attempt_failed", lease=self.lease, error=str(exc) or type(exc).__name__)
             self.decided = self.decided or self.leading.is_set() or bool(self._holder)
             if self.leading.is_set() and not self.may_write():
@@ -141,7 +141,7 @@ class LeaderElector:
             await self.kube.replace(self.path, self._body(released_spec(current, dt.datetime.now(dt.timezone.utc)),
                                                           current.resource_version))
             logger.info("lease_released", lease=self.lease, identity=self.identity)
-        except (ApiError, OSError, asyncio.TimeoutError) as exc:  # it expires on its own
+        except KubeError as exc:  # it expires on its own
             logger.warning("lease_release_failed", lease=self.lease, error=str(exc))
 
 

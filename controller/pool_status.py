@@ -19,7 +19,7 @@ from typing import Any
 from lbctl import log
 from lbctl.core.allocator import Allocator
 from lbctl.core.pools import READY
-from lbctl.kube.client import ApiError, Kube
+from lbctl.kube.client import Kube, KubeError
 from lbctl.kube.events import EventRecorder
 from lbctl.kube.resources import ippool_path
 
@@ -142,7 +142,7 @@ class PoolStatusWriter:
                 await self.kube.patch(ippool_path(name, "status"), {"status": status})
                 self._written[name] = status
                 self._written_at[name] = now
-            except (ApiError, OSError, asyncio.TimeoutError) as exc:
+            except KubeError as exc:
                 logger.warning("pool_status_failed", pool=name, error=str(exc))
         return due
 

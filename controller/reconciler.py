@@ -19,7 +19,7 @@ from lbctl import log
 from lbctl.core.allocator import Allocator, Outcome, to_addr
 from lbctl.core.pools import PoolSpec
 from lbctl.core.service import ServiceRequest, ingress_status
-from lbctl.kube.client import ApiError, Kube
+from lbctl.kube.client import ApiError, Kube, KubeError
 from lbctl.kube.events import EventRecorder
 from lbctl.kube.resources import service_path
 
@@ -254,7 +254,7 @@ class Reconciler:
         started = time.monotonic()
         try:
             await self.kube.patch(service_path(ns, name, "status"), body)
-        except (ApiError, OSError, asyncio.TimeoutError) as exc:
+        except KubeError as exc:
             self.metrics.patch_errors.inc()
             if isinstance(exc, ApiError) and exc.status in (404, 409):
                 return  # gone or replaced; its own events will follow

@@ -15,7 +15,7 @@ from typing import Any
 from lbctl import log
 from lbctl.core.announce import IpIntent, ServiceRef
 from lbctl.core.conflicts import Conflict
-from lbctl.kube.client import ApiError, Kube
+from lbctl.kube.client import ApiError, Kube, KubeError
 from lbctl.kube.events import EventRecorder
 
 from .announcer import Announcement
@@ -78,12 +78,12 @@ class StatusWriter:
                 await self._ensure()
             await self.kube.patch(f"{COLLECTION}/{self.node}/status", {"status": want})
             self._written = want
-        except (ApiError, OSError, asyncio.TimeoutError) as exc:
+        except KubeError as exc:
             if isinstance(exc, ApiError) and exc.status == 404:
                 self._exists = False
             logger.warning("status_write_failed", error=str(exc))
             self._wake.set()  # retry after the gap
-        except Exception as exc:  # aiohttp errors not derived from OSError; visibility must never kill us
+        except Exception as exc:  # a bug here too: visibility must never kill us
             logger.warning("status_write_failed", error=repr(exc))
             self._wake.set()
 

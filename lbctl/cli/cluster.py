@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 import aiohttp
 
 from ..kube import config
-from ..kube.client import ApiError, Kube
+from ..kube.client import ApiError, Kube, Unreachable
 from .exitcodes import USAGE
 
 
@@ -62,10 +62,11 @@ async def connect(args: argparse.Namespace, timeout: float = 15.0) -> AsyncItera
         raise CliError(USAGE, f"kubeconfig: {exc}") from None
     except ApiError as exc:
         raise api_failure(exc, "request", cfg) from None
-    except aiohttp.ClientSSLError as exc:
-        raise CliError(USAGE, f"TLS with the API server {cfg.server} failed ({cfg.source}): {exc}") from None
-    except (aiohttp.ClientConnectionError, OSError) as exc:
-        raise CliError(USAGE, f"cannot reach the API server {cfg.server} ({cfg.source}): {exc}") from None
-    except asyncio.TimeoutError:
-        raise CliError(USAGE, f"the API server {cfg.server} did not answer within {timeout:.0f} s "
-                              f"({cfg.source})") from None
+    except Unreachable as exc:
+        cause = exc.__cause__
+        if isinstance(cause, aiohttp.ClientSSLError):
+            raise CliError(USAGE, f"TLS with the API server {cfg.server} failed ({cfg.source}): {cause}") from None
+        if isinstance(cause, asyncio.TimeoutError):
+            raise CliError(USAGE, f"the API server {cfg.server} did not answer within {timeout:.0f} s "
+                                  f"({cfg.source})") from None
+        raise CliError(USAGE, f"cannot reach the API server {cfg.server} ({cfg.source}): {cause or exc}") from None

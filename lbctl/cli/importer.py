@@ -14,14 +14,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import yaml
 
 from ..core.migrate import Conversion, InputError
 from ..core.migrate_kubespray import convert_kubespray
 from ..core.migrate_metallb import DEFAULT_NAMESPACE, convert_metallb
 from ..kube import config
-from ..kube.client import ApiError, Kube
+from ..kube.client import ApiError, Kube, KubeError
 
 EXIT_OK, EXIT_INPUT, EXIT_REFUSED = 0, 2, 3
 _GROUP = "metallb.io"
@@ -147,7 +146,7 @@ async def _read_cluster(kubeconfig: str | None, context: str | None, ns: str) ->
         async with Kube(cfg, user_agent="lbctl-import") as kube:
             lists = await asyncio.gather(*(_list(kube, ns, *kind) for kind in _KINDS))
             cm = await _get(kube, f"/api/v1/namespaces/{ns}/configmaps/config")
-    except (config.ConfigError, ApiError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (config.ConfigError, KubeError, OSError) as exc:
         raise _Fail(f"cluster: {exc}") from None
     found = {kind[0]: items for kind, items in zip(_KINDS, lists)}
     docs = [item for items in lists if items for item in items]

@@ -20,7 +20,13 @@ MERGE = "application/merge-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"
 
 
-class ApiError(Exception):
+class KubeError(Exception):
+    """Whatever a request to the API server can end in, other than an answer: ApiError or Unreachable."""
+
+
+class ApiError(KubeError):
+    """The API server (or a proxy before it) answered, with an error status or a body that is not JSON."""
+
     def __init__(self, status: int, reason: str, message: str) -> None:
         super().__init__(f"{status} {reason}: {message}")
         self.status, self.reason, self.message = status, reason, message
@@ -28,6 +34,22 @@ class ApiError(Exception):
 
 class Gone(ApiError):
     """410: the resourceVersion is too old; re-list."""
+
+
+class Unreachable(KubeError):
+    """The request did not complete: refused, reset or dropped connection, TLS failure, a body cut short, a
+    timeout. No answer came back, so a write may or may not have been applied. The cause is `__cause__`."""
+
+
+# What aiohttp and the socket layer raise for a request that did not complete (TimeoutError is an OSError).
+_TRANSPORT = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
+
+
+def _unreachable(exc: BaseException, method: str, path: str) -> Unreachable:
+    what = str(exc) or type(exc).__name__
+    if isinstance(exc, asyncio.TimeoutError):
+        what = "no answer in time"
+    return Unreachable(f"{method} {path}: {what}")
 
 
 class Kube:
@@ -81,29 +103,39 @@ class Kube:
                 self._session = None
 
     async def send(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
-                   body: Any = None, content_type: str = "application/json") -> tuple[int, str]:
-        """One request: the HTTP status and the body as sent, whatever they are (no ApiError)."""
+                   body: Any = None, content_type: str = "application/json",
+                   timeout: float | None = None) -> tuple[int, str]:
+        """One request: the HTTP status and the body as sent, whatever they are (no ApiError).
+
+        Raises Unreachable when no whole answer came back. `timeout` (seconds) bounds this request as a whole,
+        waiting for a connection slot included, below the client's own timeout."""
         data = json.dumps(body) if body is not None else None
-        for attempt in (1, 2):
-            await self._fresh_credentials()
-            async with self._limit:
-                async with self.session.request(method, path, params=_clean(params), data=data,
-                                                headers=self._headers(content_type if data else None),
-                                                server_hostname=self.cfg.tls_server_name,
-                                                timeout=self._timeout) as resp:
-                    text = await resp.text()
-                    if resp.status == 401 and self.cfg.exec and attempt == 1:
-                        self.cfg.exec.invalidate()  # revoked before it expired: run the plugin again, once
-                        continue
-                    return resp.status, text
+        try:
+            async with asyncio.timeout(timeout):
+                for attempt in (1, 2):
+                    await self._fresh_credentials()
+                    async with self._limit:
+                        async with self.session.request(method, path, params=_clean(params), data=data,
+                                                        headers=self._headers(content_type if data else None),
+                                                        server_hostname=self.cfg.tls_server_name,
+                                                        timeout=self._timeout) as resp:
+                            text = (await resp.read()).decode(errors="replace")
+                            if resp.status == 401 and self.cfg.exec and attempt == 1:
+                                self.cfg.exec.invalidate()  # revoked before it expired: run the plugin again, once
+                                continue
+                            return resp.status, text
+        except _TRANSPORT as exc:
+            raise _unreachable(exc, method, path) from exc
         raise AssertionError("unreachable")
 
     async def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
-                      body: Any = None, content_type: str = "application/json") -> dict[str, Any]:
-        status, text = await self.send(method, path, params=params, body=body, content_type=content_type)
+                      body: Any = None, content_type: str = "application/json",
+                      timeout: float | None = None) -> dict[str, Any]:
+        status, text = await self.send(method, path, params=params, body=body, content_type=content_type,
+                                       timeout=timeout)
         if status >= 400:
             raise _error(status, text)
-        return json.loads(text) if text else {}
+        return _json(status, text) if text else {}
 
     async def get(self, path: str, **params: Any) -> dict[str, Any]:
         return await self.request("GET", path, params=params)
@@ -136,17 +168,24 @@ class Kube:
                  timeoutSeconds=str(timeout_seconds))
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=timeout_seconds + 30)
         await self._fresh_credentials()
-        async with self.session.get(path, params=_clean(q), headers=self._headers(), timeout=timeout,
-                                    server_hostname=self.cfg.tls_server_name) as resp:
-            if resp.status >= 400:
-                raise _error(resp.status, await resp.text())
-            async for line in _lines(resp.content):
-                event = json.loads(line)
-                if event.get("type") == "ERROR":
-                    status = event.get("object") or {}
-                    err = _error(int(status.get("code") or 500), json.dumps(status))
-                    raise err
-                yield event["type"], event["object"]
+        try:
+            async with self.session.get(path, params=_clean(q), headers=self._headers(), timeout=timeout,
+                                        server_hostname=self.cfg.tls_server_name) as resp:
+                if resp.status >= 400:
+                    raise _error(resp.status, (await resp.read()).decode(errors="replace"))
+                async for line in _lines(resp.content):
+                    event = _json(resp.status, line)
+                    if not isinstance(event, dict):
+                        raise ApiError(resp.status, "InvalidResponse", f"watch line is not an event: {line[:200]!r}")
+                    if event.get("type") == "ERROR":
+                        status = event.get("object") or {}
+                        raise _error(int(status.get("code") or 500), json.dumps(status))
+                    if not isinstance(event.get("object"), dict) or not isinstance(event.get("type"), str):
+                        raise ApiError(resp.status, "InvalidResponse", f"watch event without type or object: "
+                                       f"{line[:200]!r}")
+                    yield event["type"], event["object"]
+        except _TRANSPORT as exc:
+            raise _unreachable(exc, "WATCH", path) from exc
 
     async def informer(self, path: str, **params: Any) -> AsyncIterator[tuple[str, Any]]:
         """LIST then WATCH forever. Yields ("SYNC", items) after every (re)list, then single events.
@@ -193,7 +232,7 @@ async def _lines(stream: aiohttp.StreamReader) -> AsyncIterator[bytes]:
             start = scan = end + 1
         del buf[:start]
         if len(buf) > MAX_LINE:
-            raise ValueError(f"watch line longer than {MAX_LINE} bytes")
+            raise ApiError(200, "InvalidResponse", f"watch line longer than {MAX_LINE} bytes")
     if buf.strip():
         yield bytes(buf)
 
@@ -202,6 +241,14 @@ def _clean(params: Mapping[str, Any] | None) -> dict[str, str] | None:
     if not params:
         return None
     return {k: ("true" if v is True else "false" if v is False else str(v)) for k, v in params.items() if v is not None}
+
+
+def _json(status: int, text: str | bytes) -> Any:
+    """A body that is not JSON (a proxy's error page under a 200, a line cut short) is the server's error."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise ApiError(status, "InvalidResponse", f"not JSON: {text[:200]!r}") from None
 
 
 def _error(status: int, text: str) -> ApiError:

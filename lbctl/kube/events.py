@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import log
-from .client import ApiError, Kube
+from .client import Kube, KubeError
 
 logger = log.get(__name__)
 
@@ -42,7 +42,7 @@ class EventRecorder:
         }
         try:
             await self.kube.create(f"/api/v1/namespaces/{ns}/events", body)
-        except (ApiError, OSError, asyncio.TimeoutError) as exc:
+        except KubeError as exc:
             logger.warning("event_post_failed", reason=reason, object=involved.get("name"), error=str(exc))
 
     async def drain(self) -> None:

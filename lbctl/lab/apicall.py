@@ -15,17 +15,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from lbctl.kube import config
-from lbctl.kube.client import MERGE, Kube
+from lbctl.kube.client import MERGE, Kube, Unreachable
 
 
 async def call(kube: Kube, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None,
                content_type: str = "application/json") -> tuple[int, Any]:
     try:
         status, text = await kube.send(method, path, params=params, body=body, content_type=content_type)
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+    except (Unreachable, ValueError) as exc:
         return 0, {"message": str(exc) or type(exc).__name__}
     return status, _json(text)
 

@@ -1,0 +1,109 @@
+"""A connection dropped mid-request (a proxy in front of a restarting API server) never kills a daemon task.
+
+A real loopback server breaks each request (tests/faults.py); the real client talks to it. Each mode raises a
+different aiohttp exception (ServerDisconnectedError, ClientPayloadError, ClientOSError, a timeout); the client
+turns all of them into one `Unreachable`, and the leader loop, the IPPool status writer and Events survive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from controller.leader import LeaderElector
+from controller.metrics import Metrics
+from controller.pool_status import PoolStatusWriter
+from lbctl.core.allocator import Allocator
+from lbctl.core.leader import Timing
+from lbctl.core.pools import parse_pool
+from lbctl.kube.client import Kube
+from lbctl.kube.config import KubeConfig
+from lbctl.kube.events import EventRecorder
+from tests.faults import FaultServer
+
+MODES = ["disconnect", "truncate", "reset"]
+FAST = Timing(lease_duration=3.0, renew_deadline=2.0, retry_period=0.05)
+
+
+@pytest.mark.parametrize("mode", MODES + ["stall"])
+def test_every_verb_raises_unreachable_for_a_request_that_did_not_complete(mode: str) -> None:
+    from lbctl.kube.client import Unreachable
+
+    async def main() -> None:
+        async with FaultServer(mode, body={"metadata": {"name": "x"}, "padding": "y" * 200}) as srv:
+            async with Kube(KubeConfig(server=srv.url), timeout=0.5) as kube:
+                for call in (kube.get("/api/v1/namespaces/a/services/b"), kube.list("/api/v1/services"),
+                             kube.patch("/api/v1/namespaces/a/services/b/status", {"status": {}}),
+                             kube.create("/api/v1/namespaces/a/events", {}), kube.delete("/api/v1/nodes/n"),
+                             kube.replace("/api/v1/nodes/n", {})):
+                    with pytest.raises(Unreachable):
+                        await call
+
+    asyncio.run(main())
+
+
+def test_connection_refused_is_unreachable_too() -> None:
+    from lbctl.kube.client import Unreachable
+
+    async def main() -> None:
+        async with FaultServer() as srv:
+            url = srv.url
+        async with Kube(KubeConfig(server=url)) as kube:  # nothing listens there any more
+            with pytest.raises(Unreachable):
+                await kube.get("/api")
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_leader_loop_survives_dropped_connections(mode: str) -> None:
+    async def main() -> None:
+        async with FaultServer(mode, body={"padding": "y" * 200}) as srv:
+            async with Kube(KubeConfig(server=srv.url)) as kube:
+                elector = LeaderElector(kube, "ns", "lease", "me", FAST, CollectorRegistry())
+                task = asyncio.create_task(elector.run())
+                async with asyncio.timeout(10):  # five attempts, each broken, or the loop died
+                    while len(srv.requests) < 5 and not task.done():
+                        await asyncio.sleep(0.01)
+                assert not task.done(), task.exception()
+                task.cancel()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_pool_status_writer_survives_dropped_connections(mode: str) -> None:
+    alloc = Allocator()
+    alloc.set_pools([parse_pool("p", {"addresses": ["198.18.0.0/29"]}, "1")])
+
+    async def main() -> None:
+        async with FaultServer(mode, body={"padding": "y" * 200}) as srv:
+            async with Kube(KubeConfig(server=srv.url)) as kube:
+                writer = PoolStatusWriter(kube, EventRecorder(kube, "test"), Metrics())
+                assert await writer.flush(alloc, defer=False) is None  # the write failed, logged, not raised
+                assert srv.requests and srv.requests[0][0] == "PATCH"
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_event_post_survives_dropped_connections(mode: str) -> None:
+    failures: list[Any] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: failures.append(ctx))
+        async with FaultServer(mode, body={"padding": "y" * 200}) as srv:
+            async with Kube(KubeConfig(server=srv.url)) as kube:
+                events = EventRecorder(kube, "test")
+                events.emit({"kind": "Service", "name": "s", "namespace": "ns"}, "Warning", "R", "m")
+                tasks = list(events._tasks)
+                await srv.wait_requests(1)
+                await events.drain()
+                for task in tasks:  # a task that died of the error, rather than logging it
+                    assert task.exception() is None, task.exception()
+
+    asyncio.run(main())
+    assert not failures, failures
