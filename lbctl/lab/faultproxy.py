@@ -105,7 +105,7 @@ class Stats:
 
 
 class FaultProxy:
-    def __init__(self, upstream: tuple[str, int], ctx: ssl.SSLContext) -> None:
+    def __init__(self, upstream: tuple[str, int], ctx: ssl.SSLContext | None) -> None:
         self.upstream, self.ctx = upstream, ctx
         self.fault = Fault()
         self.changed = asyncio.Event()
@@ -137,7 +137,7 @@ class FaultProxy:
             return
         try:
             up_r, conn.up = await asyncio.wait_for(asyncio.open_connection(
-                *self.upstream, ssl=self.ctx, server_hostname=UPSTREAM_NAME), 5)
+                *self.upstream, ssl=self.ctx, server_hostname=UPSTREAM_NAME if self.ctx else None), 5)
         except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
             self.stats.upstream_failures += 1
             self.stats.event("upstream-failed", target)
