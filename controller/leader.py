@@ -16,15 +16,17 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from lbctl import log
-from lbctl.core.leader import (Action, Fence, LeaseRecord, Observation, Timing, decide, lease_spec, observe,
-                               read_lease, released_spec)
-from lbctl.kube.client import ApiError, Kube, KubeError
+from lbctl.core.leader import (Action, Fence, LeaseRecord, Observation, Resume, Timing, decide, lease_spec,
+                               observe, read_lease, released_spec)
+from lbctl.kube.client import ApiError, Kube, KubeError, Unreachable
+from lbctl.kube.lease import LeaseClient
 
 logger = log.get(__name__)
 
@@ -43,12 +45,11 @@ class NotLeader(ApiError):
 
 class LeaderElector:
     def __init__(self, kube: Kube, namespace: str, name: str, identity: str, timing: Timing,
-                 registry: CollectorRegistry) -> None:
+                 registry: CollectorRegistry, resume: Resume | None = None) -> None:
         self.kube, self.identity, self.timing = kube, identity, timing
+        self.resume = resume  # from the process we re-executed from, until we lead (lbctl/core/leader.py)
         self.lease = f"{namespace}/{name}"
-        self.path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}"
-        self.collection = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
-        self.name, self.namespace = name, namespace
+        self.leases = LeaseClient(kube, namespace, name)
         self.fence = Fence(timing)
         self.leading = asyncio.Event()
         self.decided = False  # first round done: we lead, or know who does
@@ -59,9 +60,22 @@ class LeaderElector:
                            "writer)", registry=registry)
         self.transitions = Counter("lbctl_controller_leader_acquisitions_total",
                                    "Times this replica became the leader", registry=registry)
+        self.abandoned = Counter("lbctl_controller_writes_abandoned_total", "Writes given up without an answer "
+                                 "because the fence ran out while they were on the wire", registry=registry)
 
     def may_write(self) -> bool:
         return self.fence.valid(time.monotonic())
+
+    def write_budget(self) -> float:
+        """Seconds a write sent now may take: the fence's time left (0: may not write)."""
+        return self.fence.remaining(time.monotonic())
+
+    def handover(self, quiet_at: float) -> Resume | None:
+        """For the process we re-execute as: our Lease as we last wrote it (None if we never held it)."""
+        rec = self._record
+        if rec is None or rec.holder != self.identity:
+            return None
+        return Resume(self.identity, rec.resource_version, quiet_at)
 
     async def run(self) -> None:
         """Acquire, then renew every retry period; raises LeadershipLost once leadership is gone."""
@@ -84,15 +98,11 @@ class LeaderElector:
 
     async def _attempt(self) -> float:
         sent_at = time.monotonic()  # before the GET: a renewal based on it is never older than we think
-        try:
-            record: LeaseRecord | None = read_lease(await self.kube.get(self.path))
-        except ApiError as exc:
-            if exc.status != 404:
-                raise
-            record = None
+        current = await self.leases.get()
+        record = read_lease(current) if current is not None else None
         self._seen = observe(self._seen, record, sent_at)
         self._holder = record.holder if record else ""
-        decision = decide(record, self._seen, sent_at, self.identity, self.timing)
+        decision = decide(record, self._seen, sent_at, self.identity, self.timing, self.resume)
         if decision.action is Action.WAIT:
             if self.leading.is_set():
                 self.fence.give_up()  # someone else took it: we are no longer allowed to write, now
@@ -102,15 +112,16 @@ class LeaderElector:
         spec = lease_spec(record, self.identity, self.timing, dt.datetime.now(dt.timezone.utc))
         try:
             if record is None:
-                written = await self.kube.create(self.collection, self._body(spec, None))
+                written = await self.leases.create(spec)
             else:
-                written = await self.kube.replace(self.path, self._body(spec, record.resource_version))
+                written = await self.leases.replace(spec, record.resource_version)
         except ApiError as exc:
             if exc.status == 409:  # another candidate wrote first (create or update): look again soon
                 logger.info("lease_conflict", lease=self.lease, action=decision.action.value)
                 return min(decision.wait_s, 0.2)
             raise
         self._record = read_lease(written)
+        self.resume = None  # ours again by a write of this process: from now on plain renewals
         self._seen = observe(self._seen, self._record, sent_at)
         self._holder = self.identity
         self.fence.renewed(sent_at, time.monotonic())
@@ -122,12 +133,6 @@ class LeaderElector:
                         transitions=self._record.transitions)
         return decision.wait_s
 
-    def _body(self, spec: Mapping[str, Any], resource_version: str | None) -> dict[str, Any]:
-        meta: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
-        if resource_version:
-            meta["resourceVersion"] = resource_version
-        return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta, "spec": dict(spec)}
-
     async def release(self) -> None:
         """On a clean stop, after the writers stopped: hand the lease over at once instead of letting it expire."""
         if not self.leading.is_set() or self._record is None:
@@ -135,31 +140,58 @@ class LeaderElector:
         self.fence.give_up()
         self.gauge.set(0)
         try:
-            current = read_lease(await self.kube.get(self.path))
-            if current.holder != self.identity:
+            got = await self.leases.get()
+            current = read_lease(got) if got is not None else None
+            if current is None or current.holder != self.identity:
                 return
-            await self.kube.replace(self.path, self._body(released_spec(current, dt.datetime.now(dt.timezone.utc)),
-                                                          current.resource_version))
+            await self.leases.replace(released_spec(current, dt.datetime.now(dt.timezone.utc)),
+                                      current.resource_version)
             logger.info("lease_released", lease=self.lease, identity=self.identity)
         except KubeError as exc:  # it expires on its own
             logger.warning("lease_release_failed", lease=self.lease, error=str(exc))
 
 
 class FencedKube(Kube):
-    """The one client, for the writers: a write is sent only while the fence holds; reads pass through.
+    """The one client, for the writers: a write is sent only while the fence holds, and is bounded by the time the
+    fence has left (abandoned, counted, and raised as Unreachable when that runs out); reads pass through.
 
+    `quiet_at` (monotonic) is when the last write that may have reached the server without us seeing the answer
+    ended (-inf: none): a write refused at connect never left, one cut or abandoned mid-way may still be applied.
     Shares the wrapped client's session and credentials (it forwards `send`, which every verb goes through).
     """
 
-    def __init__(self, inner: Kube, may_write: Any) -> None:  # no super().__init__: nothing of its own to hold
-        self.inner, self.cfg, self._may_write = inner, inner.cfg, may_write
+    def __init__(self, inner: Kube, budget: Callable[[], float], abandoned: Counter | None = None) -> None:
+        # no super().__init__: nothing of its own to hold
+        self.inner, self.cfg, self._budget, self._abandoned = inner, inner.cfg, budget, abandoned
+        self.quiet_at = float("-inf")
 
     async def send(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
-                   body: Any = None, content_type: str = "application/json") -> tuple[int, str]:
-        if method != "GET" and not self._may_write():
+                   body: Any = None, content_type: str = "application/json",
+                   timeout: float | None = None) -> tuple[int, str]:
+        if method == "GET":
+            return await self.inner.send(method, path, params=params, body=body, content_type=content_type,
+                                         timeout=timeout)
+        budget = self._budget()
+        if budget <= 0:
             logger.warning("write_fenced", method=method, path=path)
             raise NotLeader(method, path)
-        return await self.inner.send(method, path, params=params, body=body, content_type=content_type)
+        answered = False
+        try:
+            out = await self.inner.send(method, path, params=params, body=body, content_type=content_type,
+                                        timeout=budget if timeout is None else min(timeout, budget))
+            answered = True
+            return out
+        except Unreachable as exc:
+            if isinstance(exc.__cause__, aiohttp.ClientConnectorError):
+                answered = True  # never connected: nothing was sent
+            elif self._budget() <= 0:
+                if self._abandoned is not None:
+                    self._abandoned.inc()
+                logger.warning("write_abandoned", method=method, path=path, after_s=round(budget, 3))
+            raise
+        finally:
+            if not answered:  # cut, abandoned or cancelled on the wire: the server may still apply it
+                self.quiet_at = max(self.quiet_at, time.monotonic())
 
     async def close(self) -> None:
         pass  # the inner client owns the session

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sys
+import time
 import uuid
 
 from lbctl import httpserver, log
@@ -16,7 +17,7 @@ from lbctl.kube import config
 from lbctl.kube.client import Kube
 from lbctl.kube.events import EventRecorder
 
-from lbctl.core.leader import Timing
+from lbctl.core.leader import Resume, Timing
 
 from .informer import WatchHealth, watch_namespaces, watch_pools, watch_services
 from .leader import FencedKube, LeaderElector, LeadershipLost
@@ -24,6 +25,7 @@ from .metrics import Metrics
 from .reconciler import Reconciler
 
 logger = log.get("controller")
+RESUME_ENV = "LBCTL_LEADER_RESUME"  # from a leader that gave up to the process it re-executes as (same PID)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,15 +71,21 @@ async def run(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    resume = Resume.decode(os.environ.pop(RESUME_ENV, None))
     async with Kube(cfg, user_agent="lbctl-controller") as kube:
-        identity = args.leader_election_id or f"{socket.gethostname()}_{uuid.uuid4().hex[:12]}"
+        # A made-up identity is kept across the re-exec, so the Lease we held is still recognised as ours.
+        identity = (args.leader_election_id or (resume.identity if resume else None)
+                    or f"{socket.gethostname()}_{uuid.uuid4().hex[:12]}")
         elector: LeaderElector | None = None
-        writer = kube
+        writer: Kube = kube
+        fenced: FencedKube | None = None
         if args.leader_elect:
             # In a pod the service account's namespace is the release's, where the chart grants the Lease.
             ns = args.leader_election_namespace or (cfg.namespace if cfg.in_cluster else "lbctl-system")
-            elector = LeaderElector(kube, ns, args.leader_election_name, identity, args.timing, metrics.registry)
-            writer = FencedKube(kube, elector.may_write)  # Service/IPPool status and Events: leader only
+            elector = LeaderElector(kube, ns, args.leader_election_name, identity, args.timing, metrics.registry,
+                                    resume)
+            # Service/IPPool status and Events: leader only, each write bounded by the fence's time left
+            writer = fenced = FencedKube(kube, elector.write_budget, elector.abandoned)
         events = EventRecorder(writer, "lbctl-controller", identity)
         reconciler = Reconciler(writer, events, metrics, args.lb_class)
         health = WatchHealth()
@@ -123,17 +131,22 @@ async def run(args: argparse.Namespace) -> None:
         if elector is None or elector.may_write():
             await reconciler.drain()
         await events.drain()
-        if elector is not None:
-            await elector.release()  # writers are stopped: hand over now rather than after the lease expires
+        if elector is not None and fenced is not None and elector.may_write() and \
+                fenced.quiet_at < time.monotonic() - (args.timing.lease_duration - args.timing.renew_deadline):
+            # Writers are stopped and none may still land: hand over now rather than after the lease expires.
+            # Otherwise (leadership lost, a write cut mid-way) the Lease expires, or our next incarnation takes
+            # it back once quiet.
+            await elector.release()
         await http.cleanup()
         if any(not t.cancelled() and isinstance(t.exception(), LeadershipLost) for t in failed):
-            restart_as_candidate()
+            assert elector is not None and fenced is not None
+            restart_as_candidate(elector.handover(fenced.quiet_at))
         logger.info("stopped")
         if failed:
             raise SystemExit(1)
 
 
-def restart_as_candidate() -> None:
+def restart_as_candidate(resume: Resume | None) -> None:
     """Leadership lost: writes already stopped (fence); start over as a fresh process, as a standby.
 
     Not an in-process step-down: the allocator table, retries and notices were built as leader and some of
@@ -141,7 +154,9 @@ def restart_as_candidate() -> None:
     a second. Not an exit either: the kubelet's CrashLoopBackOff grows to minutes when leadership flaps (say
     during an API server outage), which would leave this replica down when it is needed.
     """
-    logger.warning("restarting_as_candidate")
+    logger.warning("restarting_as_candidate", resume=resume.encode() if resume else None)
+    if resume is not None:
+        os.environ[RESUME_ENV] = resume.encode()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os.execv(sys.executable, sys.orig_argv)

@@ -18,6 +18,7 @@ from lbctl import log
 from lbctl.core.announce import IpIntent
 from lbctl.core.arp import mac_to_bytes, mac_to_str
 from lbctl.core.netifs import Interface
+from lbctl.core.timestamps import rfc3339
 
 from .arp_socket import ArpResponder
 from .interfaces import InterfaceTable
@@ -29,7 +30,7 @@ GARP_GAP = 0.1
 
 
 def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return rfc3339(dt.datetime.now(dt.timezone.utc))
 
 
 @dataclass

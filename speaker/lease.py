@@ -13,16 +13,13 @@ import datetime as dt
 from typing import Any
 
 from lbctl import log
+from lbctl.core.leader import micro_time
 from lbctl.core.status import LEASE_DURATION_S, LEASE_LABELS, LEASE_PREFIX, NODE_LABEL, RENEW_S
-from lbctl.kube.client import ApiError, Kube
+from lbctl.kube.client import Kube, KubeError
 from lbctl.kube.config import ConfigError
+from lbctl.kube.lease import LeaseClient
 
 logger = log.get(__name__)
-
-
-def micro_time(t: dt.datetime) -> str:
-    """MicroTime as the API server wants it: RFC 3339 with exactly six fractional digits."""
-    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class LeaseRenewer:
@@ -31,7 +28,7 @@ class LeaseRenewer:
         self.kube, self.node, self.namespace = kube, node, namespace
         self.renew_s, self.duration = renew, duration
         self.name = f"{LEASE_PREFIX}{node}"
-        self.collection = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+        self.lease = LeaseClient(kube, namespace, self.name, {**LEASE_LABELS, NODE_LABEL: node})
         self._failing = False
 
     async def run(self) -> None:
@@ -50,17 +47,8 @@ class LeaseRenewer:
         spec: dict[str, Any] = {"holderIdentity": holder, "leaseDurationSeconds": duration,
                                 "renewTime": micro_time(dt.datetime.now(dt.timezone.utc))}
         try:
-            try:
-                await self.kube.patch(f"{self.collection}/{self.name}", {"spec": spec})
-            except ApiError as exc:
-                if exc.status != 404:
-                    raise
-                await self.kube.create(self.collection, {
-                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                    "metadata": {"name": self.name, "namespace": self.namespace,
-                                 "labels": {**LEASE_LABELS, NODE_LABEL: self.node}},
-                    "spec": dict(spec, acquireTime=spec["renewTime"])})
-        except Exception as exc:  # aiohttp errors are not all OSError; liveness must never kill the speaker
+            await self.lease.patch_or_create(spec, {"acquireTime": spec["renewTime"]})
+        except Exception as exc:  # liveness must never kill the speaker
             if not self._failing:
                 logger.warning("lease_renew_failed", lease=f"{self.namespace}/{self.name}", error=_describe(exc))
             self._failing = True
@@ -72,4 +60,4 @@ class LeaseRenewer:
 
 
 def _describe(exc: Exception) -> str:
-    return str(exc) if isinstance(exc, (ApiError, ConfigError, OSError)) else repr(exc)
+    return str(exc) if isinstance(exc, (KubeError, ConfigError, OSError)) else repr(exc)

@@ -7,7 +7,6 @@ logged and retried on the next change, never fatal. Events fire on ownership tra
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 from lbctl import log
 from lbctl.core.announce import IpIntent, ServiceRef
 from lbctl.core.conflicts import Conflict
+from lbctl.core.timestamps import rfc3339
 from lbctl.kube.client import ApiError, Kube, KubeError
 from lbctl.kube.events import EventRecorder
 
@@ -45,7 +45,7 @@ def status_body(node: str, announcements: Iterable[Announcement], live: Iterable
 
 
 def iso(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return rfc3339(t)
 
 
 class StatusWriter:

@@ -37,7 +37,8 @@ class ControllerProcess:
 
     def __init__(self, cp: ControlPlane, logdir: Path, *extra: str, identity: str | None = None) -> None:
         self.cp, self.logdir, self.extra = cp, logdir, extra
-        self.identity = identity or f"test-controller-{os.getpid()}-{next(_ids)}"
+        # identity "": none given, the controller makes one up (as outside a pod, without POD_NAME)
+        self.identity = f"test-controller-{os.getpid()}-{next(_ids)}" if identity is None else identity
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.starts = 0
@@ -51,7 +52,7 @@ class ControllerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lbctl.controller", "--kubeconfig", str(kubeconfig),
              "--http-host", "127.0.0.1", "--http-port", str(self.port), "--log-format", "json",
-             "--leader-election-id", self.identity, *self.extra],
+             *(["--leader-election-id", self.identity] if self.identity else []), *self.extra],
             stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
         while time.monotonic() - started < timeout:
             if self.proc.poll() is not None:

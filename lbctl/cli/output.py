@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from ..core.timestamps import rfc3339
+
 API_VERSION = "lbctl.io/cli/v1"
 FORMATS = ("table", "json", "yaml")
 
@@ -47,4 +49,4 @@ def attention(command: str, reasons: list[str]) -> None:
 
 
 def iso(t: dt.datetime | None) -> str | None:
-    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if t else None
+    return rfc3339(t) if t else None

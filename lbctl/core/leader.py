@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from .timestamps import rfc3339
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,32 @@ def observe(prev: Observation | None, record: LeaseRecord | None, now: float) ->
     return Observation(record.resource_version, now)
 
 
+@dataclass(frozen=True)
+class Resume:
+    """What a leader that gave up hands to the process it re-executes as (same PID, so never both at once).
+
+    Its Lease, if still exactly as it last wrote it (same resourceVersion: nobody renewed or took it since, and
+    no late write of its own landed), may be taken back without waiting for it to expire, once no write of the
+    old process can still reach the server: `quiet_at` (monotonic; -inf when none was left without an answer)
+    plus the same margin (lease_duration - renew_deadline) every other replica leaves after the fence."""
+
+    identity: str
+    resource_version: str
+    quiet_at: float
+
+    def encode(self) -> str:
+        return json.dumps([self.identity, self.resource_version, self.quiet_at])
+
+    @classmethod
+    def decode(cls, text: str | None) -> Resume | None:
+        """None for anything but what encode() wrote (no resume is always safe: the Lease then expires)."""
+        try:
+            identity, rv, quiet = json.loads(text or "")
+            return cls(str(identity), str(rv), float(quiet)) if identity and rv else None
+        except (TypeError, ValueError):
+            return None
+
+
 class Action(enum.Enum):
     CREATE = "create"    # no Lease yet
     ACQUIRE = "acquire"  # released, or expired: replace it with us as holder (optimistic, by resourceVersion)
@@ -93,10 +122,16 @@ class Decision:
 
 
 def decide(record: LeaseRecord | None, seen: Observation | None, now: float, identity: str,
-           timing: Timing) -> Decision:
+           timing: Timing, resume: Resume | None = None) -> Decision:
     if record is None:
         return Decision(Action.CREATE, timing.retry_period)
-    if record.holder == identity:
+    if resume is not None and record.holder == resume.identity and record.resource_version == resume.resource_version:
+        # Our own record, untouched since we gave up: back at once, unless a write of ours may still be on its way.
+        left = resume.quiet_at + (timing.lease_duration - timing.renew_deadline) - now
+        if left <= 0:
+            return Decision(Action.RENEW if record.holder == identity else Action.ACQUIRE, timing.retry_period)
+        return Decision(Action.WAIT, min(timing.retry_period, left))
+    if record.holder == identity and resume is None:
         # Ours, also from a previous incarnation with the same identity (a pod name survives only a container
         # restart, and the kubelet starts the new container after the old one is gone).
         return Decision(Action.RENEW, timing.retry_period)
@@ -132,7 +167,7 @@ def released_spec(record: LeaseRecord, wall: dt.datetime) -> dict[str, Any]:
 
 def micro_time(wall: dt.datetime) -> str:
     """Kubernetes MicroTime (RFC 3339 with microseconds, UTC)."""
-    return wall.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return rfc3339(wall, micro=True)
 
 
 class Fence:

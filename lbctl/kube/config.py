@@ -10,7 +10,7 @@ client, not our aiohttp one. What kubectl does that we need is small enough to k
   current-context wins, clusters/users/contexts merge by name with the first definition winning, and
   relative paths resolve against the file that defined the entry. `--kubeconfig` is one file.
 - cluster: server, certificate-authority(-data), insecure-skip-tls-verify, tls-server-name.
-- user: token, tokenFile (re-read on every use), client-certificate(-data)/client-key(-data),
+- user: token, tokenFile (cached; read again when the file changes or after a minute, as client-go), client-certificate(-data)/client-key(-data),
   username/password (basic auth), exec credential plugins (client.authentication.k8s.io/v1 and
   v1beta1; cached until expirationTimestamp). auth-provider is refused with a pointer to exec plugins.
 
@@ -28,6 +28,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ import yaml
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 EXEC_APIS = ("client.authentication.k8s.io/v1", "client.authentication.k8s.io/v1beta1")
 EXEC_TIMEOUT = 60.0  # a non-interactive plugin that hangs must not hang a daemon with it
+TOKEN_REREAD_S = 60.0  # a token file that looks unchanged is read again this often anyway (client-go: 1 min)
 AUTH_PROVIDER_HINT = {
     "oidc": "kubelogin (`kubectl oidc-login`, exec plugin)",
     "gcp": "gke-gcloud-auth-plugin",
@@ -154,7 +156,7 @@ class KubeConfig:
     server: str
     ca_data: bytes | None = None
     token: str | None = None
-    token_file: str | None = None  # re-read on each use: projected tokens rotate
+    token_file: str | None = None  # projected tokens rotate: read again when the file changes (TokenFile)
     cert_file: str | None = None   # the user's own files (already on disk; read when a context is built)
     key_file: str | None = None
     cert_data: bytes | None = None  # PEM, embedded in the kubeconfig: kept in memory only
@@ -167,6 +169,7 @@ class KubeConfig:
     namespace: str = "default"
     source: str = ""  # "context X in FILES" or "in-cluster service account", for messages
     in_cluster: bool = False  # from the pod's service account (namespace is then the pod's)
+    _token_cache: TokenFile | None = field(default=None, repr=False, compare=False)
 
     def bearer(self, refresh: bool = True) -> str | None:
         """The bearer token to send: exec plugin, then tokenFile, then token.
@@ -178,8 +181,10 @@ class KubeConfig:
             if tok:
                 return tok
         if self.token_file:
+            if self._token_cache is None or self._token_cache.path != self.token_file:
+                self._token_cache = TokenFile(self.token_file)
             try:
-                return Path(self.token_file).read_text().strip()
+                return self._token_cache.read()
             except OSError as exc:
                 raise ConfigError(f"cannot read tokenFile {self.token_file} ({self.source}): {exc}") from None
         return self.token
@@ -226,6 +231,30 @@ class KubeConfig:
             except (ssl.SSLError, OSError) as exc:
                 raise ConfigError(f"client certificate/key of {self.source} do not load: {exc}") from None
         return ctx
+
+
+class TokenFile:
+    """A token file, read once and again only when it changed (inode, size, mtime: kubelet swaps a projected
+    token's ..data symlink) or TOKEN_REREAD_S after the last read; a stat per request, not a read."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._key: tuple[int, int, int, int] | None = None
+        self._token = ""
+        self._read_at = float("-inf")
+
+    def read(self) -> str:
+        st = os.stat(self.path)
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        now = _monotonic()
+        if key != self._key or now - self._read_at >= TOKEN_REREAD_S:
+            self._token = Path(self.path).read_text().strip()
+            self._key, self._read_at = key, now
+        return self._token
+
+
+def _monotonic() -> float:
+    return time.monotonic()
 
 
 def load_cert_chain_in_memory(ctx: ssl.SSLContext, cert: bytes, key: bytes) -> None:

@@ -1,13 +1,17 @@
-"""Posting core/v1 Events, fire-and-forget: a failed Event must never block or crash a daemon."""
+"""Posting core/v1 Events, fire-and-forget: a failed Event must never block or crash a daemon, and a repeated
+one must not flood the API server (aggregated and rate-limited as client-go does: lbctl/core/events.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from .. import log
+from ..core.events import Correlator, Write
+from ..core.timestamps import rfc3339
 from .client import Kube, KubeError
 
 logger = log.get(__name__)
@@ -20,31 +24,57 @@ def ref(obj: Mapping[str, Any], api_version: str, kind: str) -> dict[str, str]:
 
 
 class EventRecorder:
-    def __init__(self, kube: Kube, component: str, instance: str = "") -> None:
+    """Posts Events through the correlator (lbctl/core/events.py): repeats raise a count, a flapping object
+    cannot flood the API server. An Event's writes run one at a time, in one task."""
+
+    def __init__(self, kube: Kube, component: str, instance: str = "", correlator: Correlator | None = None) -> None:
         self.kube, self.component, self.instance = kube, component, instance
+        self.correlator = correlator or Correlator()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.writes = 0  # creates and patches sent
+        self.failed = 0
 
     def emit(self, involved: Mapping[str, str], type_: str, reason: str, message: str) -> None:
-        task = asyncio.create_task(self._post(dict(involved), type_, reason, message))
+        obj = dict(involved)
+        key = "/".join((obj.get("kind", ""), obj.get("namespace") or "", obj.get("name", ""), obj.get("uid", "")))
+        write = self.correlator.emit(key, type_, reason, message[:1024], time.monotonic())
+        if write is None:
+            return
+        task = asyncio.create_task(self._run(write, obj))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _post(self, involved: dict[str, str], type_: str, reason: str, message: str) -> None:
+    async def _run(self, write: Write | None, involved: dict[str, str]) -> None:
+        while write is not None:  # the write, then one patch for what was emitted meanwhile
+            name = await self._post(write, involved)
+            write = self.correlator.done(write, name, time.monotonic())
+
+    async def _post(self, write: Write, involved: dict[str, str]) -> str | None:
+        """The Event's name once the server holds `write.count`, None if it failed."""
+        _, type_, reason, message = write.key
         ns = involved.get("namespace") or "default"
-        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        body = {
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": f"{involved['name']}.", "namespace": ns},
-            "involvedObject": involved, "type": type_, "reason": reason, "message": message[:1024],
-            "source": {"component": self.component, "host": self.instance or None},
-            "reportingComponent": self.component, "reportingInstance": self.instance or self.component,
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-        }
+        now = rfc3339(dt.datetime.now(dt.timezone.utc))
+        self.writes += 1
         try:
-            await self.kube.create(f"/api/v1/namespaces/{ns}/events", body)
+            if write.name is not None:
+                await self.kube.patch(f"/api/v1/namespaces/{ns}/events/{write.name}",
+                                      {"count": write.count, "lastTimestamp": now})
+                return write.name
+            body = {
+                "apiVersion": "v1", "kind": "Event",
+                "metadata": {"generateName": f"{involved['name']}.", "namespace": ns},
+                "involvedObject": involved, "type": type_, "reason": reason, "message": message,
+                "source": {"component": self.component, "host": self.instance or None},
+                "reportingComponent": self.component, "reportingInstance": self.instance or self.component,
+                "firstTimestamp": now, "lastTimestamp": now, "count": write.count,
+            }
+            created = await self.kube.create(f"/api/v1/namespaces/{ns}/events", body)
+            return str((created.get("metadata") or {}).get("name") or "") or None
         except KubeError as exc:
+            self.failed += 1
             logger.warning("event_post_failed", reason=reason, object=involved.get("name"), error=str(exc))
+            return None
 
     async def drain(self) -> None:
-        if self._tasks:
+        while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)

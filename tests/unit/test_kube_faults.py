@@ -11,7 +11,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 
 from controller.leader import LeaderElector
 from controller.metrics import Metrics
@@ -107,3 +107,29 @@ def test_event_post_survives_dropped_connections(mode: str) -> None:
 
     asyncio.run(main())
     assert not failures, failures
+
+
+def test_a_leader_write_on_the_wire_is_abandoned_when_the_fence_runs_out() -> None:
+    """Bug 3: the server stalls a write; the fence has 0.3 s left, the client's own timeout is 30 s. The write
+    must end when the fence does (abandoned, counted), not 30 s later while another replica may lead."""
+    from controller.leader import FencedKube
+
+    left = {"until": 0.0}
+    counter = Counter("abandoned_total", "test", registry=CollectorRegistry())
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        left["until"] = loop.time() + 0.3
+        budget = lambda: max(0.0, left["until"] - loop.time())  # noqa: E731
+        async with FaultServer("stall") as srv:
+            async with Kube(KubeConfig(server=srv.url), timeout=30) as kube:
+                fenced = FencedKube(kube, budget, counter)
+                async with asyncio.timeout(5):  # far above the fence, far below the client's timeout
+                    with pytest.raises(Exception) as err:
+                        await fenced.patch("/api/v1/namespaces/a/services/b/status", {"status": {}})
+                assert type(err.value).__name__ == "Unreachable", err.value
+                assert loop.time() >= left["until"]
+                assert fenced.quiet_at > float("-inf")  # it may still land: our next incarnation must wait
+                assert counter._value.get() == 1
+
+    asyncio.run(main())

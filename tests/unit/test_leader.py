@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
-from lbctl.core.leader import (Action, Fence, LeaseRecord, Timing, decide, lease_spec, micro_time, observe,
-                               read_lease, released_spec)
+from lbctl.core.leader import (Action, Fence, LeaseRecord, Resume, Timing, decide, lease_spec, micro_time,
+                               observe, read_lease, released_spec)
 
 T = Timing(lease_duration=12, renew_deadline=8, retry_period=2)
 WALL = dt.datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=dt.timezone.utc)
@@ -21,8 +21,8 @@ def lease(holder: str, rv: str = "1", duration: object = 12, transitions: int = 
                                 "leaseTransitions": transitions}})
 
 
-def at(record: LeaseRecord, seen: float, now: float, me: str = "b"):
-    return decide(record, observe(None, record, seen), now, me, T)
+def at(record: LeaseRecord, seen: float, now: float, me: str = "b", resume: Resume | None = None):
+    return decide(record, observe(None, record, seen), now, me, T, resume)
 
 
 def test_no_lease_is_created_and_ours_is_renewed() -> None:
@@ -142,3 +142,36 @@ def test_a_slow_renewal_that_returns_after_the_deadline_is_not_counted() -> None
 def test_timing_problems_name_the_bad_value(timing: Timing, words: str) -> None:
     assert any(words in p for p in timing.problems())
     assert Timing().problems() == []
+
+
+def test_own_record_unchanged_since_we_gave_up_is_taken_back_at_once() -> None:
+    # Re-executed after losing leadership (API outage): same identity, the Lease exactly as we last wrote it.
+    back = Resume("a", "7", quiet_at=float("-inf"))
+    assert at(lease("a", rv="7"), seen=100.0, now=100.0, me="a", resume=back).action is Action.RENEW
+    # A made-up identity kept across the re-exec works the same; so does one we were handed but do not use.
+    assert at(lease("a", rv="7"), seen=100.0, now=100.0, me="z", resume=back).action is Action.ACQUIRE
+
+
+def test_own_record_is_taken_back_only_after_our_writes_left_on_the_wire_can_no_longer_land() -> None:
+    back = Resume("a", "7", quiet_at=100.0)  # a write cut mid-way at 100: the usual margin (4 s) after it
+    d = at(lease("a", rv="7"), seen=100.0, now=101.0, me="a", resume=back)
+    assert d.action is Action.WAIT and d.wait_s == 2.0
+    assert at(lease("a", rv="7"), seen=100.0, now=103.9, me="a", resume=back).action is Action.WAIT
+    assert at(lease("a", rv="7"), seen=100.0, now=104.0, me="a", resume=back).action is Action.RENEW
+
+
+def test_own_identity_but_a_changed_record_waits_for_expiry_like_anyone_elses() -> None:
+    # rv 8: written since we gave up (a late renewal of ours landing, or another process with our identity).
+    back = Resume("a", "7", quiet_at=float("-inf"))
+    assert at(lease("a", rv="8"), seen=100.0, now=100.0, me="a", resume=back).action is Action.WAIT
+    assert at(lease("a", rv="8"), seen=100.0, now=112.0, me="a", resume=back).action is Action.ACQUIRE
+    assert at(lease("b", rv="7"), seen=100.0, now=100.0, me="a", resume=back).action is Action.WAIT
+    assert at(lease("", rv="9"), seen=100.0, now=100.0, me="a", resume=back).action is Action.ACQUIRE
+
+
+def test_resume_survives_the_environment_and_garbage_means_none() -> None:
+    r = Resume("host_abc", "123", -1.5)
+    assert Resume.decode(r.encode()) == r
+    assert Resume.decode(Resume("x", "1", float("-inf")).encode()) == Resume("x", "1", float("-inf"))
+    for bad in (None, "", "garbage", "[1]", '["", "1", 0]', '["a", "1", "x"]', "{}"):
+        assert Resume.decode(bad) is None
