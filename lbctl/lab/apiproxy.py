@@ -115,12 +115,15 @@ def start(topo: Topology, faults: bool) -> None:
         raise RuntimeError("nginx not found: the lab runs it as the pods' API proxy (Debian: apt-get install "
                            "nginx-light; tools/dev setup installs it)")
     make_certs()
+    processes.LOGS.mkdir(parents=True, exist_ok=True)  # nginx opens its logs before anything else runs
     for host, netns in [("cp", CP_NS)] + [(h.name, h.netns) for h in topo.node_hosts]:
         (DIR / host).mkdir(parents=True, exist_ok=True)
         conf = DIR / host / "nginx.conf"
         conf.write_text(config(host, upstream(faults)))
-        subprocess.run(["ip", "netns", "exec", netns, "nginx", "-t", "-q", "-c", str(conf), "-e",
-                        str(processes.LOGS / f"{name(host)}.log")], check=True, capture_output=True)
+        res = subprocess.run(["ip", "netns", "exec", netns, "nginx", "-t", "-q", "-c", str(conf), "-e",
+                              str(processes.LOGS / f"{name(host)}.log")], capture_output=True, text=True)
+        if res.returncode:
+            raise RuntimeError(f"nginx rejects {conf}: {res.stderr.strip()}")
         processes.spawn(name(host), netns, ["nginx", "-c", str(conf), "-e", str(processes.LOGS / f"{name(host)}.log"),
                                             "-g", "daemon off;"])
 
