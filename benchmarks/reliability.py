@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 from lbctl.tables import table
 
+from . import faults
+
 # suite -> the command that prints its figures
 SUITES: dict[str, list[str]] = {
     "conflicts": ["-m", "pytest", "-s", "-q", "-p", "no:cacheprovider", "tests/e2e/test_conflicts.py"],
@@ -31,6 +33,7 @@ SUITES: dict[str, list[str]] = {
     "crash-safety": ["-m", "pytest", "-s", "-q", "-p", "no:cacheprovider", "tests/integration/test_crash_safety.py"],
     "leader": ["-m", "pytest", "-s", "-q", "-p", "no:cacheprovider", "tests/integration/test_leader.py"],
     "fuzz": ["-m", "benchmarks.fuzz_bench"],
+    "faults": faults.SUITE,
 }
 
 OPS: dict[str, Callable[[float, float], bool]] = {"<=": operator.le, ">=": operator.ge, "==": operator.eq}
@@ -85,6 +88,10 @@ FIGURES: dict[str, Target] = {
     "fuzz_dead_peers_kept_alive": Target("fuzz", "dead peers kept alive", "== 0"),
     "fuzz_rss_growth_mib": Target("fuzz", "speaker RSS growth", "<= 5"),
 }
+
+# Faults between the daemons and the API server (issue 12): per fault, the five figures of benchmarks.faults.
+FIGURES.update({f"fault_{f.replace('-', '_')}_{key}": Target("faults", f"{f}: {what}", bound)
+                for f in faults.FAULTS for key, (what, bound) in faults.METRICS.items()})
 
 FIGURE_LINE = re.compile(r"^FIGURE ([a-z0-9_]+)=(-?[0-9.]+) (\S+)$", re.M)
 

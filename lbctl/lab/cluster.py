@@ -10,7 +10,7 @@ from typing import Any
 
 from .controlplane import ControlPlane
 
-from . import pods, processes
+from . import apiproxy, faultproxy, pods, processes
 from .api import LabApi
 from .processes import STATE
 from .topology import CP_IP4, CP_NS, CLIENT_NS, POOL4, POOL6, Topology
@@ -50,25 +50,42 @@ def bootstrap(api: LabApi, topo: Topology) -> None:
         raise RuntimeError(f"creating Nodes: HTTP {bad[0]['status']}: {bad[0]['body'].get('message', bad[0]['body'])}")
 
 
-def lab_values(topo: Topology, timing: str | None = None) -> dict[str, Any]:
+def lab_values(topo: Topology, timing: str | None = None, controllers: int = 1) -> dict[str, Any]:
     """The lab's values for the chart: the seed's pool renumbered, JSON logs, and the speakers' heartbeat
-    timing preset when one is asked for. Nothing else differs from a user's install."""
+    timing preset and the controller's replicas when asked for. Nothing else differs from a user's install."""
     values: dict[str, Any] = {"pools": [{"name": "default", "addresses": [POOL4] + ([POOL6] if topo.ipv6 else [])}],
                               "logFormat": "json"}
     if timing:
         values["speaker"] = {"heartbeat": {"timing": timing}}
+    if controllers != 1:
+        values["controller"] = {"replicas": controllers}
     return values
 
 
-def start_daemons(api: LabApi, topo: Topology, speakers: bool = True) -> list[str]:
-    """The chart's pods (controller, speakers) as the lab's kubelet runs them; httpd and the kube-proxy
-    stand-in in each node. Returns warnings."""
+def start_api_proxies(topo: Topology, faults: bool = False) -> None:
+    """nginx on localhost in each namespace that runs pods (lbctl.lab.apiproxy says why); with `faults`, the
+    fault injector between every nginx and the API server (lbctl.lab.faultproxy)."""
+    if faults:
+        processes.spawn("faultproxy", CP_NS, [sys.executable, "-m", "lbctl.lab.faultproxy"])
+        deadline = time.monotonic() + 10
+        while not faultproxy.CONTROL.exists():
+            if time.monotonic() > deadline or not processes.alive(processes.pid_of("faultproxy")):
+                raise RuntimeError("faultproxy did not start:\n" + tail("faultproxy"))
+            time.sleep(0.05)
+    apiproxy.start(topo, faults)
+
+
+def start_daemons(api: LabApi, topo: Topology, speakers: bool = True, faults: bool = False) -> list[str]:
+    """The chart's pods (controller, speakers) as the lab's kubelet runs them, each reaching the API server
+    through its namespace's nginx; httpd and the kube-proxy stand-in in each node. Returns warnings."""
     py = sys.executable
     warnings = []
     if not speakers:
         warnings.append("started without speakers (--no-speakers): nothing answers ARP/NDP for LB IPs")
-    pods.launch(api, NAMESPACE, topo, STATE / "cp" / "apiserver.crt",
-                want=lambda name: speakers or not name.startswith("speaker"))
+    start_api_proxies(topo, faults)
+    host, port, ca = apiproxy.kubernetes_service()
+    pods.launch(api, NAMESPACE, topo, ca, want=lambda name: speakers or not name.startswith("speaker"),
+                service=(host, port))
     for h in topo.node_hosts:
         processes.spawn(f"httpd-{h.name}", h.netns, [py, "-m", "lbctl.lab.httpd", "--name", h.name])
         processes.spawn(f"kubeproxy-{h.name}", h.netns, [py, "-m", "lbctl.lab.kubeproxy",

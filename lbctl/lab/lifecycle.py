@@ -38,8 +38,10 @@ def leftovers() -> bool:
 
 
 def up(nodes: int = 3, ipv6: bool = True, speakers: bool = True, say: Say = print,
-       timing: str | None = None) -> tuple[Topology, list[str]]:
-    """Returns the topology and warnings (e.g. no speaker yet). Cleans up everything on failure."""
+       timing: str | None = None, faults: bool = False, controllers: int = 1) -> tuple[Topology, list[str]]:
+    """Returns the topology and warnings (e.g. no speaker yet). Cleans up everything on failure. `faults`
+    puts the fault injector (lbctl.lab.faultproxy) between every nginx and the API server; `controllers` > 1
+    runs more controller replicas (the first in the control-plane namespace, the others on the nodes)."""
     require_root()
     if is_up():
         raise LabError(f"a lab is already up (state in {STATE}); run `lbctl lab down` first")
@@ -58,11 +60,13 @@ def up(nodes: int = 3, ipv6: bool = True, speakers: bool = True, say: Say = prin
         api = LabApi()
         cluster.bootstrap(api, topo)
         say(f"cluster: Nodes {', '.join(h.name for h in topo.node_hosts)}")
-        cp.install_chart(cluster.RELEASE, cluster.NAMESPACE, cluster.lab_values(topo, timing))
+        cp.install_chart(cluster.RELEASE, cluster.NAMESPACE, cluster.lab_values(topo, timing, controllers))
         pools = topology.POOL4 + (f", {topology.POOL6}" if ipv6 else "")
         say(f"helm install {cluster.RELEASE} (chart {assets.chart_dir()}) into {cluster.NAMESPACE}: CRDs, RBAC, "
             f"heartbeat Secret, controller Deployment, speaker DaemonSet, IPPool default ({pools})")
-        warnings = cluster.start_daemons(api, topo, speakers)
+        warnings = cluster.start_daemons(api, topo, speakers, faults)
+        say("API proxies: nginx on 127.0.0.1:6443 in each pod's namespace"
+            + (", the fault injector behind them" if faults else ""))
         say("pods started from the API server's Deployment and DaemonSet, with ServiceAccount tokens")
         for w in warnings:
             say(f"WARNING: {w}")

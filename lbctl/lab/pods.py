@@ -85,8 +85,10 @@ def expand(text: str, env: dict[str, str]) -> str:
 
 
 class Kubelet:
-    def __init__(self, api: LabApi, namespace: str, ca_file: Path) -> None:
+    def __init__(self, api: LabApi, namespace: str, ca_file: Path,
+                 service: tuple[str, int] = (CP_IP4, API_PORT)) -> None:
         self.api, self.namespace, self.ca = api, namespace, ca_file.read_bytes()
+        self.service = service  # KUBERNETES_SERVICE_HOST/PORT: the API server, or the localhost proxy before it
         self._objects: dict[str, dict[str, Any]] = {}
 
     def _object(self, kind: str, name: str, optional: bool = False) -> dict[str, Any] | None:
@@ -146,7 +148,7 @@ class Kubelet:
         # PATH finds the chart's command in this Python's environment; the rest is what the image sets.
         env = {"PATH": f"{Path(sys.executable).parent}:{DEFAULT_PATH}", "HOME": "/",
                "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
-               "KUBERNETES_SERVICE_HOST": CP_IP4, "KUBERNETES_SERVICE_PORT": str(API_PORT),
+               "KUBERNETES_SERVICE_HOST": self.service[0], "KUBERNETES_SERVICE_PORT": str(self.service[1]),
                # The daemons run the code the lab was launched with (a git worktree, not whatever tree the
                # environment's editable install points at).
                "PYTHONPATH": str(SOURCE_ROOT)}
@@ -283,8 +285,8 @@ DAEMONSET_TOLERATIONS = [{"key": f"node.kubernetes.io/{k}", "operator": "Exists"
 
 def plan(api: LabApi, namespace: str, topo: Topology) -> list[tuple[str, str, dict[str, Any], Host | None]]:
     """(pod name, process name, pod template, node host or None for the control plane) for every pod the
-    release's DaemonSets (one per matching Node) and Deployments (replicas, in the control-plane namespace)
-    ask for."""
+    release's DaemonSets (one per matching Node) and Deployments (the first replica in the control-plane
+    namespace, the others on the nodes) ask for."""
     ds, deploy, nodes = (r["body"] for r in api.batch([
         {"method": "GET", "path": f"/apis/apps/v1/namespaces/{namespace}/daemonsets"},
         {"method": "GET", "path": f"/apis/apps/v1/namespaces/{namespace}/deployments"},
@@ -305,14 +307,17 @@ def plan(api: LabApi, namespace: str, topo: Topology) -> list[tuple[str, str, di
         tmpl = d["spec"]["template"]
         comp = (tmpl["metadata"].get("labels") or {}).get("app.kubernetes.io/component") or d["metadata"]["name"]
         for i in range(int(d["spec"].get("replicas", 1))):
-            out.append((f"{d['metadata']['name']}-{i}", comp if i == 0 else f"{comp}-{i}", tmpl, None))
+            # More replicas go to the nodes, as a scheduler would spread them (and their ports never clash).
+            host = None if i == 0 else topo.node_hosts[(i - 1) % len(topo.node_hosts)]
+            out.append((f"{d['metadata']['name']}-{i}", comp if i == 0 else f"{comp}-{i}", tmpl, host))
     return out
 
 
 def launch(api: LabApi, namespace: str, topo: Topology, ca_file: Path,
-           want: Callable[[str], bool] = lambda _: True) -> list[PodRun]:
+           want: Callable[[str], bool] = lambda _: True,
+           service: tuple[str, int] = (CP_IP4, API_PORT)) -> list[PodRun]:
     """Resolve and start every pod of the release whose process name is wanted."""
-    kubelet = Kubelet(api, namespace, ca_file)
+    kubelet = Kubelet(api, namespace, ca_file, service)
     runs = []
     for pod, name, tmpl, host in plan(api, namespace, topo):
         if not want(name):

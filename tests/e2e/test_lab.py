@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from lbctl.lab import pods, probes, processes
+from lbctl.lab import apiproxy, pods, probes, processes
 from lbctl.lab.api import wait_for
 from lbctl.lab.topology import IPVS_DEV, Topology
 
@@ -117,7 +117,9 @@ def test_daemons_run_as_the_chart_says(fresh: Lab) -> None:
         cmdline = open(f"/proc/{pid}/cmdline").read().split("\0")
         assert "--kubeconfig" not in cmdline and cmdline[1].endswith("bin/lbctl-speaker")  # the script, run by python
         environ = dict(e.split("=", 1) for e in open(f"/proc/{pid}/environ").read().split("\0") if "=" in e)
-        assert environ["NODE_NAME"] == h.name and environ["KUBERNETES_SERVICE_HOST"] == fresh.topo.host("cp").ip4
+        # The API server through the node's nginx, as kubespray's localhost proxy (lbctl.lab.apiproxy).
+        assert environ["NODE_NAME"] == h.name and environ["KUBERNETES_SERVICE_HOST"] == apiproxy.HOST
+        assert environ["KUBERNETES_SERVICE_PORT"] == str(apiproxy.PORT)
         mounts = open(f"/proc/{pid}/mountinfo").read()
         assert "/run/secrets/kubernetes.io/serviceaccount" in mounts
     ctl = _proc_status(processes.pid_of("controller"))

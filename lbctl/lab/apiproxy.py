@@ -1,0 +1,147 @@
+"""The API server as the daemons reach it: nginx on localhost in every namespace that runs a pod.
+
+kubespray runs nginx on each node as a localhost proxy to the API servers, so on a kubespray cluster API
+traffic goes through a proxy, and an API server upgrade looks like resets, half-sent watch streams and 502s,
+not like refused connections. The lab does the same: in the control-plane namespace (the controller's) and in
+every node namespace (the speakers'), nginx from Debian listens on 127.0.0.1:6443 and the pods' in-cluster
+config (KUBERNETES_SERVICE_HOST/PORT, ca.crt) points at it.
+
+Why HTTP and not kubespray's `stream` (TCP) proxy: the faults the lab must show include answers only an HTTP
+proxy gives (502 while the API server restarts, 429 with Retry-After and 5xx from the proxy) and a watch
+stream cut in the middle of a line, which needs a hop that sees plaintext. So nginx terminates TLS with a
+serving certificate for 127.0.0.1/localhost from the lab's own CA (the pods trust that CA), proxies over
+HTTP/1.1 with buffering off and hour-long read timeouts (watches stream through it, bearer tokens pass as
+headers) and dials the API server with TLS, verifying it against the API server's certificate. With faults
+on (`lbctl.lab.faultproxy`), nginx's upstream is the fault injector in the control-plane namespace, which
+speaks plaintext to nginx and TLS to the API server.
+
+Modes a test can switch nginx to (`reload`): `ok`; `untrusted` (a serving certificate from another CA:
+every new handshake fails verification); `plaintext` (the listener speaks HTTP: a TLS client hello gets an
+HTTP 400 back, garbage to the client). A reload closes the old workers' connections after 1 s
+(worker_shutdown_timeout), so every daemon reconnects and meets the new mode.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+from . import processes
+from .processes import STATE
+from .topology import CP_IP4, CP_NS, Topology
+
+PORT = 6443  # kubespray's loadbalancer_apiserver_port: localhost:6443
+HOST = "127.0.0.1"
+DIR = STATE / "apiproxy"
+CA = DIR / "ca.crt"  # what the pods trust (their ServiceAccount ca.crt)
+MODES = ("ok", "untrusted", "plaintext")
+# The API server's self-signed certificate names these (never the localhost name the pods dial).
+UPSTREAM_NAME = "kubernetes.default.svc"
+
+
+def name(host: str) -> str:
+    return f"nginx-{host}"
+
+
+def make_certs() -> None:
+    """The lab's proxy CA and a serving cert for 127.0.0.1/localhost; plus an untrusted one for TLS faults."""
+    DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def ossl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    for ca in ("ca", "rogue-ca"):
+        ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN=lbctl-lab-{ca}",
+             "-keyout", str(DIR / f"{ca}.key"), "-out", str(DIR / f"{ca}.crt"))
+    ext = DIR / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+    for cert, ca in (("serving", "ca"), ("untrusted", "rogue-ca")):
+        ossl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", str(DIR / f"{cert}.key"),
+             "-out", str(DIR / f"{cert}.csr"))
+        ossl("x509", "-req", "-in", str(DIR / f"{cert}.csr"), "-CA", str(DIR / f"{ca}.crt"), "-CAkey",
+             str(DIR / f"{ca}.key"), "-CAcreateserial", "-days", "2", "-extfile", str(ext),
+             "-out", str(DIR / f"{cert}.crt"))
+
+
+def config(host: str, upstream: str, mode: str = "ok") -> str:
+    """nginx.conf for one namespace. upstream: "https://IP:PORT" (the API server) or "http://IP:PORT"."""
+    if mode not in MODES:
+        raise ValueError(f"nginx mode must be one of {', '.join(MODES)}")
+    d = DIR / host
+    cert = "untrusted" if mode == "untrusted" else "serving"
+    ssl = "" if mode == "plaintext" else " ssl"
+    tls = "" if mode == "plaintext" else (f"    ssl_certificate {DIR / cert}.crt;\n"
+                                          f"    ssl_certificate_key {DIR / cert}.key;\n")
+    verify = (f"      proxy_ssl_trusted_certificate {STATE / 'cp' / 'apiserver.crt'};\n"
+              "      proxy_ssl_verify on;\n"
+              f"      proxy_ssl_name {UPSTREAM_NAME};\n") if upstream.startswith("https") else ""
+    return f"""# lbctl lab: localhost proxy to the API server ({mode})
+worker_processes 1;
+worker_shutdown_timeout 1s;
+pid {d / 'nginx.pid'};
+error_log {processes.LOGS / (name(host) + '.log')} warn;
+events {{ worker_connections 1024; }}
+http {{
+  log_format lab '$msec $status $request_method "$request_uri" upstream=$upstream_status $request_time';
+  access_log {processes.LOGS / (name(host) + '.access.log')} lab;
+  client_max_body_size 16m;
+  server {{
+    listen {HOST}:{PORT}{ssl};
+{tls}    location / {{
+      proxy_pass {upstream};
+      proxy_http_version 1.1;
+      proxy_buffering off;
+      proxy_request_buffering off;
+      proxy_connect_timeout 2s;
+      proxy_read_timeout 1h;
+      proxy_send_timeout 1h;
+{verify}    }}
+  }}
+}}
+"""
+
+
+def upstream(faults: bool) -> str:
+    from .faultproxy import PORT as FAULT_PORT  # noqa: PLC0415 - only the port
+    return f"http://{CP_IP4}:{FAULT_PORT}" if faults else f"https://{CP_IP4}:6443"
+
+
+def start(topo: Topology, faults: bool) -> None:
+    """Certificates, then one nginx in the control-plane namespace and one in each node namespace."""
+    if not shutil.which("nginx"):
+        raise RuntimeError("nginx not found: the lab runs it as the pods' API proxy (Debian: apt-get install "
+                           "nginx-light; tools/dev setup installs it)")
+    make_certs()
+    processes.LOGS.mkdir(parents=True, exist_ok=True)  # nginx opens its logs before anything else runs
+    for host, netns in [("cp", CP_NS)] + [(h.name, h.netns) for h in topo.node_hosts]:
+        (DIR / host).mkdir(parents=True, exist_ok=True)
+        conf = DIR / host / "nginx.conf"
+        conf.write_text(config(host, upstream(faults)))
+        res = subprocess.run(["ip", "netns", "exec", netns, "nginx", "-t", "-q", "-c", str(conf), "-e",
+                              str(processes.LOGS / f"{name(host)}.log")], capture_output=True, text=True)
+        if res.returncode:
+            raise RuntimeError(f"nginx rejects {conf}: {res.stderr.strip()}")
+        processes.spawn(name(host), netns, ["nginx", "-c", str(conf), "-e", str(processes.LOGS / f"{name(host)}.log"),
+                                            "-g", "daemon off;"])
+
+
+def hosts() -> list[str]:
+    return sorted(p.name for p in DIR.iterdir() if (p / "nginx.conf").exists()) if DIR.is_dir() else []
+
+
+def reload(mode: str, faults: bool = True, only: list[str] | None = None) -> None:
+    """Rewrite every nginx's config for `mode` and SIGHUP it (a graceful reload, as an operator would)."""
+    for host in only or hosts():
+        (DIR / host / "nginx.conf").write_text(config(host, upstream(faults), mode))
+        pid = processes.pid_of(name(host))
+        if not (pid and processes.alive(pid)):
+            raise RuntimeError(f"{name(host)} is not running")
+        os.kill(pid, signal.SIGHUP)  # the master only: it starts new workers, the old ones finish
+
+
+def kubernetes_service() -> tuple[str, int, Path]:
+    """What the pods get: KUBERNETES_SERVICE_HOST, _PORT and the CA for their ca.crt."""
+    return HOST, PORT, CA
