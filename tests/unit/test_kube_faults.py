@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from controller.leader import LeaderElector
-from controller.metrics import Metrics
-from controller.pool_status import PoolStatusWriter
+from lbctl.controller.leader import LeaderElector
+from lbctl.controller.metrics import Metrics
+from lbctl.controller.pool_status import PoolStatusWriter
 from lbctl.core.allocator import Allocator
 from lbctl.core.leader import Timing
 from lbctl.core.pools import parse_pool
@@ -112,7 +112,7 @@ def test_event_post_survives_dropped_connections(mode: str) -> None:
 def test_a_leader_write_on_the_wire_is_abandoned_when_the_fence_runs_out() -> None:
     """Bug 3: the server stalls a write; the fence has 0.3 s left, the client's own timeout is 30 s. The write
     must end when the fence does (abandoned, counted), not 30 s later while another replica may lead."""
-    from controller.leader import FencedKube
+    from lbctl.controller.leader import FencedKube
 
     left = {"until": 0.0}
     counter = Counter("abandoned_total", "test", registry=CollectorRegistry())
