@@ -121,8 +121,10 @@ class Reconciler:
         self.namespace_changed(name)
 
     def namespace_changed(self, name: str) -> None:
+        # Labels decide which pools admit a Service: not only a pending one may now get an address, one that
+        # holds an address while asking for another may now move (what a restart would decide at once).
         self._dirty.update(self._waiting.pop(name, ()))
-        self._dirty.update(k for k in self._pending if k.startswith(name + "/"))
+        self._dirty.update(k for k in self.services if k.startswith(name + "/"))
         self._wake.set()
 
     @property

@@ -603,3 +603,17 @@ def test_a_sharer_that_stops_being_a_load_balancer_leaves_its_partner_be() -> No
            ("status_writes_fail", {"failures": 1}),
            ("put_service", {"key": "a/s1", "body": lb(type="ClusterIP")}),
            ("time_passes", {}))
+
+
+def test_a_namespace_label_that_lets_a_held_service_move_is_applied_as_a_restart_would() -> None:
+    # Found by the machine after the merge of issue 12's branches (7 steps): a/s0 holds 198.18.0.0 from a pool that
+    # is then deleted (retained), asks for 198.18.0.1, which a new pool offers only to namespaces labelled gold;
+    # then its namespace is labelled gold. The running leader looked again only at pending Services of the
+    # namespace, so s0 kept .0 while a new leader moved it to .1 ("the rebuilt table differs").
+    replay(("put_service", {"key": "a/s0", "body": lb()}),
+           ("delete_pool", {"name": "p0"}),
+           ("put_service", {"key": "a/s0", "body": lb({"lbctl.io/loadBalancerIPs": "198.18.0.1"})}),
+           ("put_pool", {"name": "p0", "spec": {"addresses": ["198.18.0.0-198.18.0.3"], "serviceAllocation": {
+               "priority": 1, "namespaceSelector": {"matchLabels": {"tier": "gold"}}}}}),
+           ("label_namespace", {"ns": "a", "labels": {"tier": "gold"}}),
+           ("leader_change", {}))
