@@ -7,13 +7,14 @@ barrier). lbctl's informer relists after any failure, so a watch never ends on i
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
 from lbctl import log
 from lbctl.core.pools import parse_pool
 from lbctl.core.service import read_service
-from lbctl.kube.client import Kube
+from lbctl.kube.client import Kube, KubeError
 from lbctl.kube.resources import IPPOOLS, NAMESPACES, SERVICES
 from lbctl.kube.watch_health import WatchHealth
 
@@ -92,3 +93,20 @@ async def watch_pools(kube: Kube, reconciler: Reconciler, health: WatchHealth) -
         reconciler.pool_statuses_listed({_name(o): o.get("status") for o in items if isinstance(o, dict)})
         reconciler.pools_listed(dict(_each("IPPool", items, lambda o: (_name(o), _pool(o)))))
     await _watch(kube, "IPPool", IPPOOLS, health, listed, event)
+
+
+async def fresh_services(kube: Kube, reconciler: Reconciler) -> None:
+    """One listing of every Service read from etcd (no resourceVersion: a quorum read, never the watch cache),
+    retried until it succeeds; the watch's later events that are older than it are ignored (service_seen)."""
+    backoff = 0.2
+    while True:
+        try:
+            items = await kube.list(SERVICES)
+        except KubeError as exc:
+            logger.warning("fresh_list_failed", kind="Service", error=str(exc), retry_in=backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+            continue
+        reconciler.services_listed(_each("Service", items, read_service))
+        logger.info("fresh_list", kind="Service", items=len(items))
+        return

@@ -19,7 +19,7 @@ from lbctl.kube.events import EventRecorder
 
 from lbctl.core.leader import Resume, Timing
 
-from .informer import WatchHealth, watch_namespaces, watch_pools, watch_services
+from .informer import WatchHealth, fresh_services, watch_namespaces, watch_pools, watch_services
 from .leader import FencedKube, LeaderElector, LeadershipLost
 from .metrics import Metrics
 from .reconciler import Reconciler
@@ -93,6 +93,9 @@ async def run(args: argparse.Namespace) -> None:
         async def lead() -> None:
             if elector is not None:
                 await elector.leading.wait()  # a standby decides and writes nothing (its caches stay warm)
+                # ...but they may trail the API server: after an outage its watches may still be reconnecting,
+                # without the previous leader's last writes. Decide on a fresh (quorum) listing of Services.
+                await fresh_services(kube, reconciler)
             await reconciler.run()
 
         tasks = [asyncio.create_task(lead(), name="reconciler"),

@@ -54,6 +54,9 @@ class Reconciler:
         self._wake = asyncio.Event()
         self._pending: dict[str, str] = {}  # key -> why it has no address
         self._notices: dict[str, _Notice] = {}  # last warning per Service, to post each once
+        # Services whose status write was refused because the status changed since our view of it: when the
+        # watch brings a newer version, the table takes that status as a restart would, not our unwritten decision.
+        self._stale: dict[str, str] = {}  # key -> the resourceVersion the refused decision was taken on
         self._pool_status = PoolStatusWriter(kube, events, metrics)
 
     # ----- inputs (called from watch handlers; cheap, never block) -------------------------
@@ -67,6 +70,9 @@ class Reconciler:
         self._wake.set()
 
     def service_seen(self, req: ServiceRequest) -> None:
+        old = self.services.get(req.key)
+        if old is not None and _older(req.resource_version, old.resource_version):
+            return  # a watch replaying what a fresher listing already gave us (a takeover's own list)
         self.services[req.key] = req
         self.service_changed(req.key)
 
@@ -222,6 +228,9 @@ class Reconciler:
             # address once given stays. Decided when the Namespace arrives (it exists: the API server checked).
             self._waiting.setdefault(req.namespace, set()).add(key)
             return None
+        if key in self._stale and self._stale[key] != req.resource_version:
+            del self._stale[key]
+            self._adopt_status(req)
         outcome = self.alloc.sync(req, labels, self.lb_class)
         if outcome.released:
             self._retry_pending()
@@ -258,7 +267,10 @@ class Reconciler:
 
     async def _write(self, req: ServiceRequest, outcome: Outcome, reason: str, message: str,
                      type_: str = "Normal") -> None:
-        body = {"metadata": {"uid": req.uid},  # precondition: never write to a recreated namesake
+        # Preconditions: never write to a recreated namesake (uid), nor over a version this decision did not see
+        # (resourceVersion: another writer's status that our watch has not delivered yet).
+        meta = {"uid": req.uid, **({"resourceVersion": req.resource_version} if req.resource_version else {})}
+        body = {"metadata": meta,
                 "status": {"loadBalancer": ingress_status(outcome.ips) if outcome.ips else {"ingress": None}}}
         ns, name = req.key.split("/", 1)
         started = time.monotonic()
@@ -266,14 +278,33 @@ class Reconciler:
             await self.kube.patch(service_path(ns, name, "status"), body)
         except KubeError as exc:
             self.metrics.patch_errors.inc()
-            if isinstance(exc, ApiError) and exc.status in (404, 409):
-                return  # gone or replaced; its own events will follow
+            if isinstance(exc, ApiError) and exc.status == 404:
+                return  # gone; its own events will follow
+            if isinstance(exc, ApiError) and exc.status == 409:
+                # Replaced (uid) or changed since we read it: decided again on the version the watch brings; the
+                # later look covers a watch that is itself behind (reconnecting) and delivers nothing new soon.
+                logger.info("status_patch_conflict", service=req.key, error=str(exc))
+                if req.resource_version:
+                    self._stale[req.key] = req.resource_version
+                asyncio.get_running_loop().call_later(1.0, self.service_changed, req.key)
+                return
             logger.warning("status_patch_failed", service=req.key, error=str(exc))
             asyncio.get_running_loop().call_later(1.0, self.service_changed, req.key)
             return
         self.metrics.patch_seconds.observe(time.monotonic() - started)
         logger.info("status_written", service=req.key, ips=list(outcome.ips), reason=reason)
         self.events.emit(_service_ref(req), type_, reason, message)
+
+    def _adopt_status(self, req: ServiceRequest) -> None:
+        """Our last decision for it never landed and its status changed meanwhile (another writer, e.g. the
+        previous leader, seen late): the table takes the status as it is now, exactly as a restart would."""
+        self.alloc.release(req.key)
+        if req.current_ips:
+            outcome = self.alloc.restore(req, self.lb_class)
+            if outcome.error:
+                self._warn(req, "IPConflict", outcome.error + "; it keeps the address until one of them "
+                           "lets go of it (delete it, or change its request)")
+        logger.info("status_adopted", service=req.key, ips=list(req.current_ips))
 
     def _warn(self, req: ServiceRequest, reason: str, message: str) -> None:
         notice = _Notice(reason, message)
@@ -291,6 +322,7 @@ class Reconciler:
                 del self._waiting[ns]
         self._pending.pop(key, None)
         self._notices.pop(key, None)
+        self._stale.pop(key, None)
 
     def _retry_pending(self) -> None:
         self._dirty.update(self._pending)
@@ -312,6 +344,11 @@ class Reconciler:
 
     def pending(self) -> dict[str, str]:
         return dict(self._pending)
+
+
+def _older(version: str, than: str) -> bool:
+    """resourceVersions are opaque, but etcd's are increasing integers: compare only what both parse as such."""
+    return version.isdigit() and than.isdigit() and int(version) < int(than)
 
 
 def _service_ref(req: ServiceRequest) -> dict[str, str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 ANNOTATION_PREFIXES = ("lbctl.io/", "metallb.io/", "metallb.universe.tf/")
@@ -51,6 +51,10 @@ class ServiceRequest:
     current_ips: tuple[str, ...]
     # A problem with the request itself (bad annotation); such a Service is never allocated.
     error: str | None = None
+    # The version this view was read from: a status write carries it as a precondition, so a decision taken on a
+    # stale view (a watch still catching up after an outage or a takeover) is refused instead of overwriting a
+    # newer status. Not part of the request: a status write alone changes it.
+    resource_version: str = field(default="", compare=False)
 
     def wants(self, lb_class: str | None) -> bool:
         """Is this Service ours? Type LoadBalancer and no class, or our class."""
@@ -111,6 +115,7 @@ def read_service(body: Mapping[str, Any]) -> ServiceRequest:
         selector=tuple(sorted((spec.get("selector") or {}).items())),
         current_ips=current,
         error=error,
+        resource_version=str(meta.get("resourceVersion") or ""),
     )
 
 
