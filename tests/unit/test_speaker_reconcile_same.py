@@ -30,7 +30,8 @@ def ip_of(where: str, i: int) -> str:
     return {"mine": f"198.18.64.{i}", "others": f"198.18.128.{i}", "outside": f"198.19.0.{i}"}[where]
 
 
-names = st.sampled_from([f"m{i}" for i in range(N_MINE)] + [f"o{i}" for i in range(N_OTHERS)] + ["new0", "new1", "lost"])
+names = st.sampled_from([f"m{i}" for i in range(N_MINE)] + [f"o{i}" for i in range(N_OTHERS)]
+                        + ["new0", "new1", "lost"])
 where = st.sampled_from(["mine", "others", "outside"])
 steps = st.lists(st.one_of(
     st.tuples(st.just("label"), names, st.integers(0, 3)),
