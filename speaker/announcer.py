@@ -64,6 +64,11 @@ class Announcer:
         self._placed: dict[tuple[str, tuple[str, ...]], tuple[list[Interface], bytes, int]] = {}
         self._placed_for: object = None
         self._broken: dict[tuple[str, str], str] = {}  # (kind, interface) -> error, logged once
+        self.garps = 0  # announcements sent so far: each moves a lastGARP in the status
+
+    def retrying(self) -> bool:
+        """A responder failed to open: each apply() tries it again, so it must not be skipped."""
+        return bool(self._broken)
 
     def owned_ips(self) -> set[str]:
         return {ip for ip, _ in self.current}
@@ -190,6 +195,7 @@ class Announcer:
               else self._ndp[name].unsolicited(ann._packed) if name in self._ndp else False)
         if ok:
             ann.last_garp = now_iso()
+            self.garps += 1
         return ok
 
     async def _burst(self, key: Key, count: int) -> None:

@@ -81,6 +81,8 @@ class Speaker:
         self._where: dict[str, tuple[str, ...]] = {}
         self._where_ifaces: object = None
         self._resync = True  # the election has not taken in the source's changes: give it every IP next time
+        self._holding = False  # the isolation guard held our claims at the last reconcile
+        self._garps_published = -1  # announcer.garps when the status was last built
 
     def ready(self) -> bool:
         return self.warm and self.source is not None and self.source.synced
@@ -157,6 +159,11 @@ class Speaker:
         won = self._won
         verdict = self.isolation.check(live, self.registered(), now)
         self._isolation(verdict, live, now)
+        held, self._holding = self._holding, verdict.holding
+        if not self._tail_needed(changes, changed, live, held or verdict.holding):
+            if self.announcer.garps != self._garps_published:
+                self._publish()  # only lastGARP can have moved: as fresh as a full pass would leave it
+            return
         if verdict.holding:  # keep what we announce, claim nothing new: the silence is more likely ours
             won = won & self._mine
             self.metrics.isolation_held.set(len(self._won - won))
@@ -178,6 +185,18 @@ class Speaker:
             self.events.update(mine, announced)
         self.withheld.update(self.source.withheld(), live)
         self._publish()
+
+    def _tail_needed(self, changes: set[str] | None, changed: set[str], live: set[str], holding: bool) -> bool:
+        """False when the rest of reconcile() would leave everything as it is: no IP that changed (intent or
+        owner) is, or becomes, ours or withheld, and neither the live peers, the interfaces (changes is None
+        then) nor an isolation hold changed what we may claim. Then churn on Services of other nodes costs
+        what changed, not a pass over every IP we announce (announcer, status body, takeover Events)."""
+        if changes is None or holding or live != self._live or self.announcer.retrying():
+            return True
+        assert self.source is not None
+        withheld = self.source.withheld()
+        return any(ip in self._mine or ip in self._won or ip in withheld or self.withheld.reported(ip)
+                   for ip in (*changes, *changed))
 
     def _segments(self, intents: dict[str, IpIntent],
                   changes: set[str] | None) -> tuple[dict[str, tuple[str, ...]], set[str] | None]:
@@ -214,6 +233,7 @@ class Speaker:
             self._isolation_wake = asyncio.get_running_loop().call_later(max(0.0, v.until - now), self.dirty.set)
 
     def _publish(self) -> None:
+        self._garps_published = self.announcer.garps
         if self.status:
             self.status.update(status_body(self.node, list(self.announcer.current.values()), self._live,
                                            list(self.conflicts.active.values())))

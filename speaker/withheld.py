@@ -18,6 +18,10 @@ class WithheldReporter:
         self.recorder, self.node = recorder, node
         self._said: dict[str, str] = {}  # ip -> reason already reported
 
+    def reported(self, ip: str) -> bool:
+        """This node has said `ip` is not announced (an update must run if it changes)."""
+        return ip in self._said
+
     def update(self, withheld: Mapping[str, tuple[str, tuple[ServiceRef, ...]]], live: set[str]) -> None:
         said: dict[str, str] = {}
         for ip, (reason, refs) in withheld.items():
