@@ -1,7 +1,9 @@
 """The allocation promise, judged from what the API shows (Service statuses and Events), not from any table.
 
 1. No address is held by two LoadBalancer Services unless they share it validly: the same sharing key, no
-   protocol/port in common, the same externalTrafficPolicy, identical selectors for `Local`.
+   protocol/port in common, the same externalTrafficPolicy, identical selectors for `Local`. A duplicate an
+   admin made (an address another Service holds, written by hand into a status) is a note, not a violation:
+   the controller did not make it (the order is what the checks saw first).
 2. An address never changes for a Service that did not ask: its own request unchanged since it got that
    address. A hand edit of its status counts as asking, and so does another status written by hand that
    claims its address (then the older claimant keeps it, as documented).
@@ -23,6 +25,7 @@ from lbctl.core.service import annotation
 Svc = Mapping[str, Any]
 REQUEST_ANNOTATIONS = ("loadBalancerIPs", "address-pool", "allow-shared-ip")
 ASKED_CHECKS = 2
+NOTES = frozenset({"duplicate-by-hand"})  # reported, but no violation of the controller's promise
 REQUEST_SPEC = ("type", "loadBalancerClass", "loadBalancerIP", "ipFamilyPolicy", "ipFamilies",
                 "externalTrafficPolicy", "selector")
 
@@ -66,6 +69,13 @@ def request(svc: Svc) -> str:
     }, sort_keys=True)
 
 
+def requested(svc: Svc) -> set[str]:
+    """The addresses the Service names (annotation or spec.loadBalancerIP)."""
+    spec = svc.get("spec") or {}
+    raw = annotation((svc.get("metadata") or {}).get("annotations") or {}, "loadBalancerIPs") or ""
+    return {ip.strip() for ip in raw.split(",") if ip.strip()} | ({spec["loadBalancerIP"]} if spec.get("loadBalancerIP") else set())
+
+
 def share_fault(a: Svc, b: Svc) -> str | None:
     """Why a and b may not hold one address together, or None."""
     ka = annotation((a["metadata"].get("annotations") or {}), "allow-shared-ip")
@@ -94,6 +104,7 @@ class Oracle:
     requests: dict[str, str] = field(default_factory=dict)  # uid -> request at the last check
     warned: dict[str, str] = field(default_factory=dict)  # uid -> last AllocationFailed message seen
     checks: int = 0
+    since: dict[tuple[str, str], int] = field(default_factory=dict)  # (uid, address) -> check it was first seen at
 
     # uid -> addresses before its status was written by hand; forgotten once the status shows them again
     hand: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -112,6 +123,23 @@ class Oracle:
             if e.get("type") == "Warning" and e.get("reason") == "AllocationFailed":
                 self.warned[e["involvedObject"].get("uid") or ""] = e.get("message") or ""
 
+    def _by_hand(self, s: Svc) -> bool:
+        """Does the status show what an admin wrote (not yet replaced by the controller)?"""
+        pre, now = self.hand.get(uid(s)), ips(s)
+        before = self.held.get(uid(s), pre)
+        return pre is not None and now != pre and (before == pre or now == before)
+
+    def _duplicate(self, step: int, ip: str, a: Svc, b: Svc, fault: str) -> Violation:
+        """The controller must never hand out an address another status shows; an admin writing one that
+        another Service holds into a status makes a duplicate the controller did not make (a note)."""
+        first, second = sorted((a, b), key=lambda s: self.since[(uid(s), ip)])
+        made_by_hand = self._by_hand(second) or (
+            self.since[(uid(a), ip)] == self.since[(uid(b), ip)] and self._by_hand(first))
+        kept = [name(s) for s in (a, b) if "cannot move" in self.warned.get(uid(s), "")]
+        return Violation(step, "duplicate-by-hand" if made_by_hand else "duplicate",
+                         f"{ip} held by {name(first)}, then also by {name(second)} ({fault})"
+                         + (f"; 'cannot move' warned on {kept}" if kept else ""))
+
     def check(self, step: int, services: list[Svc]) -> list[Violation]:
         self.checks += 1
         out: list[Violation] = []
@@ -120,17 +148,15 @@ class Oracle:
             if ours(s):
                 for ip in dict.fromkeys(ips(s)):
                     by_ip.setdefault(ip, []).append(s)
+        for s in services:
+            for ip in ips(s):
+                self.since.setdefault((uid(s), ip), self.checks)
         for ip, holders in sorted(by_ip.items()):
             for i, a in enumerate(holders):
                 for b in holders[i + 1:]:
                     if fault := share_fault(a, b):
-                        kept = [name(s) for s in (a, b) if "cannot move" in self.warned.get(uid(s), "")]
-                        hand = [name(s) for s in (a, b) if uid(s) in self.hand and ips(s) != self.hand[uid(s)]]
-                        out.append(Violation(step, "duplicate-after-hand-edit" if hand else "duplicate",
-                                             f"{ip} held by {name(a)} and {name(b)} ({fault})"
-                                             + (f"; 'cannot move' warned on {kept}" if kept else "")
-                                             + (f"; status written by hand on {hand}" if hand else "")))
-        claimed = {ip for s in services if uid(s) in self.hand and ips(s) != self.hand[uid(s)] for ip in ips(s)}
+                        out.append(self._duplicate(step, ip, a, b, fault))
+        claimed = {ip for s in services if self._by_hand(s) for ip in ips(s)}
         live = set()
         for s in services:
             u, now, req = uid(s), ips(s), request(s)
@@ -138,8 +164,9 @@ class Oracle:
             if req != self.requests.get(u, req):
                 self.asked[u] = ASKED_CHECKS
             before = self.held.get(u)
+            # Moving to an address it names is what the Service asked for, however long it had to wait.
             if before and now != before and ours(s) and u not in self.asked and u not in self.hand \
-                    and not set(before) & claimed:
+                    and not set(before) & claimed and not set(now) & requested(s):
                 out.append(Violation(step, "moved", f"{name(s)} {list(before)} -> {list(now)} without asking"))
             pre = self.hand.get(u, now)
             if now == pre or (before is not None and now != before and before != pre):
@@ -151,6 +178,7 @@ class Oracle:
             self.held[u], self.requests[u] = now, req
             if ours(s) and not now and u not in self.warned:
                 out.append(Violation(step, "no-warning", f"{name(s)} has no address and no AllocationFailed Event"))
+        self.since = {k: v for k, v in self.since.items() if k[0] in live and k[1] in self.held[k[0]]}
         for gone in set(self.held) - live:
             del self.held[gone], self.requests[gone]
             self.asked.pop(gone, None)

@@ -26,7 +26,7 @@ from typing import Any
 from lbctl.controlplane import SA_NS, ControlPlane
 from lbctl.kube.client import ApiError
 from tests.conftest import admin_client
-from tests.lb_invariants import Oracle, Violation, ips, ours, rewritten, snapshot, uid
+from tests.lb_invariants import NOTES, Oracle, Violation, ips, ours, rewritten, snapshot, uid
 from tests.procs import ControllerProcess, is_leader, terminate
 from tests.wait import wait_for
 
@@ -62,6 +62,7 @@ class Figures:
     leader_transitions: int = 0
     duration: float = 0.0
     violations: dict[str, Violation] = field(default_factory=dict)  # first occurrence of each distinct one
+    notes: dict[str, Violation] = field(default_factory=dict)  # duplicates an admin made by hand (lb_invariants)
 
     def summary(self) -> str:
         kinds = Counter(v.kind for v in self.violations.values())
@@ -77,6 +78,8 @@ class Figures:
             f"  violations: {len(self.violations)} distinct {dict(kinds)}"
             + (f", first at step {first}" if first is not None else ""),
             *(f"    {v}" for v in sorted(self.violations.values(), key=lambda v: v.step)[:25]),
+            f"  notes (not violations): {len(self.notes)}",
+            *(f"    {v}" for v in sorted(self.notes.values(), key=lambda v: v.step)[:10]),
         ])
 
 
@@ -194,11 +197,12 @@ class RandomRun:
         self._record(Violation(self.step, kind, detail))
 
     def _record(self, v: Violation) -> None:
-        key = f"{v.kind}: {v.detail}"
-        if key not in self.fig.violations:
-            self.fig.violations[key] = v
-            self.say(f"VIOLATION {v}")
-            self._trace(f"VIOLATION {v}")
+        key, book = f"{v.kind}: {v.detail}", self.fig.notes if v.kind in NOTES else self.fig.violations
+        if key not in book:
+            book[key] = v
+            label = "NOTE" if v.kind in NOTES else "VIOLATION"
+            self.say(f"{label} {v}")
+            self._trace(f"{label} {v}")
 
     def _trace(self, line: str) -> None:
         """What each step did, in workdir/steps.log, to replay a violation by reading."""
