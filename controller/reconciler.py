@@ -180,14 +180,17 @@ class Reconciler:
         self.alloc.set_pools(self.pools.values())
         restored = 0
         for req in sorted(self.services.values(), key=lambda r: (r.created, r.key)):
-            if req.wants(self.lb_class) and req.current_ips and not req.error:
+            # Whatever the Service asks for now (a request with a typo, another class, another type): what its
+            # status holds stays reserved for it until its status lets go.
+            if req.current_ips:
                 try:
-                    outcome = self.alloc.restore(req)
+                    outcome = self.alloc.restore(req, self.lb_class)
                 except Exception as exc:
                     self._failed(req.key, exc)
                     continue
                 if outcome.error:
-                    self._warn(req, "IPConflict", outcome.error + "; a new address will be allocated")
+                    self._warn(req, "IPConflict", outcome.error + "; it keeps the address until one of them "
+                               "lets go of it (delete it, or change its request)")
                 restored += 1
             self._dirty.add(req.key)
         self._pools_dirty = False
@@ -199,7 +202,7 @@ class Reconciler:
         self.alloc.set_pools(self.pools.values())
         # New or freed capacity, or pools that stopped covering addresses: revisit everyone affected.
         self._dirty.update(self._pending)
-        self._dirty.update(self.alloc.assignments())
+        self._dirty.update(self.alloc.holding())  # also statuses we do not decide: a pool may now cover them
 
     def _decide(self, key: str) -> Any:
         req = self.services.get(key)
@@ -230,6 +233,10 @@ class Reconciler:
         if outcome.error and not outcome.ips:
             self._pending[key] = outcome.error
             self.metrics.failures.inc()
+            if req.current_ips:  # its status shows addresses it was never given (written by hand): it lets go
+                self._notices[key] = _Notice("AllocationFailed", outcome.error)
+                return self._write(req, outcome, "AllocationFailed", f"{outcome.error}; released "
+                                   f"{', '.join(req.current_ips)} from its status: not its own", "Warning")
             self._warn(req, "AllocationFailed", outcome.error)
             return None
         self._pending.pop(key, None)
@@ -247,7 +254,8 @@ class Reconciler:
             return self._write(req, outcome, "IPAllocated", f"{verb} {', '.join(outcome.ips)}{pool}")
         return None
 
-    async def _write(self, req: ServiceRequest, outcome: Outcome, reason: str, message: str) -> None:
+    async def _write(self, req: ServiceRequest, outcome: Outcome, reason: str, message: str,
+                     type_: str = "Normal") -> None:
         body = {"metadata": {"uid": req.uid},  # precondition: never write to a recreated namesake
                 "status": {"loadBalancer": ingress_status(outcome.ips) if outcome.ips else {"ingress": None}}}
         ns, name = req.key.split("/", 1)
@@ -263,7 +271,7 @@ class Reconciler:
             return
         self.metrics.patch_seconds.observe(time.monotonic() - started)
         logger.info("status_written", service=req.key, ips=list(outcome.ips), reason=reason)
-        self.events.emit(_service_ref(req), "Normal", reason, message)
+        self.events.emit(_service_ref(req), type_, reason, message)
 
     def _warn(self, req: ServiceRequest, reason: str, message: str) -> None:
         notice = _Notice(reason, message)

@@ -6,11 +6,18 @@ Pure state machine. The Service status is the record: the controller feeds exist
 Policy for addresses that fall outside every usable pool (pool edited, deleted or marked Overlap):
 they are *retained* — the Service keeps its IP, nobody else can take it, and `Outcome.retained`
 lets the controller warn. Nothing ever moves an IP unless the Service's own request changed.
+
+Two things make an address busy: the decision (what a Service's status should say, `ips_of`) and the
+status as last seen (`req.current_ips` of every Service, whatever its type, class or request). An address
+a status shows stays reserved until that status is seen without it (or the Service is deleted), so a
+release or a move whose status write has not landed yet never hands the address to someone else. A status
+address of a Service that is not ours is reserved for it alone (nobody shares with it).
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -39,7 +46,7 @@ class Outcome:
     ips: tuple[str, ...] = ()
     error: str | None = None  # allocation impossible now; the Service stays as it is
     changed: bool = False  # ips differ from what the Service's status shows
-    released: tuple[str, ...] = ()  # addresses this call freed
+    released: tuple[str, ...] = ()  # addresses this call made free for anyone
     retained: tuple[str, ...] = ()  # kept although no usable pool contains them
     pool: str | None = None
 
@@ -57,8 +64,13 @@ class Allocator:
     def __init__(self) -> None:
         self.pools: dict[str, PoolSpec] = {}
         self.verdicts: dict[str, PoolVerdict] = {}
+        # Every Service an address is busy for: decided (`_by_service`) or shown in its status (`_shown`).
         self._holders: dict[Addr, dict[str, ServiceRequest]] = {}
         self._by_service: dict[str, tuple[Addr, ...]] = {}
+        self._shown: dict[str, tuple[Addr, ...]] = {}
+        self._holding: dict[str, set[Addr]] = {}  # key -> the addresses it stands in _holders for
+        self._granted: dict[str, ServiceRequest] = {}  # the request each decided Service last got its addresses by
+        self._freed: list[Addr] = []  # addresses that left _holders during the current call
         # Lowest address of each range that might be free: everything below it is taken.
         self._hint: dict[AddressRange, int] = {}
         # Derived from the pools (set_pools), so lookups stay O(log ranges) with 100s of pools and 10,000s of
@@ -122,43 +134,54 @@ class Allocator:
     def assignments(self) -> dict[str, tuple[str, ...]]:
         return {k: self.ips_of(k) for k in self._by_service}
 
+    def holding(self) -> list[str]:
+        """Every Service an address is busy for: decided, or shown in its status (whatever its type or class)."""
+        return list(self._holding)
+
     # ----- mutations ---------------------------------------------------------------------
-    def restore(self, req: ServiceRequest) -> Outcome:
+    def restore(self, req: ServiceRequest, lb_class: str | None = None) -> Outcome:
         """Record what the Service's status already says (startup). Never picks a new address."""
-        addrs: list[Addr] = []
-        for ip in req.current_ips:
-            try:
-                addr = to_addr(ip)
-            except ValueError:
-                continue
-            conflict = share_conflict(req, self._holders.get(addr, {}).values())
-            if conflict:
-                return Outcome(ips=req.current_ips, error=f"{ip} recorded in status is {conflict}")
-            addrs.append(addr)
-        self._claim(req, tuple(addrs))
-        return Outcome(ips=req.current_ips, retained=self._retained(addrs))
+        self._observe(req, lb_class)
+        if not req.wants(lb_class):
+            return Outcome(ips=req.current_ips)
+        # A status is kept even when it clashes with an older one: a sharer whose own request changed and could
+        # not move looks just like that, and the running controller let it keep its address; moving the other
+        # one now would move a Service that asked for nothing. Both are told (IPConflict).
+        addrs = self._shown.get(req.key, ())
+        conflicts = [f"{to_text(a)} recorded in status is {c}" for a in addrs
+                     if (c := share_conflict(req, self._decided_users(a, req.key)))]
+        self._claim(req, addrs)
+        return Outcome(ips=req.current_ips, retained=self._retained(addrs), error="; ".join(conflicts) or None)
 
     def release(self, key: str) -> tuple[str, ...]:
-        addrs = self._by_service.pop(key, ())
-        for addr in addrs:
-            users = self._holders.get(addr)
-            if users is None:
-                continue
-            users.pop(key, None)
-            if not users:
-                del self._holders[addr]
-                self._count(addr, -1)
-                self._free_hint(addr)
-        return tuple(to_text(a) for a in addrs)
+        """The Service is gone: everything it held or showed is free."""
+        self._freed = []
+        self._by_service.pop(key, None)
+        self._shown.pop(key, None)
+        self._granted.pop(key, None)
+        self._rehold(key, None)
+        return tuple(to_text(a) for a in self._freed)
 
     def sync(self, req: ServiceRequest, ns_labels: Mapping[str, str] | None, lb_class: str | None = None) -> Outcome:
         """Bring the table in line with one Service and say what its status should be."""
+        self._freed = []
+        outcome = self._sync(req, ns_labels, lb_class)
+        outcome.released = tuple(to_text(a) for a in self._freed if a not in self._holders)
+        return outcome
+
+    def _sync(self, req: ServiceRequest, ns_labels: Mapping[str, str] | None, lb_class: str | None) -> Outcome:
+        was_ours = bool(self._by_service.get(req.key))
+        self._observe(req, lb_class)
         if not req.wants(lb_class):
-            released = self.release(req.key)
-            return Outcome(ips=(), changed=bool(req.current_ips) and bool(released), released=released)
-        held = self._by_service.get(req.key, ())
-        if req.error:
-            return Outcome(ips=self.ips_of(req.key), error=req.error, changed=False)
+            self._by_service.pop(req.key, None)
+            self._granted.pop(req.key, None)
+            self._rehold(req.key, self._exclusive(req))
+            return Outcome(ips=(), changed=bool(req.current_ips) and was_ours)
+        held = self._unwritten_conflicts_dropped(req)
+        if req.error:  # an invalid request moves nothing: the Service keeps what it holds, and is told why
+            ips = self.ips_of(req.key)
+            error = f"{req.error}; keeps {', '.join(ips)}" if ips else req.error
+            return Outcome(ips=ips, error=error, changed=ips != tuple(req.current_ips), retained=self._retained(held))
         if held:
             keep = self._still_fits(req, held, ns_labels)
             if keep is None:
@@ -169,10 +192,9 @@ class Allocator:
             if outcome.error:
                 outcome.error = f"{keep}; cannot move: {outcome.error}"
                 outcome.ips = self.ips_of(req.key)
+                outcome.changed = outcome.ips != tuple(req.current_ips)  # a write that failed is made again
                 return outcome
-            released = self.release(req.key)
             self._claim(req, tuple(to_addr(ip) for ip in outcome.ips))
-            outcome.released = tuple(ip for ip in released if ip not in outcome.ips)
             outcome.changed = tuple(outcome.ips) != tuple(req.current_ips)
             return outcome
         outcome = self._allocate(req, ns_labels, exclude_self=False)
@@ -182,6 +204,22 @@ class Allocator:
         return outcome
 
     # ----- internals ---------------------------------------------------------------------
+    def _unwritten_conflicts_dropped(self, req: ServiceRequest) -> tuple[Addr, ...]:
+        """The decided addresses, less those its status never showed and another status shows now (a write
+        that had not landed loses to a status already there: nobody ever saw the address as this Service's)."""
+        held = self._by_service.get(req.key, ())
+        shown = self._shown.get(req.key, ())
+        lost = [a for a in held if a not in shown and share_conflict(
+            req, [u for k, u in self._holders.get(a, {}).items() if k != req.key and a in self._shown.get(k, ())])]
+        if lost:
+            held = tuple(a for a in held if a not in lost)
+            self._by_service[req.key] = held
+            if not held:
+                del self._by_service[req.key]
+                self._granted.pop(req.key, None)
+            self._rehold(req.key, req)
+        return held
+
     def _settled(self, req: ServiceRequest, held: tuple[Addr, ...]) -> Outcome:
         ips = tuple(to_text(a) for a in held)
         pool = self.pool_of(held[0])
@@ -191,17 +229,60 @@ class Allocator:
     def _retained(self, addrs: Iterable[Addr]) -> tuple[str, ...]:
         return tuple(to_text(a) for a in addrs if self.pool_of(a) is None)
 
+    def _observe(self, req: ServiceRequest, lb_class: str | None) -> None:
+        """What the Service's status shows now (valid addresses, each once)."""
+        shown: list[Addr] = []
+        for ip in req.current_ips:
+            try:
+                addr = to_addr(ip)
+            except ValueError:
+                continue
+            if addr not in shown:
+                shown.append(addr)
+        if shown:
+            self._shown[req.key] = tuple(shown)
+        else:
+            self._shown.pop(req.key, None)
+        self._rehold(req.key, req if req.wants(lb_class) else self._exclusive(req))
+
     def _claim(self, req: ServiceRequest, addrs: tuple[Addr, ...]) -> None:
-        for old in self._by_service.get(req.key, ()):
-            if old not in addrs:
-                self._holders.get(old, {}).pop(req.key, None)
-        self._by_service[req.key] = addrs
-        for addr in addrs:
+        self._by_service[req.key] = tuple(dict.fromkeys(addrs))
+        self._granted[req.key] = req
+        self._rehold(req.key, req)
+
+    def _rehold(self, key: str, req: ServiceRequest | None) -> None:
+        """Make _holders say that `key` (as `req`) holds its decided and its shown addresses, and nothing else."""
+        now = set(self._by_service.get(key, ())) | set(self._shown.get(key, ()))
+        for addr in self._holding.get(key, set()) - now:
+            users = self._holders.get(addr)
+            if users is None:
+                continue
+            users.pop(key, None)
+            if not users:
+                del self._holders[addr]
+                self._count(addr, -1)
+                self._free_hint(addr)
+                self._freed.append(addr)
+        if not now:
+            self._holding.pop(key, None)
+            return
+        assert req is not None
+        self._holding[key] = now
+        for addr in now:
             users = self._holders.get(addr)
             if users is None:
                 users = self._holders[addr] = {}
                 self._count(addr, 1)
-            users[req.key] = req
+            users[key] = req
+
+    @staticmethod
+    def _exclusive(req: ServiceRequest) -> ServiceRequest:
+        """A Service that is not ours keeps its status addresses to itself: nobody may share them."""
+        return dataclasses.replace(req, sharing_key=None)
+
+    def _decided_users(self, addr: Addr, key: str) -> list[ServiceRequest]:
+        """Who else holds `addr` by a decision (for restore: the first decision wins, statuses only reserve)."""
+        return [u for k, u in self._holders.get(addr, {}).items() if k != key and addr in self._by_service.get(k, ())]
 
     def _count(self, addr: Addr, delta: int) -> None:
         pool = self.pool_of(addr)
@@ -216,7 +297,8 @@ class Allocator:
     def _still_fits(self, req: ServiceRequest, held: tuple[Addr, ...], ns_labels: Mapping[str, str] | None) -> str | None:
         """None when the held addresses still answer the request; otherwise what changed."""
         ips = [to_text(a) for a in held]
-        if req.requested_ips and set(req.requested_ips) != set(ips):
+        # A dual-stack Service may name the address of one family only: the other one is its free choice.
+        if req.requested_ips and not set(req.requested_ips) <= set(ips):
             return f"requested {', '.join(req.requested_ips)} but holds {', '.join(ips)}"
         fams = [a[0] for a in held]
         if any(f not in req.families for f in fams):
@@ -225,12 +307,16 @@ class Allocator:
             return "a required address family is missing"
         for addr in held:
             pool = self.pool_of(addr)
-            # Addresses outside every usable pool are retained, never moved (see module doc).
-            if pool is not None and req.pool and pool.name != req.pool:
+            # Addresses outside every usable pool are retained, never moved (see module doc); so is one that a
+            # pool edit put into another pool: only a change of the Service's own pool request moves it.
+            granted = self._granted.get(req.key)
+            if pool is not None and req.pool and pool.name != req.pool and (granted is None or granted.pool != req.pool):
                 return f"holds {to_text(addr)} from IPPool {pool.name} but asks for IPPool {req.pool}"
-            conflict = share_conflict(req, self._holders.get(addr, {}).values())
-            if conflict:
-                return f"{to_text(addr)} is {conflict}"
+            # Only a Service whose own sharing terms changed can have broken a sharing: the others stay put.
+            if _sharing_terms(self._granted.get(req.key)) != _sharing_terms(req):
+                conflict = share_conflict(req, self._decided_users(addr, req.key))
+                if conflict:
+                    return f"{to_text(addr)} is {conflict}"
         return None
 
     def _allocate(self, req: ServiceRequest, ns_labels: Mapping[str, str] | None, exclude_self: bool) -> Outcome:
@@ -330,6 +416,10 @@ class Allocator:
             if addr is not None:
                 addrs.append(addr)
         return Outcome(ips=tuple(to_text(a) for a in addrs), pool=chosen.name if chosen else None)
+
+
+def _sharing_terms(req: ServiceRequest | None) -> tuple[object, ...] | None:
+    return None if req is None else (req.sharing_key, req.ports, req.etp_local, req.selector)
 
 
 class _UsedView:

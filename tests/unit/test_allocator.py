@@ -129,14 +129,20 @@ def test_changed_request_moves_only_when_new_address_is_free():
     blocked = a.sync(svc("a", ips=held, loadBalancerIP="198.18.0.15"), {})
     assert blocked.ips == held and "cannot move" in blocked.error
     moved = a.sync(svc("a", ips=held, loadBalancerIP="198.18.0.16"), {})
-    assert moved.ips == ("198.18.0.16",) and moved.changed and moved.released == held
+    assert moved.ips == ("198.18.0.16",) and moved.changed and moved.released == ()
+    # The old address stays reserved while the status shows it (the write may not land), free once it does not.
+    assert "in use by Service ns/a" in a.sync(svc("c", loadBalancerIP=held[0]), {}).error
+    assert a.sync(svc("a", ips=moved.ips, loadBalancerIP="198.18.0.16"), {}).released == held
 
 
 def test_type_change_releases():
     a = alloc_with(("p", {"addresses": ["198.18.0.10"]}))
     held = a.sync(svc("a"), {}).ips
     out = a.sync(svc("a", ips=held, type="ClusterIP"), {})
-    assert out.ips == () and out.changed and out.released == held
+    assert out.ips == () and out.changed and out.released == ()
+    assert "exhausted" in a.sync(svc("b"), {}).error  # until the status write lands
+    assert a.sync(svc("a", type="ClusterIP"), {}).released == held
+    assert a.sync(svc("b"), {}).ips == held
 
 
 def test_overlapping_pool_hands_out_nothing():
@@ -268,3 +274,15 @@ def test_indexes_agree_with_a_full_scan(operations):
                 req = svc("probe", ns=ns)
                 got, _ = a._candidate_pools(req, labels)
                 assert [p.name for p in got] == [p.name for p in scan_candidates(a, ns, labels)]
+
+
+def test_an_invalid_request_keeps_what_it_holds_and_is_told_why():
+    a = alloc_with(("p", {"addresses": ["198.18.0.10-198.18.0.11"]}))
+    held = a.sync(svc("a"), {}).ips
+    typo = svc("a", ips=held, annotations={"lbctl.io/loadBalancerIPs": "198.18.0.300"})
+    out = a.sync(typo, {})
+    assert out.ips == held and not out.changed and "invalid" in out.error and "keeps 198.18.0.10" in out.error
+    # After a restart the table is rebuilt from statuses, the typo included: nobody else gets the address.
+    b = alloc_with(("p", {"addresses": ["198.18.0.10-198.18.0.11"]}))
+    b.restore(typo)
+    assert b.sync(svc("other"), {}).ips == ("198.18.0.11",)
