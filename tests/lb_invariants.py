@@ -3,7 +3,8 @@
 1. No address is held by two LoadBalancer Services unless they share it validly: the same sharing key, no
    protocol/port in common, the same externalTrafficPolicy, identical selectors for `Local`. A duplicate an
    admin made (an address another Service holds, written by hand into a status) is a note, not a violation:
-   the controller did not make it (the order is what the checks saw first).
+   the controller did not make it (the order is what the checks saw first); nor did it make a pair that
+   shared validly until one changed its own request and was told why it keeps the address (a note too).
 2. An address never changes for a Service that did not ask: its own request unchanged since it got that
    address. A hand edit of its status counts as asking, and so does another status written by hand that
    claims its address (then the older claimant keeps it, as documented).
@@ -25,7 +26,7 @@ from lbctl.core.service import annotation
 Svc = Mapping[str, Any]
 REQUEST_ANNOTATIONS = ("loadBalancerIPs", "address-pool", "allow-shared-ip")
 ASKED_CHECKS = 2
-NOTES = frozenset({"duplicate-by-hand"})  # reported, but no violation of the controller's promise
+NOTES = frozenset({"duplicate-by-hand", "kept-by-request"})  # reported, but the controller made neither
 REQUEST_SPEC = ("type", "loadBalancerClass", "loadBalancerIP", "ipFamilyPolicy", "ipFamilies",
                 "externalTrafficPolicy", "selector")
 
@@ -73,7 +74,8 @@ def requested(svc: Svc) -> set[str]:
     """The addresses the Service names (annotation or spec.loadBalancerIP)."""
     spec = svc.get("spec") or {}
     raw = annotation((svc.get("metadata") or {}).get("annotations") or {}, "loadBalancerIPs") or ""
-    return {ip.strip() for ip in raw.split(",") if ip.strip()} | ({spec["loadBalancerIP"]} if spec.get("loadBalancerIP") else set())
+    names = {ip.strip() for ip in raw.split(",") if ip.strip()}
+    return names | ({spec["loadBalancerIP"]} if spec.get("loadBalancerIP") else set())
 
 
 def share_fault(a: Svc, b: Svc) -> str | None:
@@ -135,10 +137,17 @@ class Oracle:
         first, second = sorted((a, b), key=lambda s: self.since[(uid(s), ip)])
         made_by_hand = self._by_hand(second) or (
             self.since[(uid(a), ip)] == self.since[(uid(b), ip)] and self._by_hand(first))
-        kept = [name(s) for s in (a, b) if "cannot move" in self.warned.get(uid(s), "")]
-        return Violation(step, "duplicate-by-hand" if made_by_hand else "duplicate",
-                         f"{ip} held by {name(first)}, then also by {name(second)} ({fault})"
-                         + (f"; 'cannot move' warned on {kept}" if kept else ""))
+        told = {name(s): self.warned[uid(s)] for s in (a, b) if uid(s) in self.warned}
+        detail = f"{ip} held by {name(first)}, then also by {name(second)} ({fault})" + (
+            f"; warned: {told}" if told else "")
+        if made_by_hand:
+            return Violation(step, "duplicate-by-hand", detail)
+        if self.since[(uid(second), ip)] < self.checks and told:
+            # Both held it before this check: one changed its own request (key, ports) and keeps the address
+            # because the new request cannot be met, and is told so (README: "cannot move"; an invalid request
+            # "keeps" what it holds). The controller made no duplicate.
+            return Violation(step, "kept-by-request", detail)
+        return Violation(step, "duplicate", detail)
 
     def check(self, step: int, services: list[Svc]) -> list[Violation]:
         self.checks += 1

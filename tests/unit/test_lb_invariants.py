@@ -86,3 +86,14 @@ def test_handing_out_an_address_a_hand_written_status_shows_is_the_controllers_d
     o.check(2, [svc("pending", ["198.18.230.9"])])
     out = o.check(3, [svc("pending", ["198.18.230.9"]), svc("new", ["198.18.230.9"])])
     assert kinds(out) == ["duplicate"]
+
+
+def test_sharers_split_by_one_changing_its_key_and_told_why_are_a_note() -> None:
+    o = Oracle()
+    o.check(1, [svc("a", ["198.18.230.3"], key="k1", ports=(80,)),
+                svc("b", ["198.18.230.3"], key="k1", ports=(443,))])
+    o.saw_warnings([{"type": "Warning", "reason": "AllocationFailed", "message": "cannot move: exhausted",
+                     "metadata": {"resourceVersion": "5"}, "involvedObject": {"uid": "u-a"}}])
+    out = o.check(2, [svc("a", ["198.18.230.3"], key="k2", ports=(80,)),
+                      svc("b", ["198.18.230.3"], key="k1", ports=(443,))])
+    assert kinds(out) == ["kept-by-request"]
