@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -85,6 +86,17 @@ class ControllerProcess:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
         return 0.0
+
+
+def is_leader(c: ControllerProcess) -> bool | None:
+    """The metric; None when the process is gone or stopped."""
+    if not c.proc or c.proc.poll() is not None:
+        return None
+    try:
+        m = re.search(r"^lbctl_controller_leader (\S+)$", c.metrics(), re.M)
+    except (OSError, RuntimeError):
+        return None
+    return bool(m and float(m.group(1)) == 1.0)
 
 
 class ConfinedSpeaker:

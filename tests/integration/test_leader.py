@@ -8,7 +8,6 @@ leader-election identity. Timings are the chart's defaults (lease 12 s, renew de
 from __future__ import annotations
 
 import json
-import re
 import signal
 import tempfile
 import time
@@ -21,7 +20,7 @@ from lbctl.lab.controlplane import SA_NS, ControlPlane
 from lbctl.kube.sync import SyncKube
 from tests.integration.conftest import Lab
 from tests.figures import figure
-from tests.procs import ControllerProcess
+from tests.procs import ControllerProcess, is_leader
 from tests.wait import wait_for
 
 LEASE = f"/apis/coordination.k8s.io/v1/namespaces/{SA_NS}/leases/lbctl-controller"
@@ -42,17 +41,6 @@ def pair(control_plane: ControlPlane) -> Iterator[list[ControllerProcess]]:
                 if c.proc and c.proc.poll() is None:
                     c.signal(signal.SIGCONT)
                 c.stop()
-
-
-def is_leader(c: ControllerProcess) -> bool | None:
-    """The metric; None when the process is gone or stopped."""
-    if not c.proc or c.proc.poll() is not None:
-        return None
-    try:
-        m = re.search(r"^lbctl_controller_leader (\S+)$", c.metrics(), re.M)
-    except (OSError, RuntimeError):
-        return None
-    return bool(m and float(m.group(1)) == 1.0)
 
 
 def the_leader(ctls: list[ControllerProcess]) -> tuple[ControllerProcess, ControllerProcess]:
