@@ -5,12 +5,12 @@ from __future__ import annotations
 import importlib
 import sys
 
-ALL = ["codec", "controller", "controller_scale", "election", "simulation", "speaker_scale", "speaker_churn", "status",
-       "fuzz", "lab",
-       "reliability"]  # reliability: ~5 min, the figures table; speaker_scale ~7 min
-MODULES = {"reliability": "benchmarks.reliability", "simulation": "benchmarks.simulation",
-           "speaker_scale": "benchmarks.speaker_scale", "speaker_churn": "benchmarks.speaker_churn",
-           "controller_scale": "benchmarks.controller_scale"}
+ALL = ["codec", "controller", "controller_scale", "election", "simulation", "speaker_scale", "speaker_churn",
+       "arp_among_peers", "status", "fuzz", "lab", "allocation_model", "random_run", "faults",
+       "reliability"]  # reliability: the figures table; speaker_scale ~7 min, random_run ~10 min
+MODULES = {name: f"benchmarks.{name}" for name in (
+    "reliability", "simulation", "speaker_scale", "speaker_churn", "controller_scale", "arp_among_peers",
+    "allocation_model", "random_run", "faults")}
 # the others are benchmarks.<name>_bench
 
 

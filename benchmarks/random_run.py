@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from lbctl.controlplane import ControlPlane
+from lbctl.lab.controlplane import ControlPlane
 from tests.conftest import admin_client, wait_crd
 from tests.random_run import RandomRun
 

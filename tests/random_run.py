@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lbctl.controlplane import SA_NS, ControlPlane
+from lbctl.lab.controlplane import SA_NS, ControlPlane
 from lbctl.kube.client import ApiError
 from tests.conftest import admin_client
 from tests.lb_invariants import NOTES, Oracle, Violation, ips, ours, rewritten, snapshot, uid
