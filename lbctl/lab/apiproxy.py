@@ -23,7 +23,9 @@ HTTP 400 back, garbage to the client). A reload closes the old workers' connecti
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -47,23 +49,57 @@ def name(host: str) -> str:
 
 
 def make_certs() -> None:
-    """The lab's proxy CA and a serving cert for 127.0.0.1/localhost; plus an untrusted one for TLS faults."""
+    """The lab's proxy CA and a serving cert for 127.0.0.1/localhost; plus an untrusted one for TLS faults.
+
+    Valid from a day ago, as a cluster's long-lived certificates are (and as the API server's own self-signed
+    one is, an hour back): a node whose clock is behind must still trust its local proxy."""
     DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def ossl(*args: str) -> None:
         subprocess.run(["openssl", *args], check=True, capture_output=True)
 
-    for ca in ("ca", "rogue-ca"):
-        ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN=lbctl-lab-{ca}",
-             "-keyout", str(DIR / f"{ca}.key"), "-out", str(DIR / f"{ca}.crt"))
-    ext = DIR / "san.ext"
-    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
-    for cert, ca in (("serving", "ca"), ("untrusted", "rogue-ca")):
-        ossl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", str(DIR / f"{cert}.key"),
-             "-out", str(DIR / f"{cert}.csr"))
-        ossl("x509", "-req", "-in", str(DIR / f"{cert}.csr"), "-CA", str(DIR / f"{ca}.crt"), "-CAkey",
-             str(DIR / f"{ca}.key"), "-CAcreateserial", "-days", "2", "-extfile", str(ext),
-             "-out", str(DIR / f"{cert}.crt"))
+    now = dt.datetime.now(dt.timezone.utc)
+    dates = ["-startdate", (now - dt.timedelta(days=1)).strftime("%Y%m%d%H%M%SZ"),
+             "-enddate", (now + dt.timedelta(days=2)).strftime("%Y%m%d%H%M%SZ")]
+    for cert, ca in (("ca", "ca"), ("rogue-ca", "rogue-ca"), ("serving", "ca"), ("untrusted", "rogue-ca")):
+        db = DIR / f"{ca}.db"
+        db.mkdir(exist_ok=True)
+        (db / "index.txt").touch()
+        if not (db / "serial").exists():
+            (db / "serial").write_text(secrets.token_hex(8) + "\n")
+        cfg = DIR / f"{ca}.cnf"
+        cfg.write_text(_CA_CONFIG.format(db=db))
+        self_signed = cert == ca
+        ossl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj",
+             f"/CN=lbctl-lab-{ca}" if self_signed else "/CN=localhost",
+             "-keyout", str(DIR / f"{cert}.key"), "-out", str(DIR / f"{cert}.csr"))
+        signer = ["-selfsign"] if self_signed else ["-cert", str(DIR / f"{ca}.crt")]
+        ossl("ca", "-batch", "-notext", "-config", str(cfg), *signer, "-keyfile", str(DIR / f"{ca}.key"),
+             "-in", str(DIR / f"{cert}.csr"), "-out", str(DIR / f"{cert}.crt"), *dates,
+             "-extensions", "v3_ca" if self_signed else "v3_server")
+
+
+_CA_CONFIG = """[ ca ]
+default_ca = lab
+[ lab ]
+database = {db}/index.txt
+new_certs_dir = {db}
+serial = {db}/serial
+default_md = sha256
+policy = any
+unique_subject = no
+[ any ]
+commonName = supplied
+[ v3_ca ]
+basicConstraints = critical,CA:TRUE
+keyUsage = critical,keyCertSign,cRLSign,digitalSignature
+subjectKeyIdentifier = hash
+[ v3_server ]
+basicConstraints = CA:FALSE
+keyUsage = critical,digitalSignature,keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1,DNS:localhost
+"""
 
 
 def config(host: str, upstream: str, mode: str = "ok") -> str:
