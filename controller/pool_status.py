@@ -22,6 +22,7 @@ from typing import Any
 from lbctl import log
 from lbctl.core.allocator import Allocator
 from lbctl.core.pools import READY
+from lbctl.core.timestamps import rfc3339
 from lbctl.kube.client import Kube, KubeError
 from lbctl.kube.events import EventRecorder
 from lbctl.kube.resources import ippool_path
@@ -159,7 +160,7 @@ class PoolStatusWriter:
         cached = self._since_cache.get(name)
         if cached and cached[0][:2] == key[:2]:
             return cached[1]
-        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = rfc3339(dt.datetime.now(dt.timezone.utc))
         self._since_cache[name] = (key, now)
         return now
 
