@@ -88,6 +88,8 @@ async def watch_namespaces(kube: Kube, reconciler: Reconciler, health: WatchHeal
 
 async def watch_pools(kube: Kube, reconciler: Reconciler, health: WatchHealth) -> None:
     def event(kind: str, obj: Any) -> None:
+        if kind != "DELETED":
+            reconciler.pool_status_seen(_name(obj), obj.get("status"))
         reconciler.pool_seen(_name(obj), None if kind == "DELETED" else _pool(obj))
     def listed(items: list[Any]) -> None:
         reconciler.pool_statuses_listed({_name(o): o.get("status") for o in items if isinstance(o, dict)})

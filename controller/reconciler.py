@@ -93,6 +93,13 @@ class Reconciler:
         """What the IPPools' status says now (a listing), so a restart rewrites none that is still right."""
         self._pool_status.observed(statuses)
 
+    def pool_status_seen(self, name: str, status: Mapping[str, Any] | None) -> None:
+        """An IPPool's status as the watch shows it. Usually our own write coming back; but a write abandoned
+        on the wire (a stalled connection) may land after a newer one: then the writer sees it and writes again."""
+        self._pool_status.observed({name: status} if status else {})
+        if self.ready.is_set():
+            self._pool_status.update(self.alloc)
+
     def pool_seen(self, name: str, pool: PoolSpec | None) -> None:
         """pool None: deleted."""
         if pool is None:
