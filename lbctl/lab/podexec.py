@@ -63,8 +63,11 @@ def expose(needed: list[Path], scratch: Path) -> None:
         for anchor in [*reversed(target.parents), target][:-1]:
             if anchor in shadowed or not _blocks_others(anchor):
                 continue
-            children = sorted({Path(anchor, t.relative_to(anchor).parts[0]) for t in pending
-                               if anchor in t.parents})
+            if any(t == anchor or t in anchor.parents for t in pending):
+                children = sorted(anchor.iterdir())  # needed as a whole (a source root): keep all it holds
+            else:
+                children = sorted({Path(anchor, t.relative_to(anchor).parts[0]) for t in pending
+                                   if anchor in t.parents})
             keep = []
             for i, child in enumerate(children):
                 held = scratch / f"keep{len(shadowed)}-{i}"
