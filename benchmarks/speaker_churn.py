@@ -21,7 +21,10 @@ and per phase: the speaker's CPU (utime+stime of every thread, /proc/PID/stat) a
 lag (p99 from lbctl_speaker_loop_lag_seconds, the upper bound of its bucket); heartbeat send jitter (the
 speaker's beacons captured in cli with kernel receive timestamps, SO_TIMESTAMPNS: |gap - interval|); ARP
 RTT (lab_arp rtt to the `mine` addresses). Targets: jitter p99 <= 20 ms, ARP RTT p99 <= 1.5x idle's, CPU
-<= 10 % of a core. Prints FIGURE lines (tests/figures.py) and a table. Reports, does not assert.
+<= 10 % of a core. Interleaved with the speaker's probes, the same client times two references on the same
+bed in the same moments: a minimal Python responder (lab_arp respond, its own process in spk, BASE_IP) and
+the kernel (spk's own SPK_IP): what the churn costs any user-space answer on this machine (the API server,
+etcd and the churn client share its cores) against what it costs the speaker's. Prints FIGURE lines (tests/figures.py) and a table. Reports, does not assert.
 Everything it started (processes by PID, namespaces by name) is removed in `finally`, also on ^C.
 """
 
@@ -60,6 +63,7 @@ BR_NS, SPK_NS, CLI_NS = f"{PREFIX}br", f"{PREFIX}spk", f"{PREFIX}cli"
 NAMESPACES = (BR_NS, SPK_NS, CLI_NS)
 SPK_IP, CLI_IP = "198.18.0.2", "198.18.0.3"  # on speaker_scale's /16
 SPK_MAC, CLI_MAC = "02:18:5e:00:01:02", "02:18:5e:00:01:03"
+BASE_IP = "198.18.0.4"  # the baseline responder's address: on no interface, so only it answers
 MINE_NET, OTHERS_NET = "198.18.64.0/24", "198.18.128.0/17"
 NODE, OTHER_NODES = "churn-speaker", ("churn-other-1", "churn-other-2", "churn-other-3")
 NS = "churn"
@@ -206,6 +210,7 @@ class Phase:
         self.lag_samples = 0
         self.jitter: list[float] = []
         self.rtt: list[float] = []
+        self.refs: dict[str, list[float]] = {"baseline": [], "kernel": []}  # same probes, other responders
         self.lost = 0
         self.updates = 0
         self.update_p99 = 0.0
@@ -249,10 +254,10 @@ async def measure(kube: Kube, spk: Child, clock: BeaconClock, label: str, second
                   targets: list[str], churn_args: tuple[list[str], str, int] | None,
                   py_spy: str | None = None, py_spy_out: str = "") -> Phase:
     phase = Phase(label)
-    count = max(10, int(seconds * 1000 / ARP_GAP_MS / len(targets)))
+    count = max(10, int(seconds * 1000 / ARP_GAP_MS / (len(targets) + 2)))
     arp = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "benchmarks.lab_arp", "rtt", "--iface", "eth0", "--mac", CLI_MAC, "--ip", CLI_IP,
-        "--targets", ",".join(targets), "--count", str(count), "--warmup", "5", "--gap-ms", str(ARP_GAP_MS),
+        "--targets", ",".join([*targets, BASE_IP, SPK_IP]), "--count", str(count), "--warmup", "5", "--gap-ms", str(ARP_GAP_MS),
         cwd=ROOT, stdout=asyncio.subprocess.PIPE)
     before = await asyncio.to_thread(scrape)
     clock.take()
@@ -278,8 +283,10 @@ async def measure(kube: Kube, spk: Child, clock: BeaconClock, label: str, second
     phase.lag99, phase.lag_samples = lag_p99(before, after)
     phase.jitter = [abs(b - a - interval) for a, b in zip(beacons, beacons[1:])]
     res = json.loads(out)
-    phase.rtt = [ns / 1e6 for per in res["rtt_ns"] for ns in per]
-    phase.lost = sum(res["lost"])
+    per_target = [[ns / 1e6 for ns in per] for per in res["rtt_ns"]]
+    phase.rtt = [ms for per in per_target[:-2] for ms in per]
+    phase.refs = {"baseline": per_target[-2], "kernel": per_target[-1]}
+    phase.lost = sum(res["lost"][:-2])
     return phase
 
 
@@ -308,6 +315,20 @@ def report(idle: Phase, busy: Phase, rate: int) -> None:
     ratio = pct(busy.rtt, .99) / pct(idle.rtt, .99) if busy.rtt and idle.rtt else None
     if ratio is not None:
         figure("speaker_churn_arp_rtt_p99_ratio", ratio, "x")
+    refs = []
+    for who in ("baseline", "kernel"):
+        a, b = idle.refs[who], busy.refs[who]
+        if a and b:
+            refs.append([who, fmt(pct(a, .5), 3), fmt(pct(a, .99), 3), fmt(pct(b, .5), 3), fmt(pct(b, .99), 3),
+                         fmt(pct(b, .99) / pct(a, .99))])
+            figure(f"speaker_churn_{who}_arp_rtt_p99_ratio", pct(b, .99) / pct(a, .99), "x")
+    if busy.rtt and idle.rtt:
+        refs.insert(0, ["speaker", fmt(pct(idle.rtt, .5), 3), fmt(pct(idle.rtt, .99), 3), fmt(pct(busy.rtt, .5), 3),
+                        fmt(pct(busy.rtt, .99), 3), fmt(ratio)])
+    print(table(["ARP responder", "idle p50 ms", "idle p99 ms", "churn p50 ms", "churn p99 ms", "p99 churn/idle"],
+                refs))
+    if busy.rtt and busy.refs["baseline"]:
+        figure("speaker_churn_arp_rtt_p99_vs_baseline", pct(busy.rtt, .99) / pct(busy.refs["baseline"], .99), "x")
     print(f"churn     {busy.updates} updates at {rate}/s asked (API write p99 {busy.update_p99:.1f} ms)")
     jit = pct(busy.jitter, .99) * 1000 if busy.jitter else None
     print(f"targets   under churn: heartbeat jitter p99 {fmt(jit, 1)} ms (<= 20), ARP RTT p99 "
@@ -329,9 +350,12 @@ async def inside_async(cp: ControlPlane, args: argparse.Namespace, workdir: Path
                                         str(kubeconfig), "--lease-namespace", SA_NS, "--heartbeat-key-file", str(key),
                                         "--timing", args.timing, "--http-host", "0.0.0.0", "--http-port",
                                         str(HTTP_PORT), "--log-format", "json"],
-                    dict(os.environ, PYTHONUNBUFFERED="1"), logs=True, on_event=lambda _t, e: False)
+                    dict(os.environ, PYTHONUNBUFFERED="1",
+                         **({"LBCTL_GIL_SWITCH_INTERVAL": str(args.gil_switch_interval)}
+                            if args.gil_switch_interval else {})), logs=True, on_event=lambda _t, e: False)
         clock = BeaconClock()
         clock.start()
+        base: Child | None = None
         try:
             t0 = time.monotonic()
             while True:  # ready, and announcing every address of its own pool
@@ -351,6 +375,9 @@ async def inside_async(cp: ControlPlane, args: argparse.Namespace, workdir: Path
             await asyncio.sleep(2)
             targets = ips[:min(ARP_TARGETS, args.mine)]
             spy = (args.py_spy, args.py_spy_out)
+            base = Child("baseline", SPK_NS, [sys.executable, "-m", "benchmarks.lab_arp", "respond", "--iface",
+                                              "eth0", "--mac", SPK_MAC, "--ip", BASE_IP], dict(os.environ))
+            base.next_event("ready", 0, 20)
             idle = await measure(kube, spk, clock, "idle", args.duration, interval, targets, None, *spy)
             busy = await measure(kube, spk, clock, "churn", args.duration, interval, targets,
                                  (names[args.mine:], version, args.rate), *spy)
@@ -360,6 +387,8 @@ async def inside_async(cp: ControlPlane, args: argparse.Namespace, workdir: Path
         finally:
             clock.close()
             spk.stop()
+            if base is not None:
+                base.stop(grace=5)
 
 
 def inside(args: argparse.Namespace) -> None:
@@ -381,6 +410,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--duration", type=float, default=30.0, help="seconds per phase")
     p.add_argument("--timing", choices=list(TIMING_PRESETS), default="fast",
                    help="the speaker's heartbeat preset (fast: 0.1 s, many beacons to time)")
+    p.add_argument("--gil-switch-interval", type=float, metavar="S",
+                   help="the speaker's sys.setswitchinterval (default: its own, speaker/main.py GIL_SWITCH_INTERVAL; "
+                        "0.005 is CPython's)")
     p.add_argument("--py-spy", metavar="PATH", help="py-spy binary: record the speaker in each phase")
     p.add_argument("--py-spy-out", metavar="PREFIX", default="speaker-churn-profile",
                    help="py-spy's folded stacks go to PREFIX-idle.txt and PREFIX-churn.txt")
