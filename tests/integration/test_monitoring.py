@@ -103,7 +103,6 @@ def test_default_render_has_neither_rules_nor_dashboard() -> None:
     kinds = {(kind, name) for kind, name in render({}, MONITORING)}
     assert not [k for k in kinds if k[0] == "PrometheusRule"]
     assert ("ConfigMap", "lbctl-dashboard") not in kinds
-    assert not [k for k in kinds if k[0] == "ConfigMap"]
 
 
 def test_rules_need_the_prometheus_operator_api() -> None:
