@@ -232,7 +232,8 @@ def test_service_monitor_only_when_enabled() -> None:
     docs = render({"metrics": {"serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "p"}}}})
     sm = docs[("ServiceMonitor", "r-lbctl")]
     assert sm["apiVersion"] == "monitoring.coreos.com/v1" and sm["metadata"]["labels"]["release"] == "p"
-    assert sm["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
+    assert sm["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s", "relabelings": [
+        {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"}]}]
     for component, port in (("controller", 7472), ("speaker", 7473)):
         svc = docs[("Service", f"r-lbctl-{component}-metrics")]
         assert svc["spec"]["ports"][0]["port"] == port
