@@ -24,7 +24,8 @@ RTT (lab_arp rtt to the `mine` addresses). Targets: jitter p99 <= 20 ms, ARP RTT
 <= 10 % of a core. Interleaved with the speaker's probes, the same client times two references on the same
 bed in the same moments: a minimal Python responder (lab_arp respond, its own process in spk, BASE_IP) and
 the kernel (spk's own SPK_IP): what the churn costs any user-space answer on this machine (the API server,
-etcd and the churn client share its cores) against what it costs the speaker's. Prints FIGURE lines (tests/figures.py) and a table. Reports, does not assert.
+etcd and the churn client share its cores) against what it costs the speaker's. --pin gives the responders
+CPU 0 and the API side the other CPUs (taskset), as when the API server runs on other nodes. Prints FIGURE lines (tests/figures.py) and a table. Reports, does not assert.
 Everything it started (processes by PID, namespaces by name) is removed in `finally`, also on ^C.
 """
 
@@ -346,13 +347,11 @@ async def inside_async(cp: ControlPlane, args: argparse.Namespace, workdir: Path
         key = workdir / "key"
         key.write_text(os.urandom(32).hex())
         kubeconfig = cp.service_account_kubeconfig(SA_NS, f"{RELEASE}-speaker")
-        spk = Child("speaker", SPK_NS, [sys.executable, "-m", "lbctl.speaker", "--node-name", NODE, "--kubeconfig",
+        spk = Child("speaker", SPK_NS, [*pinned(args), sys.executable, "-m", "lbctl.speaker", "--node-name", NODE, "--kubeconfig",
                                         str(kubeconfig), "--lease-namespace", SA_NS, "--heartbeat-key-file", str(key),
                                         "--timing", args.timing, "--http-host", "0.0.0.0", "--http-port",
                                         str(HTTP_PORT), "--log-format", "json"],
-                    dict(os.environ, PYTHONUNBUFFERED="1",
-                         **({"LBCTL_GIL_SWITCH_INTERVAL": str(args.gil_switch_interval)}
-                            if args.gil_switch_interval else {})), logs=True, on_event=lambda _t, e: False)
+                    dict(os.environ, PYTHONUNBUFFERED="1"), logs=True, on_event=lambda _t, e: False)
         clock = BeaconClock()
         clock.start()
         base: Child | None = None
@@ -375,7 +374,7 @@ async def inside_async(cp: ControlPlane, args: argparse.Namespace, workdir: Path
             await asyncio.sleep(2)
             targets = ips[:min(ARP_TARGETS, args.mine)]
             spy = (args.py_spy, args.py_spy_out)
-            base = Child("baseline", SPK_NS, [sys.executable, "-m", "benchmarks.lab_arp", "respond", "--iface",
+            base = Child("baseline", SPK_NS, [*pinned(args), sys.executable, "-m", "benchmarks.lab_arp", "respond", "--iface",
                                               "eth0", "--mac", SPK_MAC, "--ip", BASE_IP], dict(os.environ))
             base.next_event("ready", 0, 20)
             idle = await measure(kube, spk, clock, "idle", args.duration, interval, targets, None, *spy)
@@ -389,6 +388,11 @@ async def inside_async(cp: ControlPlane, args: argparse.Namespace, workdir: Path
             spk.stop()
             if base is not None:
                 base.stop(grace=5)
+
+
+def pinned(args: argparse.Namespace) -> list[str]:
+    """The responders' (speaker, baseline) command prefix: their own CPU when --pin."""
+    return ["taskset", "-c", str(args.responder_cpu)] if args.responder_cpu is not None else []
 
 
 def inside(args: argparse.Namespace) -> None:
@@ -410,13 +414,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--duration", type=float, default=30.0, help="seconds per phase")
     p.add_argument("--timing", choices=list(TIMING_PRESETS), default="fast",
                    help="the speaker's heartbeat preset (fast: 0.1 s, many beacons to time)")
-    p.add_argument("--gil-switch-interval", type=float, metavar="S",
-                   help="the speaker's sys.setswitchinterval (default: its own, speaker/main.py GIL_SWITCH_INTERVAL; "
-                        "0.005 is CPython's)")
     p.add_argument("--py-spy", metavar="PATH", help="py-spy binary: record the speaker in each phase")
     p.add_argument("--py-spy-out", metavar="PREFIX", default="speaker-churn-profile",
                    help="py-spy's folded stacks go to PREFIX-idle.txt and PREFIX-churn.txt")
+    p.add_argument("--pin", action=argparse.BooleanOptionalAction, default=False,
+                   help="give the speaker and the baseline responder a CPU of their own and the API side (etcd, "
+                        "kube-apiserver, churn client, prober) the others, as when the API server runs on other "
+                        "nodes; --no-pin shares every CPU (a control-plane node)")
     p.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)  # the part run in the cli namespace
+    p.add_argument("--responder-cpu", type=int, help=argparse.SUPPRESS)  # the part run in the cli namespace
     args = p.parse_args(argv)
     if not 0 < args.mine < args.services:
         p.error("need 0 < --mine < --services")
@@ -429,8 +435,15 @@ def main(argv: list[str] | None = None) -> None:
     clean_namespaces(NAMESPACES)  # a crashed earlier run's leftovers: only ever our own names
     try:
         build_namespaces(BR_NS, hosts)
-        rc = subprocess.run(["ip", "netns", "exec", CLI_NS, sys.executable, "-m", "benchmarks.speaker_churn",
-                             "--inside", *(argv if argv is not None else sys.argv[1:])], cwd=ROOT).returncode
+        cpus = sorted(os.sched_getaffinity(0))
+        pin: list[str] = []
+        if args.pin and len(cpus) >= 2:  # the responders on the first CPU, the API side on the others
+            pin = ["taskset", "-c", ",".join(map(str, cpus[1:]))]
+            print(f"pinned    speaker and baseline responder on CPU {cpus[0]}; etcd, kube-apiserver, the churn "
+                  f"client and the ARP prober on CPU {','.join(map(str, cpus[1:]))}", flush=True)
+        rc = subprocess.run([*pin, "ip", "netns", "exec", CLI_NS, sys.executable, "-m", "benchmarks.speaker_churn",
+                             "--inside", *(argv if argv is not None else sys.argv[1:]),
+                             *(["--responder-cpu", str(cpus[0])] if pin else [])], cwd=ROOT).returncode
         if rc:
             raise SystemExit(rc)
     finally:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import signal
 import sys
 import time
@@ -39,11 +38,6 @@ from .withheld import WithheldReporter
 logger = log.get("speaker")
 HANDOVER_GRACE = 1.0  # at most this long answering after LEAVING; each IP stops once its successor announces it
 CONFIRM_S = 0.25  # a foreign claim counts only if we still own the IP this much later (not a move in flight)
-# How long the ARP/NDP and heartbeat threads may wait for the GIL while the event loop runs Python (decoding
-# watch events under API churn) before CPython makes it hand over: 5 ms by default, which is what an answer
-# waited at worst. The loop's work is a series of short steps that need no longer slices; the override is for
-# benchmarks/speaker_churn.py's comparison only.
-GIL_SWITCH_INTERVAL = float(os.environ.get("LBCTL_GIL_SWITCH_INTERVAL") or 0.0002)
 
 
 def check_strict_arp(interfaces: InterfaceTable) -> None:
@@ -423,7 +417,6 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         print(f"lbctl-speaker: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     denied = can_open_raw()
     if denied:
         print(f"lbctl-speaker: cannot open raw sockets ({denied}); the speaker needs CAP_NET_RAW "
