@@ -25,7 +25,8 @@ RTT (lab_arp rtt to the `mine` addresses). Targets: jitter p99 <= 20 ms, ARP RTT
 bed in the same moments: a minimal Python responder (lab_arp respond, its own process in spk, BASE_IP) and
 the kernel (spk's own SPK_IP): what the churn costs any user-space answer on this machine (the API server,
 etcd and the churn client share its cores) against what it costs the speaker's. --pin gives the responders
-CPU 0 and the API side the other CPUs (taskset), as when the API server runs on other nodes. Prints FIGURE lines (tests/figures.py) and a table. Reports, does not assert.
+CPU 0, where the prober runs too (so the whole ARP path, softirqs included, is there), and the API side (etcd,
+kube-apiserver, the churn client) the other CPUs (taskset), as when the API server runs on other nodes. Prints FIGURE lines (tests/figures.py) and a table. Reports, does not assert.
 Everything it started (processes by PID, namespaces by name) is removed in `finally`, also on ^C.
 """
 
@@ -253,11 +254,11 @@ async def churn(kube: Kube, names: list[str], version: str, rate: int, seconds: 
 
 async def measure(kube: Kube, spk: Child, clock: BeaconClock, label: str, seconds: float, interval: float,
                   targets: list[str], churn_args: tuple[list[str], str, int] | None,
-                  py_spy: str | None = None, py_spy_out: str = "") -> Phase:
+                  py_spy: str | None = None, py_spy_out: str = "", pin: tuple[str, ...] = ()) -> Phase:
     phase = Phase(label)
     count = max(10, int(seconds * 1000 / ARP_GAP_MS / (len(targets) + 2)))
     arp = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "benchmarks.lab_arp", "rtt", "--iface", "eth0", "--mac", CLI_MAC, "--ip", CLI_IP,
+        *pin, sys.executable, "-m", "benchmarks.lab_arp", "rtt", "--iface", "eth0", "--mac", CLI_MAC, "--ip", CLI_IP,
         "--targets", ",".join([*targets, BASE_IP, SPK_IP]), "--count", str(count), "--warmup", "5", "--gap-ms", str(ARP_GAP_MS),
         cwd=ROOT, stdout=asyncio.subprocess.PIPE)
     before = await asyncio.to_thread(scrape)
@@ -377,9 +378,10 @@ async def inside_async(cp: ControlPlane, args: argparse.Namespace, workdir: Path
             base = Child("baseline", SPK_NS, [*pinned(args), sys.executable, "-m", "benchmarks.lab_arp", "respond", "--iface",
                                               "eth0", "--mac", SPK_MAC, "--ip", BASE_IP], dict(os.environ))
             base.next_event("ready", 0, 20)
-            idle = await measure(kube, spk, clock, "idle", args.duration, interval, targets, None, *spy)
+            pin = tuple(pinned(args))
+            idle = await measure(kube, spk, clock, "idle", args.duration, interval, targets, None, *spy, pin)
             busy = await measure(kube, spk, clock, "churn", args.duration, interval, targets,
-                                 (names[args.mine:], version, args.rate), *spy)
+                                 (names[args.mine:], version, args.rate), *spy, pin)
             if not spk.alive():
                 raise RuntimeError("speaker exited during the run: " + " | ".join(spk.tail[-8:]))
             report(idle, busy, args.rate)
@@ -391,7 +393,7 @@ async def inside_async(cp: ControlPlane, args: argparse.Namespace, workdir: Path
 
 
 def pinned(args: argparse.Namespace) -> list[str]:
-    """The responders' (speaker, baseline) command prefix: their own CPU when --pin."""
+    """The ARP path's command prefix (speaker, baseline responder, prober): their own CPU when --pin."""
     return ["taskset", "-c", str(args.responder_cpu)] if args.responder_cpu is not None else []
 
 
@@ -418,8 +420,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--py-spy-out", metavar="PREFIX", default="speaker-churn-profile",
                    help="py-spy's folded stacks go to PREFIX-idle.txt and PREFIX-churn.txt")
     p.add_argument("--pin", action=argparse.BooleanOptionalAction, default=False,
-                   help="give the speaker and the baseline responder a CPU of their own and the API side (etcd, "
-                        "kube-apiserver, churn client, prober) the others, as when the API server runs on other "
+                   help="give the ARP path (speaker, baseline responder, prober) a CPU of its own and the API side "
+                        "(etcd, kube-apiserver, churn client) the others, as when the API server runs on other "
                         "nodes; --no-pin shares every CPU (a control-plane node)")
     p.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)  # the part run in the cli namespace
     p.add_argument("--responder-cpu", type=int, help=argparse.SUPPRESS)  # the part run in the cli namespace
@@ -439,8 +441,8 @@ def main(argv: list[str] | None = None) -> None:
         pin: list[str] = []
         if args.pin and len(cpus) >= 2:  # the responders on the first CPU, the API side on the others
             pin = ["taskset", "-c", ",".join(map(str, cpus[1:]))]
-            print(f"pinned    speaker and baseline responder on CPU {cpus[0]}; etcd, kube-apiserver, the churn "
-                  f"client and the ARP prober on CPU {','.join(map(str, cpus[1:]))}", flush=True)
+            print(f"pinned    speaker, baseline responder and ARP prober on CPU {cpus[0]}; etcd, kube-apiserver "
+                  f"and the churn client on CPU {','.join(map(str, cpus[1:]))}", flush=True)
         rc = subprocess.run([*pin, "ip", "netns", "exec", CLI_NS, sys.executable, "-m", "benchmarks.speaker_churn",
                              "--inside", *(argv if argv is not None else sys.argv[1:]),
                              *(["--responder-cpu", str(cpus[0])] if pin else [])], cwd=ROOT).returncode

@@ -133,7 +133,7 @@ async def run(args: argparse.Namespace) -> None:
                 await task
         if elector is None or elector.may_write():
             await reconciler.drain()
-        await events.drain()
+        await events.close()
         if elector is not None and fenced is not None and elector.may_write() and \
                 fenced.quiet_at < time.monotonic() - (args.timing.lease_duration - args.timing.renew_deadline):
             # Writers are stopped and none may still land: hand over now rather than after the lease expires.

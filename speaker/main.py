@@ -400,7 +400,7 @@ async def run(args: argparse.Namespace, keys: Keyring) -> None:
                 await asyncio.wait_for(lease.release(), 2)
         if recorder:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(recorder.drain(), 2)
+                await asyncio.wait_for(recorder.close(), 2)
         await http.cleanup()
         if kube:
             await kube.close()

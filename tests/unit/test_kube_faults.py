@@ -101,7 +101,7 @@ def test_event_post_survives_dropped_connections(mode: str) -> None:
                 events.emit({"kind": "Service", "name": "s", "namespace": "ns"}, "Warning", "R", "m")
                 tasks = list(events._tasks)
                 await srv.wait_requests(1)
-                await events.drain()
+                await events.close()  # shutting down: not tried again
                 for task in tasks:  # a task that died of the error, rather than logging it
                     assert task.exception() is None, task.exception()
 
@@ -131,5 +131,54 @@ def test_a_leader_write_on_the_wire_is_abandoned_when_the_fence_runs_out() -> No
                 assert loop.time() >= left["until"]
                 assert fenced.quiet_at > float("-inf")  # it may still land: our next incarnation must wait
                 assert counter._value.get() == 1
+
+    asyncio.run(main())
+
+
+def test_an_event_write_that_did_not_complete_is_tried_again() -> None:
+    # The reconciler posts each warning once: an Event lost to an API server restart left a pending Service
+    # with no reason at all (the 2,000-step random run, seed 2, step 1982). client-go's recorder tries again.
+    async def main() -> None:
+        async with FaultServer("disconnect", body={"metadata": {"name": "s.1"}}) as srv:
+            async with Kube(KubeConfig(server=srv.url)) as kube:
+                events = EventRecorder(kube, "test", retry_delays=(0.05, 0.05, 0.05))
+                events.emit({"kind": "Service", "name": "s", "namespace": "ns"}, "Warning", "R", "m")
+                await srv.wait_requests(2)  # the first failed; a second try came
+                srv.mode = "ok"
+                await srv.wait_requests(3)
+                await events.drain()
+                assert srv.requests == [("POST", "/api/v1/namespaces/ns/events")] * 3
+                assert (events.failed, events.writes) == (2, 3)
+                # Held by the server now: the next emit of the same warning patches its count.
+                events.emit({"kind": "Service", "name": "s", "namespace": "ns"}, "Warning", "R", "m")
+                await srv.wait_requests(4)
+                await events.drain()
+                assert srv.requests[-1] == ("PATCH", "/api/v1/namespaces/ns/events/s.1")
+
+    asyncio.run(main())
+
+
+def test_an_event_write_gives_up_after_its_tries() -> None:
+    async def main() -> None:
+        async with FaultServer("disconnect") as srv:
+            async with Kube(KubeConfig(server=srv.url)) as kube:
+                events = EventRecorder(kube, "test", retry_delays=(0.01, 0.01))
+                events.emit({"kind": "Service", "name": "s", "namespace": "ns"}, "Warning", "R", "m")
+                await srv.wait_requests(3)
+                await events.drain()
+                assert (len(srv.requests), events.failed) == (3, 3)
+
+    asyncio.run(main())
+
+
+def test_closing_stops_the_tries_at_once() -> None:
+    async def main() -> None:
+        async with FaultServer("disconnect") as srv:
+            async with Kube(KubeConfig(server=srv.url)) as kube:
+                events = EventRecorder(kube, "test")  # the real delays: ~95 s of tries
+                events.emit({"kind": "Service", "name": "s", "namespace": "ns"}, "Warning", "R", "m")
+                await srv.wait_requests(1)
+                await asyncio.wait_for(events.close(), 5)  # a daemon's shutdown does not wait them out
+                assert len(srv.requests) == 1
 
     asyncio.run(main())
