@@ -2,7 +2,8 @@
 
 Its own control plane (etcd + kube-apiserver, the chart's CRDs and RBAC), two real controller replicas and
 tests/random_run.py's steps; prints the figures (steps, restarts of each kind, checks, duration, violations).
-Exit status 1 when any invariant was violated. --keep-logs keeps the controllers' logs and says where.
+Exit status 1 when any invariant was violated. The controllers' logs and the steps are kept (and where is
+printed) when a violation was seen or the run failed, and always with --keep-logs.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"random run: seed {seed}, {args.steps} steps", flush=True)
     cp = ControlPlane()
     workdir = Path(tempfile.mkdtemp(prefix="lbctl-random-run-"))
+    fig = None
     try:
         cp.start()
         cp.install_chart(values={"pools": []})
@@ -36,8 +38,10 @@ def main(argv: list[str] | None = None) -> None:
         fig = RandomRun(cp, workdir, seed, args.steps, say=lambda line: print(line, flush=True)).run()
     finally:
         cp.cleanup()
-        if args.keep_logs:
-            print(f"controller logs: {workdir}")
+        # A violation's evidence (steps.log, both replicas' logs) is kept whatever was asked: the timing that
+        # led to it may not come again with the same seed.
+        if args.keep_logs or fig is None or fig.violations:
+            print(f"controller logs and steps: {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     print(fig.summary())
