@@ -7,6 +7,7 @@ Modes of `FaultServer` (set `.mode` at any time; each request reads it once its 
 - "reset":      send headers promising a body, then an RST (SO_LINGER 0)
 - "stall":      read the request and never answer
 - "ok":         answer 200 with `.body` (JSON)
+- "forbidden":  answer 403 with a Status, as a restarted API server does until its RBAC cache is filled
 """
 
 from __future__ import annotations
@@ -58,6 +59,13 @@ class FaultServer:
                 ok = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
                 if mode == "ok":
                     writer.write(ok + body)
+                    await writer.drain()
+                    continue
+                if mode == "forbidden":
+                    status = json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
+                                         "reason": "Forbidden", "message": "events is forbidden"}).encode()
+                    writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: %d\r\n\r\n" % len(status) + status)
                     await writer.drain()
                     continue
                 if mode == "stall":

@@ -1,7 +1,7 @@
 """Posting core/v1 Events, fire-and-forget: a failed Event must never block or crash a daemon, and a repeated
 one must not flood the API server (aggregated and rate-limited as client-go does: lbctl/core/events.py).
 
-A write that did not complete, or met 429/5xx, is tried again (as client-go's recorder does, up to 12 tries):
+A write that did not complete, or met 403/429/5xx, is tried again (as client-go's recorder does, up to 12 tries):
 callers post each warning once, so an Event lost to an API server restart would leave a pending Service
 without a reason."""
 
@@ -21,6 +21,8 @@ from .client import ApiError, Kube, KubeError, Unreachable
 
 logger = log.get(__name__)
 RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0) + (10.0,) * 7  # seconds before each further try: 12 tries over ~95 s
+# 403 too: a restarted API server refuses every ServiceAccount until its RBAC cache is filled (seen for seconds)
+AGAIN_STATUS = frozenset({403, 429, 500, 502, 503, 504})
 _AGAIN = "\0again"  # _post's answer for a failure worth another try (never an Event's name)
 
 
@@ -92,7 +94,7 @@ class EventRecorder:
         except KubeError as exc:
             self.failed += 1
             logger.warning("event_post_failed", reason=reason, object=involved.get("name"), error=str(exc))
-            if isinstance(exc, Unreachable) or (isinstance(exc, ApiError) and (exc.status == 429 or exc.status >= 500)):
+            if isinstance(exc, Unreachable) or (isinstance(exc, ApiError) and exc.status in AGAIN_STATUS):
                 return _AGAIN
             return None
 

@@ -182,3 +182,20 @@ def test_closing_stops_the_tries_at_once() -> None:
                 assert len(srv.requests) == 1
 
     asyncio.run(main())
+
+
+def test_an_event_refused_as_forbidden_is_tried_again() -> None:
+    # A restarted API server answers 403 to every ServiceAccount until its RBAC cache is filled (the random run,
+    # seed 4, step 564: the Event of a pending Service was refused so, and never written).
+    async def main() -> None:
+        async with FaultServer("forbidden", body={"metadata": {"name": "s.1"}}) as srv:
+            async with Kube(KubeConfig(server=srv.url)) as kube:
+                events = EventRecorder(kube, "test", retry_delays=(0.05, 0.05, 0.05))
+                events.emit({"kind": "Service", "name": "s", "namespace": "ns"}, "Warning", "R", "m")
+                await srv.wait_requests(2)
+                srv.mode = "ok"
+                await srv.wait_requests(3)
+                await events.drain()
+                assert srv.requests == [("POST", "/api/v1/namespaces/ns/events")] * 3
+
+    asyncio.run(main())
