@@ -53,6 +53,9 @@ class Reconciler:
         self._pools_dirty = False
         self._wake = asyncio.Event()
         self._pending: dict[str, str] = {}  # key -> why it has no address
+        # Holding addresses while its request cannot be met now ("cannot move"): looked at again whenever an
+        # address is freed, like the pending ones, so the move happens then, not at the next restart.
+        self._unmet: set[str] = set()
         self._notices: dict[str, _Notice] = {}  # last warning per Service, to post each once
         # Services whose status write was refused because the status changed since our view of it: when the
         # watch brings a newer version, the table takes that status as a restart would, not our unwritten decision.
@@ -258,6 +261,7 @@ class Reconciler:
             self._warn(req, "AllocationFailed", outcome.error)
             return None
         self._pending.pop(key, None)
+        (self._unmet.add if outcome.error else self._unmet.discard)(key)
         if outcome.error:
             self._warn(req, "AllocationFailed", outcome.error)
         elif outcome.retained:
@@ -328,11 +332,13 @@ class Reconciler:
             if not self._waiting[ns]:
                 del self._waiting[ns]
         self._pending.pop(key, None)
+        self._unmet.discard(key)
         self._notices.pop(key, None)
         self._stale.pop(key, None)
 
     def _retry_pending(self) -> None:
         self._dirty.update(self._pending)
+        self._dirty.update(self._unmet)
         self._wake.set()
 
     def _ours(self, ips: Iterable[str]) -> bool:

@@ -117,3 +117,25 @@ def test_an_ippool_event_with_an_unchanged_spec_revisits_no_service(monkeypatch:
     assert kube.status == {"a/x": ["198.18.51.0"], "a/y": ["198.18.51.1"]}
     assert counts[1] == counts[0]  # same spec: nothing decided again
     assert counts[2] == counts[1] + 2  # changed spec: both assigned Services looked at again
+
+
+def held(ns: str, name: str, ips: list[str], rv: str, **annotations: str) -> Any:
+    return read_service({"metadata": {"namespace": ns, "name": name, "uid": f"u-{ns}-{name}", "resourceVersion": rv,
+                                      "annotations": annotations},
+                         "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]},
+                         "status": {"loadBalancer": {"ingress": [{"ip": ip} for ip in ips]}}})
+
+
+def test_a_request_that_could_not_be_met_is_met_once_its_address_is_freed() -> None:
+    # a/x asks for .1 while a/y holds it: it keeps .0 and is told it cannot move. When a/y goes, the leader must
+    # move it now, as a restarted leader would (the random run, seed 4, step 894: only a SIGKILL of the leader
+    # made the move, so a quiet restart rewrote a status).
+    r, kube, _ = make()
+    run_for(r, 0.05,
+            lambda: (r.pools_listed(POOLS), r.namespaces_listed({"a": {}}),
+                     r.services_listed([held("a", "x", ["198.18.51.0"], "1"), held("a", "y", ["198.18.51.1"], "2")])),
+            lambda: r.service_seen(held("a", "x", ["198.18.51.0"], "3", **{"lbctl.io/loadBalancerIPs": "198.18.51.1"})),
+            lambda: kube.status.setdefault("while-held", list(kube.status.get("a/x", []))),
+            lambda: r.service_gone("a/y"))
+    assert kube.status["while-held"] == []  # nothing written: it keeps .0 (and gets a warning)
+    assert kube.status["a/x"] == ["198.18.51.1"]
