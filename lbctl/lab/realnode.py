@@ -269,16 +269,28 @@ class RealNode:
         except (OSError, ValueError):
             return None
 
-    def _pids_in_mount_namespace(self) -> set[int]:
+    def _mount_ns_inode(self) -> int | None:
         try:
-            ino = int((self.workdir / "mntns").read_text())
+            return int((self.workdir / "mntns").read_text())
         except (OSError, ValueError):
-            return set()
+            return None
+
+    def _pids_in_mount_namespace(self) -> set[int]:
+        ino = self._mount_ns_inode()
         holder = self._pid("holder")
-        return {pid for pid in _all_pids() if pid != holder and _mount_ns(pid) == ino}
+        return {pid for pid in _all_pids() if ino and pid != holder and _mount_ns(pid) == ino}
+
+    def _ours(self, pid: int | None) -> bool:
+        """A recorded pid is ours while it lives in the node's mount namespace (or is a child we still hold):
+        after a crash and a reboot the number may belong to anybody."""
+        if not pid or not alive(pid):
+            return False
+        if any(p.pid == pid and p.poll() is None for p in self._procs.values()):
+            return True
+        return _mount_ns(pid) == self._mount_ns_inode()
 
     def _kill(self, pid: int | None, grace: float) -> None:
-        if not alive(pid):
+        if not self._ours(pid):
             return
         assert pid
         signal_group(pid, signal.SIGTERM if grace else signal.SIGKILL)
