@@ -73,7 +73,7 @@ for name in "${missing[@]}"; do
     install -m 0755 _output/pause "$CACHE/bin/pause"
   else
     # One make per binary: the shared Go cache makes the later ones cheaper, and the log says which failed.
-    echo "== building $name (minutes: the first one compiles the shared packages)"
+    echo "== building $name"
     make WHAT="cmd/$name" >"$WORK/make.log" 2>&1 || { tail -50 "$WORK/make.log"; exit 1; }
     install -m 0755 "_output/bin/$name" "$CACHE/bin/$name"
   fi

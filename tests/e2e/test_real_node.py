@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ CAP_NET_RAW = 1 << 13
 class Cluster:
     cp: ControlPlane
     node: realnode.RealNode
+    started: float  # when the kubelet was started (monotonic)
 
     def get(self, path: str) -> Any:
         """The object, or None when the API server has none (404 or any error: the caller waits)."""
@@ -98,6 +100,7 @@ def cluster() -> Iterator[Cluster]:
         cp = ControlPlane(host=CP_IP, netns=CP_NS, workdir=WORKDIR / "cp", dual_stack=False, controllers=True)
         cp.start()
         cp.node_kubeconfig(NODE)
+        started = time.monotonic()
         node.start()
         image.ensure_tools()
         image.ensure_base()
@@ -105,7 +108,7 @@ def cluster() -> Iterator[Cluster]:
         image.podman("save", "--format", "docker-archive", "-o", str(archive), image.BASE_TAG, timeout=300)
         node.import_image(archive)
         archive.unlink()
-        yield Cluster(cp, node)
+        yield Cluster(cp, node, started)
     finally:
         _teardown(node, cp)
 
@@ -151,18 +154,21 @@ def test_daemonset_pod_runs_on_the_real_node(cluster: Cluster) -> None:
     node_obj = wait_for(lambda: (n := cluster.get(f"/api/v1/nodes/{NODE}")) and _condition(n, "Ready") and n,
                         90, 0.5, f"Node {NODE} Ready (kubelet log: {cluster.node.logs / 'kubelet.log'})")
     assert {"type": "InternalIP", "address": NODE_IP} in node_obj["status"]["addresses"]
+    print(f"real node: Ready {time.monotonic() - cluster.started:.1f} s after containerd and kubelet start")
     # The controller-manager's ServiceAccount controllers, with the API server's signing key.
     sa = wait_for(lambda: (s := cluster.get(f"/api/v1/namespaces/{NS}/serviceaccounts/default")) and
                   s.get("secrets") and s, 60, 0.5, "the default ServiceAccount with its token Secret")
     token = cluster.cp.request("GET", f"/api/v1/namespaces/{NS}/secrets/{sa['secrets'][0]['name']}")
     assert token["type"] == "kubernetes.io/service-account-token" and token["data"]["token"]
 
+    created = time.monotonic()
     ds = cluster.cp.request("POST", f"/apis/apps/v1/namespaces/{NS}/daemonsets", _daemonset())
 
     def ready_pod() -> dict[str, Any] | None:
         pods = cluster.get(f"/api/v1/namespaces/{NS}/pods?labelSelector=app%3D{DS}") or {"items": []}
         return next((p for p in pods["items"] if _condition(p, "Ready")), None)
     pod = wait_for(ready_pod, 120, 0.5, f"the DaemonSet's pod Ready (node logs: {cluster.node.logs})")
+    print(f"real node: DaemonSet pod Ready {time.monotonic() - created:.1f} s after the DaemonSet was created")
 
     name = pod["metadata"]["name"]
     [owner] = pod["metadata"]["ownerReferences"]
