@@ -147,9 +147,9 @@ class RealNode:
         """Every process under the node's cgroup root (its containers), in any hierarchy."""
         pids: set[int] = set()
         for root in _cgroup_dirs(self.cgroup):
-            for procs in root.rglob("cgroup.procs"):
+            for d in _cgroup_tree(root):
                 try:
-                    pids |= {int(p) for p in procs.read_text().split()}
+                    pids |= {int(p) for p in (d / "cgroup.procs").read_text().split()}
                 except OSError:
                     pass  # the cgroup went away while we read it
         return pids
@@ -157,7 +157,7 @@ class RealNode:
     def stop(self) -> None:
         """Stop everything the node started and remove its cgroups; the workdir stays (logs). Idempotent, and
         works from a process that did not start the node (pidfiles)."""
-        self._kill(self._pid("kubelet"), grace=10)
+        self._kill(self._pid("kubelet"), grace=3)
         self._kill_all(self.pids_in_cgroup)  # the containers: the kubelet would restart them
         self._kill(self._pid("containerd"), grace=10)
         self._kill_all(lambda: self.pids_in_cgroup() | self._pids_in_mount_namespace())  # shims
@@ -353,6 +353,12 @@ def _cgroup_mounts(v1_only: bool = False) -> list[Path]:
     return [Path(m) for m in mounts]
 
 
+def _cgroup_tree(root: Path) -> list[Path]:
+    """The cgroup and its descendants, deepest first. os.walk, not Path.rglob: runc removes a dead container's
+    cgroup while we walk, and rglob raises on a directory that vanished (os.walk skips it)."""
+    return [Path(d) for d, _, _ in os.walk(root, topdown=False)]
+
+
 def _cgroup_dirs(name: str) -> list[Path]:
     return [m / name for m in _cgroup_mounts() if (m / name).is_dir()]
 
@@ -364,11 +370,13 @@ def _remove_cgroups(name: str, timeout: float = 10) -> list[str]:
     while True:
         left = []
         for root in _cgroup_dirs(name):
-            for d in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [root]:
+            for d in _cgroup_tree(root):
                 try:
                     d.rmdir()
-                except OSError:
-                    left.append(str(d))
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    left.append(f"{d}: {e.strerror}")
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.1)

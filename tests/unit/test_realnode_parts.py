@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from lbctl.lab import kubebins, ociarchive
+from lbctl.lab import kubebins, ociarchive, realnode
 
 
 def test_archive_is_a_docker_archive_with_one_layer(tmp_path: Path) -> None:
@@ -47,3 +49,23 @@ def test_missing_binaries_name_the_build_command(tmp_path: Path, monkeypatch: py
         kubebins.require("kubelet", "pause", "kube-scheduler")
     assert "build-apiserver.sh pause kube-scheduler`" in str(err.value)
     assert str(err.value).startswith("pause, kube-scheduler not built")
+
+
+def test_cgroup_walk_survives_a_cgroup_removed_meanwhile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """runc deletes a dead container's cgroup while stop() lists the node's processes (seen: a teardown error)."""
+    hierarchy = tmp_path / "pids"
+    for d, pids in (("rn-node", "1\n"), ("rn-node/kubepods", "2\n"), ("rn-node/kubepods/gone", "3\n")):
+        (hierarchy / d).mkdir(parents=True)
+        (hierarchy / d / "cgroup.procs").write_text(pids)
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"cgroup {hierarchy} cgroup rw,pids 0 0\n")
+    monkeypatch.setattr(realnode, "CGROUP_MOUNTS", mounts)
+    real_scandir = os.scandir
+
+    def vanishing(path: Any) -> Any:
+        if str(path).endswith("/gone"):
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return real_scandir(path)
+    monkeypatch.setattr(os, "scandir", vanishing)
+    node = realnode.RealNode("node", "rn-node", "198.18.0.21", tmp_path / "w", tmp_path / "kc")
+    assert node.pids_in_cgroup() >= {1, 2}
