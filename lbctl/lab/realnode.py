@@ -157,15 +157,31 @@ class RealNode:
     def stop(self) -> None:
         """Stop everything the node started and remove its cgroups; the workdir stays (logs). Idempotent, and
         works from a process that did not start the node (pidfiles)."""
-        self._kill(self._pid("kubelet"), grace=3)
-        self._kill_all(self.pids_in_cgroup)  # the containers: the kubelet would restart them
-        self._kill(self._pid("containerd"), grace=10)
-        self._kill_all(lambda: self.pids_in_cgroup() | self._pids_in_mount_namespace())  # shims
-        self._kill(self._pid("holder"), grace=0)
+        steps: list[Callable[[], None]] = [
+            lambda: self._kill(self._pid("kubelet"), grace=3),
+            lambda: self._kill_all(self.pids_in_cgroup),  # the containers: the kubelet would restart them
+            lambda: self._kill(self._pid("containerd"), grace=10),
+            lambda: self._kill_all(lambda: self.pids_in_cgroup() | self._pids_in_mount_namespace()),  # shims
+            lambda: self._kill(self._pid("holder"), grace=0),
+            self._reap_all,
+            self._remove_cgroups,
+        ]
+        errors = []
+        for step in steps:  # a failed step must not leave the later ones' processes running
+            try:
+                step()
+            except Exception as e:  # noqa: BLE001 - raised below, after every step had its turn
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+    def _reap_all(self) -> None:
         for proc in self._procs.values():
             if proc.poll() is None:
                 proc.wait(timeout=10)
         self._procs.clear()
+
+    def _remove_cgroups(self) -> None:
         left = _remove_cgroups(self.cgroup)
         if left:
             raise NodeError(f"cgroup directories of node {self.name} could not be removed: {left}")

@@ -79,9 +79,9 @@ def _teardown(node: realnode.RealNode, cp: ControlPlane | None) -> None:
         cp.cleanup()
     for ns in (NODE_NS, CP_NS):
         _sh("ip", "netns", "del", ns, check=False)
-    shutil.rmtree(WORKDIR, ignore_errors=True)
     if errors:
-        raise errors[0]
+        raise errors[0]  # WORKDIR stays: its pidfiles let the next run finish the job
+    shutil.rmtree(WORKDIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -69,3 +69,20 @@ def test_cgroup_walk_survives_a_cgroup_removed_meanwhile(tmp_path: Path, monkeyp
     monkeypatch.setattr(os, "scandir", vanishing)
     node = realnode.RealNode("node", "rn-node", "198.18.0.21", tmp_path / "w", tmp_path / "kc")
     assert node.pids_in_cgroup() >= {1, 2}
+
+
+def test_stop_runs_every_step_when_one_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A teardown error (the cgroup walk above) once left containerd and the namespace holder running."""
+    node = realnode.RealNode("node", "rn-none", "198.18.0.21", tmp_path / "w", tmp_path / "kc")
+    killed: list[int | None] = []
+    monkeypatch.setattr(realnode.RealNode, "_pid", lambda self, name: {"kubelet": 1, "containerd": 2,
+                                                                       "holder": 3}[name])
+    monkeypatch.setattr(realnode.RealNode, "_kill", lambda self, pid, grace: killed.append(pid))
+
+    def broken(self: realnode.RealNode, find: Any) -> None:
+        raise FileNotFoundError("a cgroup vanished")
+    monkeypatch.setattr(realnode.RealNode, "_kill_all", broken)
+    monkeypatch.setattr(realnode, "_remove_cgroups", lambda name: [])
+    with pytest.raises(FileNotFoundError):
+        node.stop()
+    assert killed == [1, 2, 3]
