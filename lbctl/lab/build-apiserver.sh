@@ -1,15 +1,30 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver from Debian's kubernetes source package (1.20) with Debian's Go 1.15,
-# because no Kubernetes binaries or images can be downloaded here. The result is cached:
-#   ${LBCTL_CACHE:-~/.cache/lbctl}/bin/kube-apiserver
+# Builds the Kubernetes 1.20 binaries the lab runs from Debian's kubernetes source package with Debian's Go 1.15,
+# because no Kubernetes binaries or images can be downloaded here, and the pause binary the same source holds
+# (build/pause/linux/pause.c, static, with Debian's gcc): the sandbox image of the lab's containerd.
+#   build-apiserver.sh [NAME...]   NAME: kube-apiserver kubelet kube-controller-manager kube-scheduler kube-proxy
+#                                  pause; default: all of them
+# Only the missing ones are built, all from one source download. The results are cached:
+#   ${LBCTL_CACHE:-~/.cache/lbctl}/bin/NAME
 # A private apt state dir is used so the host's apt sources are not modified.
 set -euo pipefail
 
+ALL=(kube-apiserver kubelet kube-controller-manager kube-scheduler kube-proxy pause)
 CACHE="${LBCTL_CACHE:-$HOME/.cache/lbctl}"
-OUT="$CACHE/bin/kube-apiserver"
-if [[ -x "$OUT" ]] && "$OUT" --version >/dev/null 2>&1; then
-  echo "kube-apiserver cached: $OUT"; exit 0
-fi
+PAUSE_VERSION="v3.4.1"  # build/pause/Makefile's TAG in kubernetes 1.20
+
+cached() {  # a binary that runs counts as built (a half-written file does not)
+  local bin="$CACHE/bin/$1"
+  [[ -x "$bin" ]] || return 1
+  if [[ "$1" == pause ]]; then "$bin" -v >/dev/null 2>&1; else "$bin" --version >/dev/null 2>&1; fi
+}
+
+missing=()
+for name in "${@:-${ALL[@]}}"; do
+  [[ " ${ALL[*]} " == *" $name "* ]] || { echo "unknown binary: $name (one of: ${ALL[*]})" >&2; exit 2; }
+  if cached "$name"; then echo "$name cached: $CACHE/bin/$name"; else missing+=("$name"); fi
+done
+((${#missing[@]})) || exit 0
 
 K8S_VERSION="1.20.5+really1.20.2-1.1+deb12u1"
 WORK="$CACHE/build"
@@ -27,6 +42,10 @@ APTOPTS=(-o "Dir::Etc::SourceList=$APT/sources.list" -o "Dir::Etc::SourceParts=/
 
 command -v rsync >/dev/null || apt-get install -y -q rsync
 command -v dpkg-source >/dev/null || apt-get install -y -q dpkg-dev
+if [[ " ${missing[*]} " == *" pause "* ]]; then
+  # gcc alone does not bring libc.a, which -static needs.
+  [[ "$(gcc -print-file-name=libc.a 2>/dev/null)" == /* ]] || apt-get install -y -q --no-install-recommends gcc libc6-dev
+fi
 
 echo "== fetching package indexes"
 apt-get "${APTOPTS[@]}" update -q
@@ -45,8 +64,21 @@ git init -q .
 export PATH="$GOROOT/bin:$PATH" CGO_ENABLED=0 GOPATH="$WORK/gopath" GOCACHE="$WORK/gocache" HOME="$WORK/home"
 export GOFLAGS=-mod=vendor KUBE_GIT_VERSION="v1.20.2" KUBE_GIT_TREE_STATE=clean
 mkdir -p "$HOME"
-echo "== building kube-apiserver (a few minutes)"
-make WHAT=cmd/kube-apiserver >"$WORK/make.log" 2>&1 || { tail -50 "$WORK/make.log"; exit 1; }
-install -m 0755 _output/bin/kube-apiserver "$OUT"
+for name in "${missing[@]}"; do
+  started=$SECONDS
+  if [[ "$name" == pause ]]; then
+    echo "== building pause (gcc -static)"
+    mkdir -p _output
+    gcc -Os -Wall -Werror -static -DVERSION="$PAUSE_VERSION" -o _output/pause build/pause/linux/pause.c
+    install -m 0755 _output/pause "$CACHE/bin/pause"
+  else
+    # One make per binary: the shared Go cache makes the later ones cheaper, and the log says which failed.
+    echo "== building $name"
+    make WHAT="cmd/$name" >"$WORK/make.log" 2>&1 || { tail -50 "$WORK/make.log"; exit 1; }
+    install -m 0755 "_output/bin/$name" "$CACHE/bin/$name"
+  fi
+  echo "   $name built in $((SECONDS - started)) s"
+done
 cd /; rm -rf "$WORK"
-"$OUT" --version
+for name in "${missing[@]}"; do cached "$name" || { echo "$name does not run after the build" >&2; exit 1; }; done
+echo "built: ${missing[*]} (in $CACHE/bin)"

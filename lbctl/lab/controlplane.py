@@ -8,6 +8,7 @@ exactly the RBAC the Helm chart installs.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -26,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from lbctl import assets
-from . import k8sbin
+from . import k8sbin, kubebins
 
 CACHE = Path(os.environ.get("LBCTL_CACHE", Path.home() / ".cache" / "lbctl"))
 APISERVER = Path(os.environ.get("LBCTL_APISERVER", CACHE / "bin" / "kube-apiserver"))
@@ -35,6 +36,11 @@ RELEASE = "lbctl"  # the chart's release in SA_NS: ServiceAccounts lbctl-control
 # Static-token identities: only the admin (tests, lab, helm). Daemons get ServiceAccount tokens.
 USERS = {
     "admin": ("lbctl-admin", "system:masters"),
+}
+# With `controllers`: the identities RBAC's bootstrap policy binds kube-controller-manager and kube-scheduler to.
+COMPONENT_USERS = {
+    "controller-manager": ("system:kube-controller-manager", ""),
+    "scheduler": ("system:kube-scheduler", ""),
 }
 TOKEN_SECONDS = 24 * 3600  # outlives any test session or lab run; the server's CA and key die with the workdir
 
@@ -51,7 +57,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def ensure_apiserver() -> Path:
     if not (APISERVER.exists() and os.access(APISERVER, os.X_OK)):
-        subprocess.run(["bash", str(assets.apiserver_build_script())], check=True)
+        subprocess.run(["bash", str(assets.apiserver_build_script()), "kube-apiserver"], check=True)
     return APISERVER
 
 
@@ -62,6 +68,9 @@ class ControlPlane:
     workdir: Path | None = None
     netns: str | None = None  # run inside this network namespace (lab)
     dual_stack: bool = True
+    # kube-controller-manager and kube-scheduler too, and what real kubelets need from the API server: a client
+    # CA for their certificates (node_kubeconfig), the Node authorizer, InternalIP to reach them.
+    controllers: bool = False
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     tokens: dict[str, str] = field(default_factory=dict)
     _argv: dict[str, list[str]] = field(default_factory=dict)
@@ -83,6 +92,26 @@ class ControlPlane:
         token = resp["status"]["token"]
         path = self.workdir / f"kubeconfig-sa-{namespace}-{service_account}"
         _write_private(path, yaml.safe_dump(self._kubeconfig_doc(f"{namespace}-{service_account}", token)))
+        return path
+
+    def node_kubeconfig(self, node: str) -> Path:
+        """A kubeconfig (mode 0600) with a client certificate for system:node:<node> in system:nodes, as a
+        kubelet has after TLS bootstrap; everything embedded so it works from any directory."""
+        assert self.workdir and self.controllers, "node credentials need ControlPlane(controllers=True)"
+        wd = self.workdir
+        key, crt = wd / f"node-{node}.key", wd / f"node-{node}.crt"
+        _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                 "-subj", f"/O=system:nodes/CN=system:node:{node}", "-keyout", str(key), "-out", str(crt) + ".csr")
+        _openssl("x509", "-req", "-in", str(crt) + ".csr", "-CA", str(wd / "client-ca.crt"), "-CAkey",
+                 str(wd / "client-ca.key"), "-set_serial", str(secrets.randbits(63)), "-days", "2", "-out", str(crt))
+        doc = self._kubeconfig_doc(f"system:node:{node}", "")
+        b64 = lambda p: base64.b64encode(p.read_bytes()).decode()  # noqa: E731
+        doc["clusters"][0]["cluster"] = {"server": self.url, "certificate-authority-data": b64(wd / "apiserver.crt")}
+        doc["users"][0]["user"] = {"client-certificate-data": b64(crt), "client-key-data": b64(key)}
+        path = wd / f"kubeconfig-node-{node}"
+        _write_private(path, yaml.safe_dump(doc))
+        for f in (key, crt, Path(str(crt) + ".csr")):
+            f.unlink()
         return path
 
     def request(self, method: str, path: str, body: dict | None = None) -> dict:
@@ -147,15 +176,44 @@ class ControlPlane:
                 "--enable-priority-and-fairness=false", "--max-requests-inflight=2000",
                 "--max-mutating-requests-inflight=1000", "--event-ttl=10m", "-v=0",
             ]
+            if self.controllers:
+                args = [a for a in args if not a.startswith("--authorization-mode=")] + [
+                    "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+                    f"--client-ca-file={wd / 'client-ca.crt'}",
+                    # kubectl logs/exec: the node's hostname would be resolved off the machine.
+                    "--kubelet-preferred-address-types=InternalIP"]
             if self.dual_stack:
                 args.append("--feature-gates=IPv6DualStack=true")
             self._spawn("kube-apiserver", args)
             self._wait_ready(timeout)
             self._write_kubeconfigs(wd)
+            if self.controllers:
+                self._start_controllers(wd)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _start_controllers(self, wd: Path) -> None:
+        """kube-controller-manager signs ServiceAccount token Secrets with the API server's key (so `default`
+        ServiceAccounts and their tokens appear) and runs the DaemonSet/Deployment/EndpointSlice/node lifecycle
+        controllers; kube-scheduler binds pods. No leader election: one of each."""
+        bins = kubebins.require("kube-controller-manager", "kube-scheduler")
+        on_loopback = not self.netns
+        cm_kc, sched_kc = self.kubeconfig("controller-manager"), self.kubeconfig("scheduler")
+        self._spawn("kube-controller-manager", [
+            str(bins["kube-controller-manager"]), f"--kubeconfig={cm_kc}", f"--authentication-kubeconfig={cm_kc}",
+            f"--authorization-kubeconfig={cm_kc}", f"--service-account-private-key-file={wd / 'sa.key'}",
+            f"--root-ca-file={wd / 'apiserver.crt'}", "--use-service-account-credentials=true",
+            "--leader-elect=false", "--port=0", "--bind-address=127.0.0.1",
+            f"--secure-port={free_port() if on_loopback else 10257}", "-v=1"])
+        self._spawn("kube-scheduler", [
+            str(bins["kube-scheduler"]), f"--kubeconfig={sched_kc}", f"--authentication-kubeconfig={sched_kc}",
+            f"--authorization-kubeconfig={sched_kc}", "--leader-elect=false", "--port=0",
+            "--bind-address=127.0.0.1", f"--secure-port={free_port() if on_loopback else 10259}", "-v=1"])
+
+    def _users(self) -> dict[str, tuple[str, str]]:
+        return {**USERS, **(COMPONENT_USERS if self.controllers else {})}
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         assert self.workdir
@@ -179,9 +237,13 @@ class ControlPlane:
         subprocess.run(["openssl", "genrsa", "-out", str(wd / "sa.key"), "2048"], check=True,
                        capture_output=True)
         lines = []
-        for i, (role, (user, groups)) in enumerate(USERS.items()):
+        for i, (role, (user, groups)) in enumerate(self._users().items()):
             self.tokens[role] = secrets.token_hex(24)
-            lines.append(f'{self.tokens[role]},{user},uid-{i},"{groups}"')
+            lines.append(f'{self.tokens[role]},{user},uid-{i}' + (f',"{groups}"' if groups else ""))
+        if self.controllers:
+            _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                     "-subj", "/CN=lbctl-lab-client-ca", "-days", "2", "-keyout", str(wd / "client-ca.key"),
+                     "-out", str(wd / "client-ca.crt"))
         (wd / "tokens.csv").write_text("\n".join(lines) + "\n")
         (wd / "tokens.csv").chmod(0o600)
 
@@ -207,7 +269,7 @@ class ControlPlane:
 
     def _write_kubeconfigs(self, wd: Path) -> None:
         ca = (wd / "certs" / "apiserver.crt").read_text()
-        for role in USERS:
+        for role in self._users():
             _write_private(self.kubeconfig(role), yaml.safe_dump(self._kubeconfig_doc(role, self.tokens[role])))
         (wd / "apiserver.crt").write_text(ca)
 
@@ -248,6 +310,10 @@ try:
 except Exception:
     sys.exit(1)
 """
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
 
 
 def _write_private(path: Path, text: str) -> None:
