@@ -236,6 +236,17 @@ def restore(lab: Lab) -> None:
     cluster.wait_ready(lab.topo, timeout=60, say=lambda _: None)
 
 
+def lease_lines(last: int = 30) -> str:
+    """The controllers' log lines about their Lease (election, renewals that failed, resumes): why a slow resume
+    was slow, kept in the failure message because the lab's logs are gone with the next module's lab."""
+    lines = []
+    for log in sorted(processes.LOGS.glob("controller*.log")):
+        for line in log.read_text(errors="replace").splitlines():
+            if any(w in line for w in ('"lease":', "leader", "resume", "restarting", "fenced")):
+                lines.append(f"{log.name}: {line[:300]}")
+    return "\n".join(sorted(lines, key=lambda ln: ln.rsplit('"timestamp": "', 1)[-1])[-last:])
+
+
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
 def test_fault(flab: Lab, fault: Fault) -> None:
     lab = flab
@@ -306,4 +317,5 @@ def test_fault(flab: Lab, fault: Fault) -> None:
     assert both == 0, f"two controllers reported leading at once for {both:.1f} s"
     assert lost == 0, f"{lost} ARP requests for existing Services unanswered during {fault.name}"
     assert served <= RESUME_TARGET_S, (f"new Service served {served:.1f} s after {fault.name} ended"
-                                       + (f" (999: not within {RESUME_WAIT_S:.0f} s)" if served == NEVER else ""))
+                                       + (f" (999: not within {RESUME_WAIT_S:.0f} s)" if served == NEVER else "")
+                                       + "; the controllers' Lease lines:\n" + lease_lines())
