@@ -11,6 +11,7 @@ from lbctl.lab import probes, prober
 from .conftest import EXCLUDE, Lab, ipv4_of, wait_neigh_change
 
 FAILOVER_S = 2.0
+RESETS = ("ConnectionResetError", "RemoteDisconnected", "BrokenPipeError")  # prober.get's error names
 
 
 def owner_of(lab: Lab, ip: str) -> str:
@@ -28,13 +29,21 @@ def test_sigkill_owner_another_node_answers(fresh: Lab) -> None:
     t_kill = time.monotonic()
     fresh.kill_speaker(owner, signal.SIGKILL)
     out, err = run.communicate(timeout=30)
-    result = prober.analyse(prober.read_probes(out), t_kill)
+    sent = prober.read_probes(out)
+    result = prober.analyse(sent, t_kill)
     assert result.before == owner, (result, err)
     assert result.after and result.after != owner, f"no other node answered: {result}"
     assert result.switch_s is not None and result.switch_s < FAILOVER_S, result
-    # The data path never broke: the old node still holds the IP on kube-ipvs0 and serves until the
-    # client learns the new MAC.
-    assert result.failures == 0, result
+    # The data path never broke: the old node still holds the IP on kube-ipvs0 and serves until the client
+    # learns the new MAC. The one exception is a connection in flight at that moment: its SYN went to the old
+    # node, its next segment to the new one, which answers with a reset (any L2 failover does this; CI saw it
+    # once in 175 probes). So: at most one failure, a reset, between the old node's last reply and the new one's
+    # first.
+    last_old = max(p.t for p in sent if p.ok and p.node == owner)
+    first_new = t_kill + result.switch_s
+    failed = [p for p in sent if not p.ok]
+    in_flight = [p for p in failed if last_old < p.t < first_new and p.node in RESETS]
+    assert len(failed) == len(in_flight) <= 1, (result, [(round(p.t - t_kill, 3), p.node, p.ms) for p in failed])
     assert fresh.arp_owners(ip) == {result.after}
     print(f"SIGKILL {owner}: {result.after} answers after {result.switch_s * 1000:.0f} ms")
 
