@@ -20,11 +20,11 @@ ADMIN_KUBECONFIG = STATE / "cp" / "kubeconfig-admin"
 HOSTNAME = "kubernetes.io/hostname"
 
 
-def start_control_plane(topo: Topology) -> ControlPlane:
-    cp = ControlPlane(host=CP_IP4, netns=CP_NS, workdir=STATE / "cp", dual_stack=topo.ipv6)
+def start_control_plane(topo: Topology, controllers: bool = False) -> ControlPlane:
+    cp = ControlPlane(host=CP_IP4, netns=CP_NS, workdir=STATE / "cp", dual_stack=topo.ipv6, controllers=controllers)
     cp.start()
-    for name, proc in zip(("etcd", "kube-apiserver"), cp.procs):
-        processes.record(name, proc.pid)
+    for name, pid in cp.pids().items():
+        processes.record(name, pid)
     return cp
 
 
@@ -50,11 +50,15 @@ def bootstrap(api: LabApi, topo: Topology) -> None:
         raise RuntimeError(f"creating Nodes: HTTP {bad[0]['status']}: {bad[0]['body'].get('message', bad[0]['body'])}")
 
 
-def lab_values(topo: Topology, timing: str | None = None, controllers: int = 1) -> dict[str, Any]:
+def lab_values(topo: Topology, timing: str | None = None, controllers: int = 1,
+               image: tuple[str, str] | None = None) -> dict[str, Any]:
     """The lab's values for the chart: the seed's pool renumbered, JSON logs, and the speakers' heartbeat
-    timing preset and the controller's replicas when asked for. Nothing else differs from a user's install."""
+    timing preset, the controller's replicas and the image (repository, tag) when asked for. Nothing else
+    differs from a user's install."""
     values: dict[str, Any] = {"pools": [{"name": "default", "addresses": [POOL4] + ([POOL6] if topo.ipv6 else [])}],
                               "logFormat": "json"}
+    if image:
+        values["image"] = {"repository": image[0], "tag": image[1]}
     if timing:
         values["speaker"] = {"heartbeat": {"timing": timing}}
     if controllers != 1:

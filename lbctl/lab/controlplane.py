@@ -41,6 +41,7 @@ USERS = {
 COMPONENT_USERS = {
     "controller-manager": ("system:kube-controller-manager", ""),
     "scheduler": ("system:kube-scheduler", ""),
+    "kube-proxy": ("system:kube-proxy", ""),  # bound to system:node-proxier
 }
 TOKEN_SECONDS = 24 * 3600  # outlives any test session or lab run; the server's CA and key die with the workdir
 
@@ -74,6 +75,7 @@ class ControlPlane:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     tokens: dict[str, str] = field(default_factory=dict)
     _argv: dict[str, list[str]] = field(default_factory=dict)
+    _named: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -212,6 +214,10 @@ class ControlPlane:
             f"--authorization-kubeconfig={sched_kc}", "--leader-elect=false", "--port=0",
             "--bind-address=127.0.0.1", f"--secure-port={free_port() if on_loopback else 10259}", "-v=1"])
 
+    def pids(self) -> dict[str, int]:
+        """Each daemon's pid by name (etcd, kube-apiserver, and with `controllers` the two controllers)."""
+        return {name: p.pid for name, p in self._named.items() if p in self.procs}
+
     def _users(self) -> dict[str, tuple[str, str]]:
         return {**USERS, **(COMPONENT_USERS if self.controllers else {})}
 
@@ -221,7 +227,7 @@ class ControlPlane:
         # Own process group so stop() can kill children and nothing outlives a failed test run.
         self.procs.append(subprocess.Popen(self._cmd(argv), stdout=log, stderr=subprocess.STDOUT,
                                            start_new_session=True))
-        self._argv[name] = argv
+        self._argv[name], self._named[name] = argv, self.procs[-1]
 
     def outage(self, seconds: float) -> None:
         """Stop kube-apiserver (etcd keeps the data) for `seconds`, then start it again and wait until ready."""

@@ -6,15 +6,18 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from lbctl import assets
 
-from . import cluster, processes, topology
+from . import cluster, processes, realcluster, topology
 from .api import LabApi
+from .controlplane import ControlPlane
 from .processes import STATE
 from .topology import Topology
 
 TOPOLOGY_FILE = STATE / "topology.json"
+LAB_IMAGE = ("localhost/lbctl", "lab")  # what the real cluster's nodes have imported (no registry)
 Say = Callable[[str], None]
 
 
@@ -38,17 +41,22 @@ def leftovers() -> bool:
 
 
 def up(nodes: int = 3, ipv6: bool = True, speakers: bool = True, say: Say = print,
-       timing: str | None = None, faults: bool = False, controllers: int = 1) -> tuple[Topology, list[str]]:
+       timing: str | None = None, faults: bool = False, controllers: int = 1, real: bool = False,
+       archives: list[Path] | None = None) -> tuple[Topology, list[str]]:
     """Returns the topology and warnings (e.g. no speaker yet). Cleans up everything on failure. `faults`
     puts the fault injector (lbctl.lab.faultproxy) between every nginx and the API server; `controllers` > 1
-    runs more controller replicas (the first in the control-plane namespace, the others on the nodes)."""
+    runs more controller replicas (the first in the control-plane namespace, the others on the nodes).
+    `real`: the real cluster (lbctl.lab.realcluster): kubelets, containerd, kube-proxy and the controllers run
+    the chart's image from `archives`; IPv4 only for now."""
     require_root()
+    if real and (faults or not speakers):
+        raise LabError("the real cluster has no fault injector and always runs the speakers")
     if is_up():
         raise LabError(f"a lab is already up (state in {STATE}); run `lbctl lab down` first")
     if leftovers():
         say("cleaning up a stale lab first")
         down(say=lambda _: None)
-    topo = Topology.plan(nodes, ipv6)
+    topo = Topology.plan(nodes, ipv6 and not real)
     started = time.monotonic()
     try:
         STATE.mkdir(mode=0o700, parents=True)
@@ -56,8 +64,10 @@ def up(nodes: int = 3, ipv6: bool = True, speakers: bool = True, say: Say = prin
         topology.build(topo)
         topo.save(TOPOLOGY_FILE)
         say(f"control plane: etcd + kube-apiserver at https://{topology.CP_IP4}:6443 in {topology.CP_NS}")
-        cp = cluster.start_control_plane(topo)
+        cp = cluster.start_control_plane(topo, controllers=real)
         api = LabApi()
+        if real:
+            return topo, _up_real(cp, api, topo, archives or [], say, timing, controllers, started)
         cluster.bootstrap(api, topo)
         say(f"cluster: Nodes {', '.join(h.name for h in topo.node_hosts)}")
         cp.install_chart(cluster.RELEASE, cluster.NAMESPACE, cluster.lab_values(topo, timing, controllers))
@@ -80,6 +90,24 @@ def up(nodes: int = 3, ipv6: bool = True, speakers: bool = True, say: Say = prin
     return topo, warnings
 
 
+def _up_real(cp: ControlPlane, api: LabApi, topo: Topology, archives: list[Path], say: Say, timing: str | None,
+             controllers: int, started: float) -> list[str]:
+    say("  kube-controller-manager and kube-scheduler beside it")
+    say(f"nodes: a kubelet with its own containerd (runc, CNI bridge) and kube-proxy (iptables) in "
+        f"{', '.join(h.netns for h in realcluster.hosts(topo))}; pod ranges in {realcluster.POD_NET}")
+    realcluster.start(cp, topo, archives, say)
+    realcluster.wait_nodes_ready(api, topo)
+    say(f"cluster: Nodes {', '.join(h.name for h in realcluster.hosts(topo))} Ready (cp tainted "
+        f"{realcluster.CP_ROLE}:NoSchedule)")
+    values = cluster.lab_values(topo, timing, controllers, image=LAB_IMAGE)
+    cp.install_chart(cluster.RELEASE, cluster.NAMESPACE, values)
+    say(f"helm install {cluster.RELEASE} (chart {assets.chart_dir()}, image {':'.join(LAB_IMAGE)}) into "
+        f"{cluster.NAMESPACE}")
+    realcluster.wait_workloads(api, cluster.NAMESPACE, say=say)
+    say(f"lab up in {time.monotonic() - started:.1f}s (state in {STATE})")
+    return []
+
+
 def _show_failed_logs(say: Say) -> None:
     """The daemon logs go with the state dir; show the ones that complain before they do."""
     if processes.LOGS.exists():
@@ -92,6 +120,11 @@ def _show_failed_logs(say: Say) -> None:
 def down(say: Say = print, keep_logs: bool = False) -> None:
     """Idempotent: kills every lab process, deletes every lbctl-* namespace and the state dir."""
     require_root()
+    if keep_logs:
+        _keep_logs(say)
+    nodes = realcluster.stop_all()  # before kill_all: containers, cgroups and mount namespaces go in order
+    if nodes:
+        say(f"stopped {nodes} real nodes (kubelet, containers, containerd)")
     killed = processes.kill_all()
     if killed:
         say(f"stopped {killed} processes")
@@ -99,14 +132,21 @@ def down(say: Say = print, keep_logs: bool = False) -> None:
     if gone:
         say(f"deleted namespaces: {', '.join(gone)}")
     if STATE.exists():
-        if keep_logs and processes.LOGS.exists():
-            saved = STATE.with_name(STATE.name + "-logs")
-            shutil.rmtree(saved, ignore_errors=True)
-            shutil.copytree(processes.LOGS, saved)
-            say(f"logs kept in {saved}")
         shutil.rmtree(STATE, ignore_errors=True)
     if not (killed or gone):
         say("no lab was running")
+
+
+def _keep_logs(say: Say) -> None:
+    """The daemons' logs, and each real node's (kubelet, containerd, kube-proxy, pods), beside the state dir."""
+    saved = STATE.with_name(STATE.name + "-logs")
+    shutil.rmtree(saved, ignore_errors=True)
+    if processes.LOGS.exists():
+        shutil.copytree(processes.LOGS, saved)
+    for logs in realcluster.log_dirs():
+        shutil.copytree(logs, saved / logs.parent.name, dirs_exist_ok=True, symlinks=True)
+    if saved.exists():
+        say(f"logs kept in {saved}")
 
 
 def load_topology() -> Topology:

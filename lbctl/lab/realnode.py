@@ -90,7 +90,15 @@ class RealNode:
     workdir: Path  # everything of this node; on tmpfs (keys, tokens)
     kubeconfig: Path  # the kubelet's credentials (ControlPlane.node_kubeconfig)
     pod_cidr: str = "198.18.128.0/24"  # the node's CNI bridge range (host-local)
+    kubelet_args: list[str] = field(default_factory=list)  # e.g. --register-with-taints for a control plane
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, workdir: Path) -> RealNode:
+        """The node a (possibly crashed) process started in `workdir`: enough to stop() it."""
+        doc = json.loads((workdir / "node.json").read_text())
+        return cls(doc["name"], doc["netns"], doc["ip"], workdir, Path(doc["kubeconfig"]), doc["pod_cidr"],
+                   doc.get("kubelet_args", []))
 
     @property
     def socket(self) -> Path:
@@ -113,6 +121,9 @@ class RealNode:
         deadline = time.monotonic() + timeout
         try:
             self._prepare()
+            self.workdir.joinpath("node.json").write_text(json.dumps({
+                "name": self.name, "netns": self.netns, "ip": self.ip, "kubeconfig": str(self.kubeconfig),
+                "pod_cidr": self.pod_cidr, "kubelet_args": self.kubelet_args}))
             self._make_cgroups()
             self._start_mount_namespace(deadline)
             self.workdir.joinpath("containerd.toml").write_text(_CONTAINERD.format(
@@ -129,6 +140,15 @@ class RealNode:
             self.stop()
             raise
         return self
+
+    def run(self, name: str, argv: list[str]) -> int:
+        """Another daemon of the node (kube-proxy) in its network and mount namespaces, logged to logs/<name>.log;
+        stop() ends it with everything else in the mount namespace. Returns its pid."""
+        return self._spawn(name, argv)
+
+    def pid(self, name: str) -> int | None:
+        """The pid of a daemon this node started (containerd, kubelet, or one started with run())."""
+        return self._pid(name)
 
     def ctr(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """ctr against this node's containerd, in the CRI plugin's namespace."""
@@ -198,7 +218,7 @@ class RealNode:
         self.workdir.chmod(0o700)
         (self.workdir / "cni" / "10-lbctl.conflist").write_text(json.dumps({
             "cniVersion": "0.4.0", "name": "lbctl", "plugins": [{
-                "type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": False, "hairpinMode": True,
+                "type": "bridge", "bridge": "cni0", "isGateway": True, "isDefaultGateway": True, "ipMasq": False, "hairpinMode": True,
                 "ipam": {"type": "host-local", "ranges": [[{"subnet": self.pod_cidr}]],
                          "dataDir": str(self.workdir / "ipam")}}]}, indent=1))
 
@@ -244,7 +264,7 @@ class RealNode:
             "--enforce-node-allocatable=pods", "--fail-swap-on=false", "--read-only-port=0",
             "--healthz-bind-address=127.0.0.1", f"--pod-infra-container-image={PAUSE_IMAGE}",
             # Images are imported, never pulled: garbage collection must not delete them.
-            "--image-gc-high-threshold=100", "--image-gc-low-threshold=99", "-v=1",
+            "--image-gc-high-threshold=100", "--image-gc-low-threshold=99", "-v=1", *self.kubelet_args,
         ]
 
     def _kubelet_healthy(self) -> bool:

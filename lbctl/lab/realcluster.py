@@ -1,0 +1,195 @@
+"""The lab as a real cluster: a kubelet with its own containerd in every host namespace (the control plane's
+too, tainted as kubespray taints it), kube-proxy in iptables mode on every node, and pod networking from
+Debian's CNI plugins (a bridge and host-local per node, routes between the nodes' pod ranges).
+
+Addresses: pod ranges are /24s of POD_NET (the control plane's first, node k's the k-th after it), inside the
+lab's 198.18.0.0/15 and clear of the hosts' /24 and the Service range (198.19.0.0/16). Every host namespace
+forwards and routes each other host's pod range via that host, so a pod reaches the API server and a
+LoadBalancer IP's traffic reaches a pod on any node (kube-proxy masquerades it unless the Service keeps the
+client's address with externalTrafficPolicy Local).
+
+kubelets and kube-proxies dial the API server's address directly; the pods reach it through the `kubernetes`
+Service, i.e. through kube-proxy's rules, as on any cluster.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import kubebins
+from .api import LabApi
+from .controlplane import ControlPlane
+from .processes import STATE
+from .realnode import RealNode
+from .topology import NET4, Host, Topology, in_ns, sh
+
+POD_NET = "198.18.128.0/17"
+NODES = STATE / "nodes"
+CP_ROLE = "node-role.kubernetes.io/master"  # kubespray's control-plane taint and label (1.20)
+# A node's default route, as every real node has one: a ClusterIP is routed before kube-proxy's OUTPUT rule
+# rewrites it, so without a route a hostNetwork pod's connect() fails with ENETUNREACH. Nothing answers at this
+# address; anything not rewritten stays on the lab bridge, in the lab's namespaces.
+GATEWAY = f"{NET4}.1"
+PROXY_HEALTH_PORT = 10256  # kube-proxy's health check: healthCheckNodePort answers come from here too
+Say = Callable[[str], None]
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+def hosts(topo: Topology) -> list[Host]:
+    """The hosts that run a kubelet: the control plane, then the nodes."""
+    return [topo.host("cp"), *topo.node_hosts]
+
+
+def pod_cidr(topo: Topology, h: Host) -> str:
+    return f"198.18.{128 + hosts(topo).index(h)}.0/24"
+
+
+def node(cp: ControlPlane, topo: Topology, h: Host) -> RealNode:
+    args = [f"--register-with-taints={CP_ROLE}=:NoSchedule"] if h.name == "cp" else []
+    return RealNode(h.name, h.netns, h.ip4, NODES / h.name, cp.node_kubeconfig(h.name), pod_cidr(topo, h), args)
+
+
+def start(cp: ControlPlane, topo: Topology, archives: list[Path], say: Say) -> list[RealNode]:
+    """Pod routes, then every host's containerd, kubelet, images and kube-proxy, the hosts in parallel (most of
+    a start is waiting). Raises ClusterError naming every host that failed; the caller tears down."""
+    kubebins.require("kube-proxy")
+    _pod_routes(topo)
+    nodes = [node(cp, topo, h) for h in hosts(topo)]
+    errors: dict[str, BaseException] = {}
+
+    def bring_up(n: RealNode) -> None:
+        try:
+            started = time.monotonic()
+            n.start()
+            for archive in archives:
+                n.import_image(archive)
+            _start_kube_proxy(n, cp)
+            say(f"  {n.name}: containerd, kubelet, kube-proxy up, {len(archives)} image archive(s) imported "
+                f"({time.monotonic() - started:.1f} s)")
+        except BaseException as e:  # noqa: BLE001 - reported below, with the host's name
+            errors[n.name] = e
+
+    threads = [threading.Thread(target=bring_up, args=(n,), name=f"node-{n.name}") for n in nodes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise ClusterError("; ".join(f"{name}: {e}" for name, e in errors.items()))
+    return nodes
+
+
+def _pod_routes(topo: Topology) -> None:
+    for h in hosts(topo):
+        in_ns(h.netns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+        sh("ip", "-n", h.netns, "route", "replace", "default", "via", GATEWAY, "dev", "eth0")
+        for other in hosts(topo):
+            if other is not h:
+                sh("ip", "-n", h.netns, "route", "replace", pod_cidr(topo, other), "via", other.ip4)
+
+
+def _start_kube_proxy(n: RealNode, cp: ControlPlane) -> None:
+    kube_proxy = kubebins.require("kube-proxy")["kube-proxy"]
+    n.run("kube-proxy", [
+        str(kube_proxy), f"--kubeconfig={cp.kubeconfig('kube-proxy')}", "--proxy-mode=iptables",
+        f"--hostname-override={n.name}", f"--bind-address={n.ip}", f"--cluster-cidr={POD_NET}",
+        f"--healthz-bind-address={n.ip}:{PROXY_HEALTH_PORT}", "--metrics-bind-address=127.0.0.1:10249",
+        # The machine's conntrack table size and timeouts are not a namespace's to change.
+        "--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0s",
+        "--conntrack-tcp-timeout-close-wait=0s", "-v=1"])
+
+
+def wait_nodes_ready(api: LabApi, topo: Topology, timeout: float = 90) -> None:
+    """Every host's Node Ready (its kubelet registered, CNI configured), and the control plane labelled."""
+    names = {h.name for h in hosts(topo)}
+    deadline = time.monotonic() + timeout
+    while True:
+        items = (api.get("/api/v1/nodes") or {}).get("items", [])
+        ready = {n["metadata"]["name"] for n in items if _condition(n, "Ready")}
+        if names <= ready:
+            break
+        if time.monotonic() > deadline:
+            raise ClusterError(f"Nodes not Ready after {timeout:.0f} s: {', '.join(sorted(names - ready))} "
+                               f"(kubelet logs in {NODES}/<node>/logs)")
+        time.sleep(0.5)
+    api.patch("/api/v1/nodes/cp", {"metadata": {"labels": {CP_ROLE: "", "node-role.kubernetes.io/control-plane": ""}}})
+
+
+def _condition(obj: dict[str, Any], kind: str) -> bool:
+    return any(c.get("type") == kind and c.get("status") == "True"
+               for c in (obj.get("status") or {}).get("conditions") or [])
+
+
+def log_dirs() -> list[Path]:
+    """Each node's logs: its daemons' (logs/) and its pods' (log/pods, as /var/log/pods on a node)."""
+    return [d for spec in sorted(NODES.glob("*/node.json")) if NODES.is_dir()
+            for d in (spec.parent / "logs", spec.parent / "log") if d.is_dir()]
+
+
+def stop_all() -> int:
+    """Stop every node a lab started (from its workdir: works after a crash). Returns how many."""
+    count, errors = 0, []
+    for spec in sorted(NODES.glob("*/node.json")) if NODES.is_dir() else []:
+        try:
+            RealNode.load(spec.parent).stop()
+            count += 1
+        except Exception as e:  # noqa: BLE001 - every node gets its turn
+            errors.append(e)
+    if errors:
+        raise errors[0]
+    return count
+
+
+def wait_workloads(api: LabApi, namespace: str, timeout: float = 90, say: Say = print) -> None:
+    """Every DaemonSet and Deployment in `namespace` rolled out and Ready, as the real kubelets' probes say.
+    On timeout, names each pod that is not Ready and why (waiting reason, restarts)."""
+    deadline = time.monotonic() + timeout
+    seen: set[str] = set()
+    while True:
+        pending = []
+        for kind, path in (("DaemonSet", f"/apis/apps/v1/namespaces/{namespace}/daemonsets"),
+                           ("Deployment", f"/apis/apps/v1/namespaces/{namespace}/deployments")):
+            for obj in api.get(path).get("items", []):
+                name, st = f"{kind} {obj['metadata']['name']}", obj.get("status") or {}
+                if kind == "DaemonSet":
+                    want = st.get("desiredNumberScheduled", 0)
+                    done = want > 0 and st.get("numberReady") == want == st.get("updatedNumberScheduled")
+                else:
+                    want = (obj.get("spec") or {}).get("replicas", 1)
+                    done = st.get("readyReplicas") == want == st.get("updatedReplicas")
+                if not done:
+                    pending.append(name)
+                elif name not in seen:
+                    seen.add(name)
+                    say(f"  ready: {name} ({want} pod{'s' if want != 1 else ''})")
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise ClusterError(f"not rolled out after {timeout:.0f} s: {', '.join(pending)}; "
+                               f"{pod_problems(api, namespace) or 'no pod reports a problem'}")
+        time.sleep(0.5)
+
+
+def pod_problems(api: LabApi, namespace: str) -> str:
+    out = []
+    for pod in api.get(f"/api/v1/namespaces/{namespace}/pods").get("items", []):
+        if _condition(pod, "Ready"):
+            continue
+        why = []
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            state = cs.get("state") or {}
+            for k in ("waiting", "terminated"):
+                if k in state:
+                    why.append(f"{cs['name']} {k} {state[k].get('reason', '')}: {state[k].get('message', '')}"[:300])
+            if cs.get("restartCount"):
+                why.append(f"{cs['name']} restarted {cs['restartCount']}x")
+        where = (pod.get("spec") or {}).get("nodeName") or "unscheduled"
+        out.append(f"{pod['metadata']['name']} on {where}: {'; '.join(why) or pod.get('status', {}).get('phase')}")
+    return " | ".join(out)
