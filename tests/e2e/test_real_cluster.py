@@ -1,0 +1,237 @@
+"""The lab as a real cluster (lbctl.lab.realcluster): the chart's pods are created by the real DaemonSet and
+Deployment controllers, bound by the real scheduler, run by real kubelets in runc containers with the chart's
+securityContext, made Ready by the kubelets' probes; Services reach real pods through the real kube-proxy, with
+endpoints from the real EndpointSlice controller.
+
+Backends are one Deployment per worker node (nodeSelector), so "scale the backend to 0 on a node" is one
+scale of that node's Deployment.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lbctl.lab import lifecycle, probes, realcluster
+from lbctl.lab.api import LabApi, wait_for
+from lbctl.lab.cluster import NAMESPACE
+from lbctl.lab.realnode import RealNode
+from lbctl.lab.topology import Topology
+
+from .conftest import SERVICES, ingress_ips, ipv4_of
+
+pytestmark = pytest.mark.timeout(900)
+
+NS = "default"
+DEPLOYMENTS = f"/apis/apps/v1/namespaces/{NS}/deployments"
+WEB_PORT = 8080
+CAP_NET_RAW = 1 << 13
+SERVICE_IP = "198.19.0.1"  # the `kubernetes` Service: the first address of the lab's Service range
+
+
+class RealLab:
+    def __init__(self, topo: Topology) -> None:
+        self.topo, self.api = topo, LabApi()
+
+    def node(self, name: str) -> RealNode:
+        return RealNode.load(realcluster.NODES / name)
+
+    def pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        return self.api.get(f"/api/v1/namespaces/{namespace}/pods", labelSelector=selector)["items"]
+
+    def speaker_pod(self, node: str) -> dict[str, Any] | None:
+        """The speaker pod on `node`, None between a deletion and the DaemonSet controller's replacement."""
+        return next((p for p in self.pods(NAMESPACE, "app.kubernetes.io/component=speaker")
+                     if p["spec"].get("nodeName") == node), None)
+
+    def speaker_restarts(self, node: str) -> int:
+        pod = self.speaker_pod(node)
+        return pod["status"]["containerStatuses"][0]["restartCount"] if pod else -1
+
+    def process(self, node: str, needle: bytes) -> int | None:
+        """A process of the node's containers whose command line holds `needle`."""
+        for pid in self.node(node).pids_in_cgroup():
+            try:
+                if needle in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return pid
+            except OSError:
+                pass
+        return None
+
+    def owner(self, ip: str, not_: str | None = None, timeout: float = 15) -> str:
+        def one() -> str | None:
+            owners = {self.topo.node_by_mac(m) or m for m in probes.arping(ip, count=1, timeout=1)}
+            return owners.pop() if len(owners) == 1 and not_ not in owners else None
+        return wait_for(one, timeout, f"one ARP owner for {ip}" + (f" other than {not_}" if not_ else ""), 0.1)
+
+    def scale(self, name: str, replicas: int) -> None:
+        self.api.patch(f"{DEPLOYMENTS}/{name}", {"spec": {"replicas": replicas}})
+
+
+def _ready(obj: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in obj.get("status", {}).get("conditions") or [])
+
+
+def _web(node: str) -> dict[str, Any]:
+    labels = {"app": "web", "node": node}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": f"web-{node}", "namespace": NS},
+            "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels},
+                     "spec": {"nodeSelector": {"kubernetes.io/hostname": node}, "containers": [{
+                         "name": "web", "image": ":".join(lifecycle.LAB_IMAGE), "imagePullPolicy": "IfNotPresent",
+                         "command": ["python3", "-m", "http.server", str(WEB_PORT), "--directory", "/tmp"],
+                         "readinessProbe": {"httpGet": {"path": "/", "port": WEB_PORT}, "periodSeconds": 1}}]}}}}
+
+
+def _archives() -> list[Path]:
+    from tests import image
+    image.ensure_image()
+    tag = ":".join(lifecycle.LAB_IMAGE)
+    image.podman("tag", image.IMAGE_TAG, tag)
+    archive = Path("/dev/shm") / "lbctl-e2e-image.tar"
+    image.podman("save", "--format", "docker-archive", "-o", str(archive), tag, timeout=300)
+    return [archive]
+
+
+@pytest.fixture(scope="module")
+def real() -> Iterator[RealLab]:
+    if os.geteuid() != 0:
+        pytest.skip("a real cluster needs root: network and mount namespaces, cgroups")
+    archives = _archives()
+    try:
+        topo, _ = lifecycle.up(nodes=3, real=True, archives=archives, say=print)
+        lab = RealLab(topo)
+        workers = [h.name for h in topo.node_hosts]
+        for n in workers:
+            lab.api.apply(DEPLOYMENTS, _web(n))
+        wait_for(lambda: len([p for p in lab.pods(NS, "app=web") if _ready(p)]) == len(workers), 90,
+                 "a Ready web pod on every worker")
+        yield lab
+    finally:
+        for a in archives:
+            a.unlink(missing_ok=True)
+        lifecycle.down(say=print)
+
+
+def test_chart_pods_come_from_the_real_controllers_and_scheduler(real: RealLab) -> None:
+    speakers = real.pods(NAMESPACE, "app.kubernetes.io/component=speaker")
+    # The DaemonSet controller put one on every node, the tainted control plane included (the chart's
+    # tolerations), and the scheduler bound the controller's pod to a worker (it has no toleration).
+    assert sorted(p["spec"]["nodeName"] for p in speakers) == ["cp", "node1", "node2", "node3"]
+    assert {(o["kind"], o["controller"]) for p in speakers for o in p["metadata"]["ownerReferences"]} == \
+        {("DaemonSet", True)}
+    [ctl] = real.pods(NAMESPACE, "app.kubernetes.io/component=controller")
+    assert [o["kind"] for o in ctl["metadata"]["ownerReferences"]] == ["ReplicaSet"]
+    assert ctl["spec"]["nodeName"] in {"node1", "node2", "node3"}
+    events = real.api.get(f"/api/v1/namespaces/{NAMESPACE}/events")["items"]
+    scheduled = {e["involvedObject"]["name"] for e in events if e["reason"] == "Scheduled"
+                 and (e.get("reportingComponent") or e["source"].get("component")) == "default-scheduler"}
+    assert ctl["metadata"]["name"] in scheduled
+    cp = real.api.get("/api/v1/nodes/cp")
+    assert {"key": realcluster.CP_ROLE, "effect": "NoSchedule"} in \
+        [{k: t[k] for k in ("key", "effect")} for t in cp["spec"]["taints"]]
+
+
+def test_speaker_runs_in_runc_with_net_raw_only(real: RealLab) -> None:
+    pid = wait_for(lambda: real.process("node1", b"lbctl-speaker"), 10, "the speaker's process on node1")
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    assert int(status["CapEff"], 16) == CAP_NET_RAW and int(status["CapBnd"], 16) == CAP_NET_RAW
+    assert status["Uid"].split()[0] == "0" and status["NoNewPrivs"].strip() == "1"
+    # hostNetwork: the node's namespace; its root filesystem is read-only.
+    assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(f"/run/netns/{real.topo.host('node1').netns}").st_ino
+    root = next(line.split() for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+                if line.split()[4] == "/")
+    assert "ro" in root[5].split(","), root
+    ctl_pid = wait_for(lambda: next((p for n in ("node1", "node2", "node3")
+                                     if (p := real.process(n, b"lbctl-controller"))), None), 10, "the controller")
+    ctl = dict(line.split(":", 1) for line in Path(f"/proc/{ctl_pid}/status").read_text().splitlines())
+    assert int(ctl["CapEff"], 16) == 0 and ctl["Uid"].split()[0] != "0"
+
+
+def test_kubelet_probe_decides_speaker_readiness(real: RealLab) -> None:
+    """A speaker that cannot reach the API server through the `kubernetes` Service never becomes Ready (its
+    /readyz answers 503 to the kubelet's probe); once it can, the kubelet marks it Ready."""
+    ns = real.topo.host("node2").netns
+    # Only the Service's traffic: the kubelet dials the API server's own address and must keep reporting.
+    rule = ["OUTPUT", "-m", "conntrack", "--ctorigdst", SERVICE_IP, "-j", "REJECT"]
+    subprocess.run(["ip", "netns", "exec", ns, "iptables", "-I", *rule], check=True)
+    try:
+        old = real.speaker_pod("node2")
+        assert old
+        real.api.delete(f"/api/v1/namespaces/{NAMESPACE}/pods/{old['metadata']['name']}")
+        new = wait_for(lambda: (p := real.speaker_pod("node2")) and p["metadata"]["uid"] != old["metadata"]["uid"]
+                       and p["status"].get("containerStatuses") and p["status"]["containerStatuses"][0].get("state", {})
+                       .get("running") and p, 60, "a new speaker pod running on node2")
+        # Two of the chart's probe periods (5 s) after it started: still not Ready.
+        time.sleep(12)
+        pod = real.api.get(f"/api/v1/namespaces/{NAMESPACE}/pods/{new['metadata']['name']}")
+        assert not _ready(pod), pod["status"]
+        assert "Readiness probe failed" in (real.node("node2").logs / "kubelet.log").read_text() or \
+            any(e["reason"] == "Unhealthy" for e in real.api.get(f"/api/v1/namespaces/{NAMESPACE}/events")["items"]
+                if e["involvedObject"]["name"] == new["metadata"]["name"])
+    finally:
+        subprocess.run(["ip", "netns", "exec", ns, "iptables", "-D", *rule], check=False)
+    wait_for(lambda: _ready(real.api.get(f"/api/v1/namespaces/{NAMESPACE}/pods/{new['metadata']['name']}")), 60,
+             "the speaker Ready once the API server is reachable")
+
+
+def _serve(real: RealLab, name: str, **spec: Any) -> str:
+    real.api.create(SERVICES, {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": NS},
+                               "spec": {"type": "LoadBalancer", "selector": {"app": "web"},
+                                        "ports": [{"port": 80, "targetPort": WEB_PORT}], **spec}})
+    svc = wait_for(lambda: (s := real.api.get(f"{SERVICES}/{name}")) and ingress_ips(s) and s, 30,
+                   f"an address for Service {name}")
+    return ipv4_of(svc)
+
+
+def test_vip_reaches_pods_through_kube_proxy(real: RealLab) -> None:
+    ip = _serve(real, "via-proxy")
+    try:
+        owner = real.owner(ip)
+        assert owner in {"cp", "node1", "node2", "node3"}
+        # The client's connection is DNATed by the owner's kube-proxy rules to a web pod on any node.
+        wait_for(lambda: probes.curl(ip, timeout=2) is not None, 20, f"HTTP through {ip}")
+        # No address of the VIP on any interface: iptables mode answers it from the nat table alone.
+        for h in realcluster.hosts(real.topo):
+            out = subprocess.run(["ip", "-n", h.netns, "-o", "addr"], capture_output=True, text=True).stdout
+            assert f" {ip}/" not in out, (h.name, out)
+    finally:
+        real.api.delete(f"{SERVICES}/via-proxy")
+
+
+def test_etp_local_follows_real_endpoint_readiness(real: RealLab) -> None:
+    ip = _serve(real, "local", externalTrafficPolicy="Local")
+    try:
+        owner = real.owner(ip)
+        assert owner in {"node1", "node2", "node3"}, "only nodes with a local endpoint may own it (not cp)"
+        wait_for(lambda: probes.curl(ip, timeout=2) is not None, 20, f"HTTP through {ip} on {owner}")
+        real.scale(f"web-{owner}", 0)
+        try:
+            moved = real.owner(ip, not_=owner, timeout=30)
+            assert moved in {"node1", "node2", "node3"}
+            wait_for(lambda: probes.curl(ip, timeout=2) is not None, 20, f"HTTP through {ip} on {moved}")
+        finally:
+            real.scale(f"web-{owner}", 1)
+        wait_for(lambda: any(_ready(p) for p in real.pods(NS, f"app=web,node={owner}")), 60, f"web on {owner} back")
+    finally:
+        real.api.delete(f"{SERVICES}/local")
+
+
+def test_killed_owner_speaker_fails_over_and_kubelet_restarts_it(real: RealLab) -> None:
+    ip = _serve(real, "failover")
+    try:
+        owner = real.owner(ip)
+        pid = real.process(owner, b"lbctl-speaker")
+        assert pid
+        before = real.speaker_restarts(owner)
+        os.kill(pid, signal.SIGKILL)
+        assert real.owner(ip, not_=owner, timeout=10) != owner
+        wait_for(lambda: real.speaker_restarts(owner) > before and _ready(real.speaker_pod(owner) or {}), 90, f"the kubelet restarting {owner}'s speaker, Ready again")
+    finally:
+        real.api.delete(f"{SERVICES}/failover")
