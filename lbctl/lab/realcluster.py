@@ -8,8 +8,9 @@ forwards and routes each other host's pod range via that host, so a pod reaches 
 LoadBalancer IP's traffic reaches a pod on any node (kube-proxy masquerades it unless the Service keeps the
 client's address with externalTrafficPolicy Local).
 
-kubelets and kube-proxies dial the API server's address directly; the pods reach it through the `kubernetes`
-Service, i.e. through kube-proxy's rules, as on any cluster.
+kubelets and kube-proxies reach the API server through nginx on the node's 127.0.0.1:6443, kubespray's
+nginx-proxy (lbctl.lab.nodeproxy); the pods reach it through the `kubernetes` Service, i.e. through
+kube-proxy's rules, as on any cluster.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import kubebins
+import yaml
+
+from . import kubebins, nodeproxy
 from .api import LabApi
 from .controlplane import ControlPlane
 from .processes import STATE
@@ -53,7 +56,21 @@ def pod_cidr(topo: Topology, h: Host) -> str:
 
 def node(cp: ControlPlane, topo: Topology, h: Host) -> RealNode:
     args = [f"--register-with-taints={CP_ROLE}=:NoSchedule"] if h.name == "cp" else []
-    return RealNode(h.name, h.netns, h.ip4, NODES / h.name, cp.node_kubeconfig(h.name), pod_cidr(topo, h), args)
+    return RealNode(h.name, h.netns, h.ip4, NODES / h.name, local(cp.node_kubeconfig(h.name)), pod_cidr(topo, h),
+                    args)
+
+
+def local(kubeconfig: Path) -> Path:
+    """A copy of `kubeconfig` (beside it, 0600) that dials the node's localhost proxy. The API server's
+    certificate does not name 127.0.0.1: verify it as `kubernetes`, a name it carries, as kubespray does."""
+    doc = yaml.safe_load(kubeconfig.read_text())
+    for c in doc["clusters"]:
+        c["cluster"]["server"] = f"https://{nodeproxy.HOST}:{nodeproxy.PORT}"
+        c["cluster"]["tls-server-name"] = "kubernetes"
+    path = kubeconfig.with_name(kubeconfig.name + "-local")
+    path.touch(mode=0o600)
+    path.write_text(yaml.safe_dump(doc))
+    return path
 
 
 def start(cp: ControlPlane, topo: Topology, archives: list[Path], say: Say) -> list[RealNode]:
@@ -61,6 +78,8 @@ def start(cp: ControlPlane, topo: Topology, archives: list[Path], say: Say) -> l
     a start is waiting). Raises ClusterError naming every host that failed; the caller tears down."""
     kubebins.require("kube-proxy")
     _pod_routes(topo)
+    for h in hosts(topo):
+        nodeproxy.start(h.name, h.netns, [f"{cp.host}:{cp.port}"])
     nodes = [node(cp, topo, h) for h in hosts(topo)]
     errors: dict[str, BaseException] = {}
 
@@ -98,7 +117,7 @@ def _pod_routes(topo: Topology) -> None:
 def _start_kube_proxy(n: RealNode, cp: ControlPlane) -> None:
     kube_proxy = kubebins.require("kube-proxy")["kube-proxy"]
     n.run("kube-proxy", [
-        str(kube_proxy), f"--kubeconfig={cp.kubeconfig('kube-proxy')}", "--proxy-mode=iptables",
+        str(kube_proxy), f"--kubeconfig={local(cp.kubeconfig('kube-proxy'))}", "--proxy-mode=iptables",
         f"--hostname-override={n.name}", f"--bind-address={n.ip}", f"--cluster-cidr={POD_NET}",
         f"--healthz-bind-address={n.ip}:{PROXY_HEALTH_PORT}", "--metrics-bind-address=127.0.0.1:10249",
         # The machine's conntrack table size and timeouts are not a namespace's to change.
