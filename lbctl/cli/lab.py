@@ -13,7 +13,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _up(args: argparse.Namespace) -> int:
-    lifecycle.up(args.nodes, args.ipv6, args.speakers, timing=args.timing)
+    lifecycle.up(args.nodes, args.ipv6, args.speakers, timing=args.timing, real=args.runtime == "real")
     return 0
 
 
@@ -24,7 +24,8 @@ def _down(_: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from lbctl.lab import demo
-    return demo.run(nodes=args.nodes, ipv6=args.ipv6, keep=args.keep, mode=args.failure, timing=args.timing)
+    return demo.run(nodes=args.nodes, ipv6=args.ipv6, keep=args.keep, mode=args.failure, timing=args.timing,
+                    real=args.runtime == "real")
 
 
 def _status(_: argparse.Namespace) -> int:
@@ -45,6 +46,10 @@ def _shell(args: argparse.Namespace) -> int:
 def _topology_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nodes", type=int, default=3, help="number of worker nodes (default 3)")
     p.add_argument("--ipv6", action=argparse.BooleanOptionalAction, default=True, help="dual-stack (default on)")
+    p.add_argument("--runtime", choices=["real", "process"], default="real",
+                   help="real (default): kubelets, containerd, kube-proxy and the controllers run the chart's image "
+                        "(IPv4 only); process: the older lab whose small kubelet runs the pods as processes "
+                        "(dual-stack, fault injector), kept while tests move over")
     p.add_argument("--timing", choices=sorted(TIMING_PRESETS),
                    help="speakers' heartbeat timing preset (chart value speaker.heartbeat.timing; default: the chart's)")
 

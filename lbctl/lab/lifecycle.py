@@ -17,6 +17,7 @@ from .processes import STATE
 from .topology import Topology
 
 TOPOLOGY_FILE = STATE / "topology.json"
+RUNTIME_FILE = STATE / "runtime"  # "real" when the lab is the real cluster
 LAB_IMAGE = ("localhost/lbctl", "lab")  # what the real cluster's nodes have imported (no registry)
 Say = Callable[[str], None]
 
@@ -92,9 +93,16 @@ def up(nodes: int = 3, ipv6: bool = True, speakers: bool = True, say: Say = prin
 
 def _up_real(cp: ControlPlane, api: LabApi, topo: Topology, archives: list[Path], say: Say, timing: str | None,
              controllers: int, started: float) -> list[str]:
+    RUNTIME_FILE.write_text("real\n")
     say("  kube-controller-manager and kube-scheduler beside it")
     say(f"nodes: a kubelet with its own containerd (runc, CNI bridge) and kube-proxy (iptables) in "
         f"{', '.join(h.netns for h in realcluster.hosts(topo))}; pod ranges in {realcluster.POD_NET}")
+    if not archives:
+        from . import images  # noqa: PLC0415 - podman and the image recipes: only the real cluster needs them
+        built = images.ensure_lab_images()
+        made = {k: f"{v:.1f} s" for k, v in built.timings.items() if v and k != "total"}
+        say(f"images: {', '.join(built.tags)} ({'built: ' + ', '.join(f'{k} {v}' for k, v in made.items()) if made else 'cached'})")
+        archives = [built.archive]
     realcluster.start(cp, topo, archives, say)
     realcluster.wait_nodes_ready(api, topo)
     say(f"cluster: Nodes {', '.join(h.name for h in realcluster.hosts(topo))} Ready (cp tainted "
@@ -104,6 +112,9 @@ def _up_real(cp: ControlPlane, api: LabApi, topo: Topology, archives: list[Path]
     say(f"helm install {cluster.RELEASE} (chart {assets.chart_dir()}, image {':'.join(LAB_IMAGE)}) into "
         f"{cluster.NAMESPACE}")
     realcluster.wait_workloads(api, cluster.NAMESPACE, say=say)
+    realcluster.deploy_backend(api, topo)
+    say(f"backend: Deployments {', '.join(f'{realcluster.BACKEND}-{h.name}' for h in topo.node_hosts)} "
+        f"({realcluster.BACKEND_IMAGE}), Ready")
     say(f"lab up in {time.monotonic() - started:.1f}s (state in {STATE})")
     return []
 
@@ -147,6 +158,10 @@ def _keep_logs(say: Say) -> None:
         shutil.copytree(logs, saved / logs.parent.name, dirs_exist_ok=True, symlinks=True)
     if saved.exists():
         say(f"logs kept in {saved}")
+
+
+def is_real() -> bool:
+    return RUNTIME_FILE.exists() and RUNTIME_FILE.read_text().strip() == "real"
 
 
 def load_topology() -> Topology:

@@ -27,11 +27,21 @@ def get(ip: str, port: int, timeout: float) -> tuple[bool, str]:
     try:
         conn.request("GET", "/")
         resp = conn.getresponse()
-        return resp.status == 200, resp.read().decode(errors="replace").strip()
+        return resp.status == 200, _who(resp.read().decode(errors="replace").strip())
     except OSError as exc:
         return False, type(exc).__name__
     finally:
         conn.close()
+
+
+def _who(body: str) -> str:
+    """The node that answered: the small lab's httpd says its name; the real cluster's backend answers JSON
+    naming its node and pod."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return body
+    return str(doc.get("node", body)) if isinstance(doc, dict) else body
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,6 +15,8 @@ kube-proxy's rules, as on any cluster.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -212,3 +214,62 @@ def pod_problems(api: LabApi, namespace: str) -> str:
         where = (pod.get("spec") or {}).get("nodeName") or "unscheduled"
         out.append(f"{pod['metadata']['name']} on {where}: {'; '.join(why) or pod.get('status', {}).get('phase')}")
     return " | ".join(out)
+
+
+BACKEND = "web"  # the lab's workload: app=web pods, one Deployment per worker (web-<node>)
+BACKEND_IMAGE = "localhost/lbctl-backend:lab"  # lbctl.lab.images builds it (lbctl/lab/backend.py)
+BACKEND_PORT = 8080
+
+
+def backend(node: str) -> dict[str, Any]:
+    """The lab's backend on `node`: one Deployment per worker, so "scale the backend to 0 on a node" (what
+    externalTrafficPolicy Local must follow) is one scale. It answers with its pod's and node's names and the
+    client's address; on SIGTERM it fails readiness for 2 s before it stops accepting, so its endpoint leaves
+    kube-proxy's rules before its socket closes."""
+    labels = {"app": BACKEND, "node": node}
+    field_env = [{"name": k, "valueFrom": {"fieldRef": {"fieldPath": f}}}
+                 for k, f in (("POD_NAME", "metadata.name"), ("NODE_NAME", "spec.nodeName"))]
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": f"{BACKEND}-{node}", "namespace": "default", "labels": {"app": BACKEND}},
+            "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {
+                "metadata": {"labels": labels},
+                "spec": {"nodeSelector": {"kubernetes.io/hostname": node}, "terminationGracePeriodSeconds": 10,
+                         "containers": [{
+                             "name": BACKEND, "image": BACKEND_IMAGE, "imagePullPolicy": "IfNotPresent",
+                             "env": [*field_env, {"name": "PORT", "value": str(BACKEND_PORT)},
+                                     {"name": "DRAIN_SECONDS", "value": "2"}],
+                             "ports": [{"name": "http", "containerPort": BACKEND_PORT}],
+                             "readinessProbe": {"httpGet": {"path": "/healthz", "port": BACKEND_PORT},
+                                                "periodSeconds": 1, "failureThreshold": 1},
+                             "securityContext": {"runAsUser": 65532, "allowPrivilegeEscalation": False,
+                                                 "readOnlyRootFilesystem": True,
+                                                 "capabilities": {"drop": ["ALL"]}}}]}}}}
+
+
+def deploy_backend(api: LabApi, topo: Topology, timeout: float = 60) -> None:
+    """The backend on every worker, Ready (the kubelets' probes)."""
+    for h in topo.node_hosts:
+        api.apply("/apis/apps/v1/namespaces/default/deployments", backend(h.name))
+    deadline = time.monotonic() + timeout
+    while True:
+        pods = api.get("/api/v1/namespaces/default/pods", labelSelector=f"app={BACKEND}")["items"]
+        on = {p["spec"].get("nodeName") for p in pods if _condition(p, "Ready")}
+        if {h.name for h in topo.node_hosts} <= on:
+            return
+        if time.monotonic() > deadline:
+            raise ClusterError(f"backend not Ready on every worker after {timeout:.0f} s: "
+                               f"{pod_problems(api, 'default') or 'no pod reports a problem'}")
+        time.sleep(0.5)
+
+
+def kill_container(node: str, needle: bytes) -> int:
+    """SIGKILL the process of `node`'s containers whose command line holds `needle` (a container crash: the
+    kubelet restarts it). Returns its pid; raises ClusterError when there is none."""
+    for pid in RealNode.load(NODES / node).pids_in_cgroup():
+        try:
+            if needle in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGKILL)
+                return pid
+        except (OSError, ProcessLookupError):
+            pass
+    raise ClusterError(f"no process of {node}'s containers runs {needle.decode()}")

@@ -174,7 +174,7 @@ def lab() -> Iterator[Lab]:
     if os.geteuid() != 0:
         pytest.skip("e2e tests need root: they create network namespaces")
     try:
-        res = _cli("up", "--nodes", "3")
+        res = _cli("up", "--runtime", "process", "--nodes", "3")
         if res.returncode:
             pytest.fail(f"lbctl lab up failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
         yield Lab(Topology.load(TOPOLOGY_FILE))
