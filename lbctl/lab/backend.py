@@ -87,7 +87,10 @@ class Handler(BaseHTTPRequestHandler):
             return
         if delay:
             time.sleep(delay)
-        body = json.dumps({**self.server.identity, "client": self.client_address[0]}, sort_keys=True)
+        client = self.client_address[0]
+        if client.startswith("::ffff:") and "." in client:  # IPv4 on the dual-stack socket: say it as IPv4
+            client = client.removeprefix("::ffff:")
+        body = json.dumps({**self.server.identity, "client": client}, sort_keys=True)
         self._reply(200, body + "\n", "application/json")
 
     def _reply(self, code: int, body: str, ctype: str) -> None:

@@ -263,33 +263,35 @@ def ensure_base() -> float:
         return time.monotonic() - started
 
 
-def _python_version(image: str) -> str:
+def python_version(image: str) -> str:
+    """The major.minor of `image`'s python3."""
     out = run(image, ["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"]).stdout
     return out.strip()
 
 
-def wheels(python_version: str, pyproject: Path | None = None) -> Path:
-    """Every dependency of lbctl, and its build backend, as wheels for `python_version`, cached by requirement set.
+def wheels(version: str, pyproject: Path | None = None) -> Path:
+    """Every dependency of lbctl, and its build backend, as wheels for Python `version`, cached by requirements.
 
     Downloaded on the host (which trusts its own CA store and index settings) for the build to use offline.
     """
     project = tomllib.loads((pyproject or assets.build_files_dir() / "pyproject.toml").read_text())
     reqs = sorted([*project["project"]["dependencies"], *project["build-system"]["requires"]])
-    key = hashlib.sha256(json.dumps([python_version, reqs]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([version, reqs]).encode()).hexdigest()[:16]
     target = CACHE / f"wheels-{key}"
-    if (target / ".complete").is_file():
+    with _locked():
+        if (target / ".complete").is_file():
+            return target
+        tmp = CACHE / f"wheels-{key}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(tmp),
+                               "--only-binary=:all:", "--python-version", version, *reqs],
+                              capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            raise PodmanError(f"pip download of lbctl's dependencies failed: {proc.stderr.strip()[-3000:]}")
+        (tmp / ".complete").write_text("\n".join(reqs) + "\n")
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.replace(target)
         return target
-    tmp = CACHE / f"wheels-{key}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    proc = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(tmp),
-                           "--only-binary=:all:", "--python-version", python_version, *reqs],
-                          capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        raise PodmanError(f"pip download of lbctl's dependencies failed: {proc.stderr.strip()[-3000:]}")
-    (tmp / ".complete").write_text("\n".join(reqs) + "\n")
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.replace(target)
-    return target
 
 
 def _build(tag: str, key: str, make_context: Callable[[Path], list[str]], *, force: bool) -> float:
@@ -342,7 +344,7 @@ def build(tag: str = LBCTL_TAG, base: str = BASE_TAG, *, force: bool = False) ->
 
         def context(ctx: Path) -> list[str]:
             assemble(ctx, files)
-            wheel_dir = wheels(_python_version(base), files["pyproject.toml"])
+            wheel_dir = wheels(python_version(base), files["pyproject.toml"])
             return ["--file", str(ctx / "Dockerfile"), "--build-arg", f"BASE={base}", "--build-arg", "WHEELS=/wheels",
                     "--volume", f"{wheel_dir}:/wheels:ro"]
 
