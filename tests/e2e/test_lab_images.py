@@ -11,8 +11,10 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -61,14 +63,6 @@ def netns() -> Iterator[str]:
         _ip("netns", "del", NS)
 
 
-@pytest.fixture
-def backend_name() -> Iterator[str]:
-    name = f"{PREFIX}backend-{uuid.uuid4().hex[:8]}"
-    yield name
-    images.stop(name, grace=1)
-    assert not images.exists(name)
-
-
 def curl(netns: str, url: str, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", "netns", "exec", netns, "curl", "-sS", "--max-time", "10", *extra, url],
                           capture_output=True, text=True, timeout=30)
@@ -80,26 +74,44 @@ def _healthy(netns: str, name: str) -> bool:
     return curl(netns, f"{URL}/healthz").stdout == "ok\n"
 
 
-def _start(netns: str, name: str, **env: str) -> None:
-    images.run_backend(netns, name, {"POD_NAME": "web-7d9f-abcde", "NODE_NAME": "node3", **env})
-    wait_for(lambda: _healthy(netns, name), 30, what="the backend's /healthz")
+@contextmanager
+def backend(netns: str, **env: str) -> Iterator[str]:
+    """The backend container, answering on /healthz; removed on the way out."""
+    name = f"{PREFIX}backend-{uuid.uuid4().hex[:8]}"
+    try:
+        images.run_backend(netns, name, {"POD_NAME": "web-7d9f-abcde", "NODE_NAME": "node3", **env})
+        wait_for(lambda: _healthy(netns, name), 30, what="the backend's /healthz")
+        yield name
+    finally:
+        images.stop(name, grace=1)
+    assert not images.exists(name)
 
 
-def test_backend_names_its_pod_and_node(lab: images.LabImages, netns: str, backend_name: str) -> None:
-    _start(netns, backend_name)
-    v4 = curl(netns, f"{URL}/", "-f")
+def test_backend_names_its_pod_and_node(lab: images.LabImages, netns: str) -> None:
+    with backend(netns) as name:
+        v4 = curl(netns, f"{URL}/", "-f")
+        v6 = curl(netns, f"http://[::1]:{images.BACKEND_PORT}/", "-f")
+        user = images.podman("exec", name, "id", "-u").stdout.strip()
     assert v4.returncode == 0, v4.stderr
     assert json.loads(v4.stdout) == {"pod": "web-7d9f-abcde", "node": "node3", "client": "127.0.0.1"}
     assert v4.stdout.count("\n") == 1
-    v6 = curl(netns, f"http://[::1]:{images.BACKEND_PORT}/", "-f")
-    assert json.loads(v6.stdout)["client"] == "::1", v6.stderr
-    user = images.podman("exec", backend_name, "id", "-u").stdout.strip()
+    assert v6.returncode == 0, v6.stderr
+    assert json.loads(v6.stdout)["client"] == "::1"
     assert user == "65532"
 
 
-def test_backend_sigterm_finishes_the_request_in_flight_and_exits_0(lab: images.LabImages, netns: str,
-                                                                     backend_name: str) -> None:
-    _start(netns, backend_name)
+def test_backend_sigterm_finishes_the_request_in_flight_and_exits_0(lab: images.LabImages, netns: str) -> None:
+    with backend(netns) as name:
+        code, out, err, logs = _sigterm_during_slow_request(netns, name)
+    assert code == 0, logs
+    assert json.loads(out)["node"] == "node3", err
+    assert "stopped" in logs and "Traceback" not in logs, logs
+    refused = curl(netns, f"{URL}/")
+    assert refused.returncode == 7, refused  # curl: failed to connect: nothing listens any more
+
+
+def _sigterm_during_slow_request(netns: str, name: str) -> tuple[int, str, str, str]:
+    """SIGTERM while a 2 s request is in flight; returns the exit code, the request's output and the logs."""
     slow = subprocess.Popen(["ip", "netns", "exec", netns, "curl", "-sS", "-f", "--max-time", "20",
                              f"{URL}/?delay=2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -107,31 +119,26 @@ def test_backend_sigterm_finishes_the_request_in_flight_and_exits_0(lab: images.
         wait_for(lambda: subprocess.run(["ip", "netns", "exec", netns, "ss", "-Htn", "state", "established",
                                          f"( sport = :{images.BACKEND_PORT} )"], capture_output=True, text=True,
                                         timeout=10).stdout.strip(), 10, what="the slow request's connection")
-        images.podman("kill", "--signal", "TERM", backend_name)
+        images.podman("kill", "--signal", "TERM", name)
         # No SIGKILL follows a `podman kill`: a backend that hung on SIGTERM fails this wait.
-        code = images.wait(backend_name, timeout=15)
+        code = images.wait(name, timeout=15)
         out, err = slow.communicate(timeout=20)
     finally:
         if slow.poll() is None:
             slow.kill()
             slow.wait()
-    logs = images.logs(backend_name)
-    assert code == 0, logs
     assert slow.returncode == 0, err
-    assert json.loads(out)["node"] == "node3"
-    assert "stopped" in logs and "Traceback" not in logs, logs
-    refused = curl(netns, f"{URL}/")
-    assert refused.returncode == 7, refused  # curl: failed to connect: nothing listens any more
+    return code, out, err, images.logs(name)
 
 
-def test_backend_drains_with_healthz_503_while_still_serving(lab: images.LabImages, netns: str,
-                                                            backend_name: str) -> None:
-    _start(netns, backend_name, DRAIN_SECONDS="3")
-    images.podman("kill", "--signal", "TERM", backend_name)
-    wait_for(lambda: curl(netns, f"{URL}/healthz").stdout == "draining\n", 5, what="/healthz to say draining")
-    during = curl(netns, f"{URL}/", "-f")
+def test_backend_drains_with_healthz_503_while_still_serving(lab: images.LabImages, netns: str) -> None:
+    with backend(netns, DRAIN_SECONDS="3") as name:
+        images.podman("kill", "--signal", "TERM", name)
+        wait_for(lambda: curl(netns, f"{URL}/healthz").stdout == "draining\n", 5, what="/healthz to say draining")
+        during = curl(netns, f"{URL}/", "-f")
+        code = images.wait(name, timeout=15)
     assert during.returncode == 0 and json.loads(during.stdout)["pod"] == "web-7d9f-abcde", during
-    assert images.wait(backend_name, timeout=15) == 0
+    assert code == 0
 
 
 def test_archive_holds_every_lab_tag(lab: images.LabImages) -> None:
@@ -145,6 +152,59 @@ def test_archive_holds_every_lab_tag(lab: images.LabImages) -> None:
     assert by_tag[images.BACKEND_TAG] != by_tag[images.LBCTL_TAG]
     ids = {t: images.image_id(t) for t in images.LAB_TAGS}
     assert {t: c.removesuffix(".json") for t, c in by_tag.items()} == ids
+
+
+_CONTAINERD = """version = 2
+root = "{d}/root"
+state = "{d}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs",
+                    "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper",
+                    "io.containerd.snapshotter.v1.zfs"]
+
+[grpc]
+  address = "{d}/containerd.sock"
+
+[ttrpc]
+  address = "{d}/containerd.sock.ttrpc"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{d}/opt"
+"""
+
+
+def test_archive_imports_into_containerd(lab: images.LabImages, request: pytest.FixtureRequest) -> None:
+    """What RealNode.import_image does, into a throwaway containerd (own root, state and socket, in a mount
+    namespace of its own so the unpack's overlay mounts stay there; no CRI plugin)."""
+    tmp = Path(tempfile.mkdtemp(prefix="lbctl-ctr-"))
+    (tmp / "containerd.toml").write_text(_CONTAINERD.format(d=tmp))
+    sock = str(tmp / "containerd.sock")
+    with open(tmp / "containerd.log", "w") as log:
+        daemon = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "containerd", "--config",
+                                   str(tmp / "containerd.toml")], stdout=log, stderr=log)
+
+    def ctr(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ctr", "--address", sock, "--namespace", "k8s.io", *args], capture_output=True,
+                              text=True, timeout=timeout)
+
+    try:
+        wait_for(lambda: daemon.poll() is not None or ctr("version").returncode == 0, 30, what="containerd")
+        assert daemon.poll() is None, (tmp / "containerd.log").read_text()[-3000:]
+        started = time.monotonic()
+        imported = ctr("images", "import", str(lab.archive), timeout=600)
+        assert imported.returncode == 0, imported.stderr
+        _report(request, f"ctr images import of the lab archive: {time.monotonic() - started:.1f} s")
+        assert set(images.LAB_TAGS) <= set(ctr("images", "ls", "--quiet").stdout.split())
+        checked = {line.split()[0]: line for line in ctr("images", "check").stdout.splitlines()[1:]}
+        for t in images.LAB_TAGS:  # every blob there, and unpacked for the runtime's snapshotter
+            assert "complete" in checked[t] and checked[t].rstrip().endswith("true"), checked
+    finally:
+        daemon.terminate()
+        try:
+            daemon.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_warm_ensure_builds_and_saves_nothing(lab: images.LabImages) -> None:
