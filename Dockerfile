@@ -9,6 +9,10 @@
 #           podman build --network none -v "$PWD/wheels:/wheels:ro" --build-arg WHEELS=/wheels .
 #           The directory must hold every dependency and setuptools (the build backend).
 #
+# The lab builds it with lbctl.lab.images from the installed files, so a pip-installed lbctl can too: a wheel
+# ships this file, pyproject.toml and README.md as lbctl/buildctx/, and the context is assembled in the layout
+# below (pyproject.toml, README.md, deploy/, lbctl/, controller/, speaker/).
+#
 # The default user is 65532 (non-root). The speaker's pod spec runs it as uid 0 with only NET_RAW.
 ARG BASE=python:3.11-slim
 
