@@ -25,6 +25,7 @@ import selectors
 import signal
 import socket
 import stat
+import subprocess
 import sys
 import time
 from collections import deque
@@ -32,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
 
-from lbctl.core.connsummary import Attempt, Run, encode
+from lbctl.core.connsummary import Attempt, Run, decode, encode
 
 MAX_ANSWER = 65536  # more than any lab backend sends; a bigger answer is cut here and judged on its head
 _NAMES = {errno.ECONNREFUSED: "refused", errno.ECONNRESET: "reset", errno.EPIPE: "reset", errno.ETIMEDOUT: "timeout"}
@@ -299,6 +300,33 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write(json.dumps(encode(run), separators=(",", ":")) + "\n")
     sys.stdout.flush()
     return 0
+
+
+# --- for launchers in the root namespace (tests, benchmarks): they start it and read its document ---
+
+def launch(netns: str, targets: Sequence[str], interval: float = 0.01, timeout: float = 1.0,
+           duration: float | None = None) -> subprocess.Popen[str]:
+    """Start the prober in `netns`. Without a duration its stdin is a pipe, so `finish` (or our death) stops it;
+    with one it runs it out and `finish` waits for it."""
+    argv = ["ip", "netns", "exec", netns, sys.executable, "-m", "lbctl.lab.connprobe", *targets,
+            "--interval", str(interval), "--timeout", str(timeout)]
+    if duration is not None:
+        argv += ["--duration", str(duration)]
+    return subprocess.Popen(argv, stdin=subprocess.PIPE if duration is None else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen[str], wait: float = 30.0) -> Run:
+    """Stop a launched prober (EOF on its stdin), or wait for one with a duration, and read its run."""
+    try:
+        out, err = proc.communicate(timeout=wait)  # closes its stdin, if a pipe
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise RuntimeError(f"connprobe did not stop within {wait:.0f} s") from None
+    if proc.returncode:
+        raise RuntimeError(f"connprobe exited {proc.returncode}: {err.strip()[-2000:]}")
+    return decode(json.loads(out))
 
 
 if __name__ == "__main__":
