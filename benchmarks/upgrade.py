@@ -134,7 +134,7 @@ def helm_upgrade_roll(tag: str, timeout: float = 600.0) -> Roll:
 ROLLS: dict[str, Callable[[argparse.Namespace], Roll]] = {
     "speaker-restart": lambda _: speaker_restart_roll,
     "speaker-kill": lambda _: lambda lab: speaker_restart_roll(lab, signal.SIGKILL),
-    "helm-upgrade": lambda args: helm_upgrade_roll(args.tag),
+    "helm-upgrade": lambda args: helm_upgrade_roll(args.tag, args.roll_timeout),
 }
 
 
@@ -290,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--roll", choices=sorted(ROLLS), default="speaker-restart")
     p.add_argument("--rounds", type=int, default=3, help="rolls in a row, all within one probing window")
     p.add_argument("--tag", help="helm-upgrade: the image tag to roll to")
+    p.add_argument("--roll-timeout", type=float, default=600.0, help="helm-upgrade: seconds to wait for the rollout")
     p.add_argument("--vips", type=int, default=3, help="VIPs, each answered by a different node (<= nodes)")
     p.add_argument("--interval", type=float, default=0.01, help="seconds between connections to each VIP")
     p.add_argument("--timeout", type=float, default=1.0, help="per-connection timeout (s)")
