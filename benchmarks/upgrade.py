@@ -203,6 +203,23 @@ def failures_by_step(run: Run, steps: list[Step], labels: dict[str, str]) -> lis
     return rows
 
 
+def failure_rows(run: Run, steps: list[Step], names: dict[str, str], limit: int = 50) -> list[list[str]]:
+    """Each failed attempt: the step it fell in, when (after that step's start; the old instance gone at `stopped`,
+    the new one ready at `ready`), and which backend answered that VIP just before and just after: a failure
+    at the move away (old -> successor) reads differently from one at the move back."""
+    rows = []
+    for a in sorted((a for a in run.attempts if not a.ok), key=lambda a: a.t)[:limit]:
+        step = next((s for s in reversed(steps) if s.started <= a.t), None)
+        same = [b for b in run.attempts if b.target == a.target and b.ok]
+        before = max((b for b in same if b.t < a.t), key=lambda b: b.t, default=None)
+        after = min((b for b in same if b.t > a.t), key=lambda b: b.t, default=None)
+        rows.append([step.node if step else "-", f"{a.t - step.started:.3f}" if step else "-",
+                     f"{step.stopped - step.started:.3f}/{step.ready - step.started:.3f}" if step else "-",
+                     names.get(a.target, a.target), a.outcome, f"{a.ms:.1f}", (before.body or "?") if before else "-",
+                     (after.body or "?") if after else "-"])
+    return rows
+
+
 def figures(prefix: str, summaries: list[TargetSummary], vip_names: dict[str, str]) -> list[str]:
     total = overall(summaries)
     out = [f"FIGURE {prefix}_failed_connections={total.failed} count",
@@ -265,6 +282,11 @@ def measure(args: argparse.Namespace, lab: LabHandle, roll: Roll, up_s: float) -
     print(f"\nroll steps ({args.roll}, {args.rounds} round(s)):")
     print(table(["NODE", "STOP->EXITED (ms)", "START->READY (s)", "FAILED", "FAILED BY VIP:KIND"],
                 failures_by_step(rolled, steps, names)))
+    failed_rows = failure_rows(rolled, steps, names)
+    if failed_rows:
+        print(f"\nfailed connections (the first {len(failed_rows)}; times in s after the step's start):")
+        print(table(["STEP", "AT", "EXITED/READY AT", "VIP", "KIND", "MS", "ANSWERED BEFORE", "ANSWERED AFTER"],
+                    failed_rows))
     print(f"\nbaseline ({base.stopped - base.started:.1f} s, late ticks {base.late_ticks}):")
     print(render(base_sum, labels))
     print(f"\nduring the roll ({t1 - t0:.1f} s, probing {rolled.stopped - rolled.started:.1f} s, "
