@@ -37,12 +37,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from benchmarks import upgrade_nodes
 from benchmarks.lab_bench import HarnessError, log
-from lbctl import assets
 from lbctl.core.connsummary import Run, TargetSummary, overall, render, summarise
-from lbctl.lab import cluster, connprobe, k8sbin, lifecycle, probes, processes
+from lbctl.lab import cluster, connprobe, images, lifecycle, probes, processes, realcluster, rollout
 from lbctl.lab.api import LabApi, wait_for
-from lbctl.lab.topology import CLIENT_NS, CP_NS, Topology
+from lbctl.lab.topology import CLIENT_NS, Topology
 from lbctl.tables import table
 
 NS = "default"
@@ -102,39 +102,99 @@ def speaker_restart_roll(lab: LabHandle, sig: signal.Signals = signal.SIGTERM) -
     return steps
 
 
-def helm_upgrade_roll(tag: str, timeout: float = 600.0) -> Roll:
-    """The real cluster's roll: a new image tag, the chart's update strategy does the rest. Steps are read off the
-    speaker pods' start times by the caller's lab, so this returns one Step for the whole roll."""
-    def roll(lab: LabHandle) -> list[Step]:
-        started = time.monotonic()
-        before = lab.api.get(SPEAKER_DS)["metadata"].get("generation", 0)
-        res = subprocess.run(["ip", "netns", "exec", CP_NS, str(k8sbin.helm()), "upgrade", cluster.RELEASE,
-                              "--namespace", cluster.NAMESPACE, "--reuse-values", "--set", f"image.tag={tag}",
-                              "--kubeconfig", str(cluster.ADMIN_KUBECONFIG), str(assets.chart_dir())],
-                             capture_output=True, text=True, timeout=120)
-        if res.returncode:
-            raise HarnessError(f"helm upgrade: {res.stderr.strip()[-1000:]}")
+SPEAKER_SEL = "app.kubernetes.io/component=speaker"
+CONTROLLER_SEL = "app.kubernetes.io/component=controller"
+LEASE = f"/apis/coordination.k8s.io/v1/namespaces/{cluster.NAMESPACE}/leases/{cluster.RELEASE}-controller"
+PODS = f"/api/v1/namespaces/{cluster.NAMESPACE}/pods"
 
-        def rolled() -> bool:
-            ds = lab.api.get(SPEAKER_DS)
-            st, gen = ds.get("status") or {}, ds["metadata"].get("generation", 0)
-            want = st.get("desiredNumberScheduled", -1)
-            return (gen > before and st.get("observedGeneration", 0) >= gen
-                    and st.get("updatedNumberScheduled") == want == st.get("numberAvailable"))
-        try:
-            wait_for(rolled, timeout, "the speaker DaemonSet to roll out", interval=0.5)
-        except TimeoutError as exc:
-            raise HarnessError(f"{exc} (a lab without the DaemonSet controller never rolls: needs the "
-                               "real-kubelet lab)") from exc
-        done = time.monotonic()
-        return [Step("all", started, started, done)]
+
+@dataclass
+class Watch:
+    """What the poll loop saw during a helm roll (monotonic times)."""
+    holders: list[tuple[float, str]]  # (first seen, Lease holder) at each change
+    leader_leaving: dict[str, float]  # controller pod -> first seen terminating or gone
+    speaker_steps: list[Step]
+    services: list[str]  # created during the roll
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def helm_roll(tags: list[str], timeout: float = 600.0, create_every_s: float = 2.0) -> Callable[[LabHandle], Watch]:
+    """The real cluster's roll: `helm upgrade` to each tag in turn (the same image under two tags), the chart's
+    update strategies do the rest: the speaker DaemonSet node by node (maxUnavailable 1), the controller
+    Deployment surge-first (maxSurge 1, maxUnavailable 0). Meanwhile one poll loop (a batch of API reads every
+    ~0.3 s) follows the speaker pods per node, the leader Lease's holder and the controller pods, and creates a
+    Service every `create_every_s`."""
+    def roll(lab: LabHandle) -> Watch:
+        w = Watch([], {}, [], [])
+        step_open: dict[str, Step] = {}
+        next_create = time.monotonic()
+        for tag in tags:
+            before = {p["spec"].get("nodeName"): p["metadata"]["uid"] for p in lab.api.get(PODS, labelSelector=SPEAKER_SEL)["items"]}
+            rollout.upgrade({"image": {"tag": tag}})
+            lab.say(f"  helm upgrade: image.tag={tag}")
+            deadline = time.monotonic() + timeout
+            while True:
+                now = time.monotonic()
+                if now >= next_create:
+                    name = f"roll-{len(w.services)}"
+                    lab.api.create(SERVICES, _service(name))
+                    w.services.append(name)
+                    next_create = now + create_every_s
+                speakers, controllers, lease, ds, dep = (r["body"] for r in lab.api.batch([
+                    {"method": "GET", "path": PODS, "params": {"labelSelector": SPEAKER_SEL}},
+                    {"method": "GET", "path": PODS, "params": {"labelSelector": CONTROLLER_SEL}},
+                    {"method": "GET", "path": LEASE},
+                    {"method": "GET", "path": f"{rollout.APPS}/daemonsets/{cluster.RELEASE}-speaker"},
+                    {"method": "GET", "path": f"{rollout.APPS}/deployments/{cluster.RELEASE}-controller"}]))
+                t = time.monotonic()
+                holder = ((lease or {}).get("spec") or {}).get("holderIdentity") or ""
+                if not w.holders or w.holders[-1][1] != holder:
+                    w.holders.append((t, holder))
+                live = {p["metadata"]["name"] for p in controllers.get("items", []) if not p["metadata"].get("deletionTimestamp")}
+                for name in [h for _, h in w.holders if h and h not in live]:
+                    w.leader_leaving.setdefault(name, t)
+                by_node = {}
+                for p in speakers.get("items", []):
+                    by_node.setdefault(p["spec"].get("nodeName"), []).append(p)
+                for node, uid in before.items():
+                    pods = by_node.get(node, [])
+                    old = next((p for p in pods if p["metadata"]["uid"] == uid), None)
+                    if node not in step_open and (old is None or old["metadata"].get("deletionTimestamp")):
+                        step_open[node] = Step(node, t, 0.0, 0.0)
+                    st = step_open.get(node)
+                    if st and not st.stopped and old is None:
+                        st.stopped = t
+                    if st and st.stopped and not st.ready and any(p["metadata"]["uid"] != uid and _ready(p) for p in pods):
+                        st.ready = t
+                        w.speaker_steps.append(st)
+                        lab.say(f"  {node}: speaker replaced, old pod gone after {(st.stopped - st.started) * 1000:.0f} ms,"
+                                f" new one Ready {st.ready - st.stopped:.1f} s later")
+                for obj, kind in ((ds, "DaemonSet"), (dep, "Deployment")):
+                    obj.setdefault("kind", kind)
+                if rollout.rolled_out(ds) and rollout.rolled_out(dep) and all(n in step_open and step_open[n].ready for n in before):
+                    break
+                if t > deadline:
+                    raise HarnessError(f"the roll to {tag} did not finish in {timeout:.0f} s: "
+                                       f"{realcluster.pod_problems(lab.api, cluster.NAMESPACE)}")
+                time.sleep(0.3)
+            step_open.clear()
+        return w
     return roll
+
+
+def _service(name: str) -> dict[str, Any]:
+    """A LoadBalancer Service for the lab's backend (port 80 -> the backend's port, any node's pod)."""
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": NS},
+            "spec": {"type": "LoadBalancer", "selector": {"app": realcluster.BACKEND},
+                     "ports": [{"name": "http", "port": 80, "targetPort": realcluster.BACKEND_PORT, "protocol": "TCP"}]}}
 
 
 ROLLS: dict[str, Callable[[argparse.Namespace], Roll]] = {
     "speaker-restart": lambda _: speaker_restart_roll,
     "speaker-kill": lambda _: lambda lab: speaker_restart_roll(lab, signal.SIGKILL),
-    "helm-upgrade": lambda args: helm_upgrade_roll(args.tag, args.roll_timeout),
 }
 
 
@@ -146,14 +206,14 @@ def owner(topo: Topology, ip: str) -> str | None:
     return owners.pop() if len(owners) == 1 else None
 
 
-def vips_on_distinct_owners(lab: LabHandle, count: int, tries: int = 12) -> dict[str, str]:
+def vips_on_distinct_owners(lab: LabHandle, count: int, tries: int = 12, real: bool = False) -> dict[str, str]:
     """owner node -> VIP, creating Services upgrade-0.. until `count` nodes each answer one."""
     owners: dict[str, str] = {}
     for i in range(tries):
         name = f"upgrade-{i}"
-        lab.api.create(SERVICES, {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": NS},
-                                  "spec": {"type": "LoadBalancer",
-                                           "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}})
+        lab.api.create(SERVICES, _service(name) if real else {
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": NS},
+            "spec": {"type": "LoadBalancer", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}})
 
         def ipv4() -> str | None:
             ingress = ((lab.api.get(f"{SERVICES}/{name}").get("status") or {}).get("loadBalancer") or {}).get(
@@ -161,6 +221,9 @@ def vips_on_distinct_owners(lab: LabHandle, count: int, tries: int = 12) -> dict
             return next((i["ip"] for i in ingress if ":" not in i.get("ip", ":")), None)
         ip = wait_for(ipv4, 30, f"an IPv4 address on Service {name}")
         node = wait_for(lambda: owner(lab.topo, ip), 15, f"one node answering ARP for {ip}", interval=0.05)
+        # The speaker may announce before the owner's kube-proxy has the Service's rules (~0.7 s measured):
+        # the baseline starts once traffic flows.
+        wait_for(lambda: probes.curl(ip, timeout=1) is not None, 30, f"HTTP through {ip}", interval=0.1)
         owners.setdefault(node, ip)
         if len(owners) == count:
             return owners
@@ -234,7 +297,7 @@ def figures(prefix: str, summaries: list[TargetSummary], vip_names: dict[str, st
 
 
 @contextmanager
-def own_lab(keep: bool) -> Iterator[tuple[LabHandle, float]]:
+def own_lab(keep: bool, real: bool = True) -> Iterator[tuple[LabHandle, float]]:
     """A lab of our own (3 nodes) and how long it took to come up; torn down on the way out unless `keep`."""
     if os.geteuid() != 0:
         raise HarnessError("needs root (network namespaces)")
@@ -244,7 +307,8 @@ def own_lab(keep: bool) -> Iterator[tuple[LabHandle, float]]:
     log("lab up")
     t_up = time.monotonic()
     try:
-        topo, warnings = lifecycle.up(nodes=3, say=lambda m: log(f"  {m}"))  # cleans up after itself on failure
+        # Two controller replicas on the real cluster: the roll hands the leader Lease over.
+        topo, warnings = lifecycle.up(nodes=3, say=lambda m: log(f"  {m}"), real=real, controllers=2 if real else 1)
         up_s = time.monotonic() - t_up
         if warnings:
             raise HarnessError(f"lab not usable: {warnings}")
@@ -256,9 +320,98 @@ def own_lab(keep: bool) -> Iterator[tuple[LabHandle, float]]:
 
 
 def run(args: argparse.Namespace) -> None:
-    roll = ROLLS[args.roll](args)
-    with own_lab(args.keep) as (lab, up_s):
-        measure(args, lab, roll, up_s)
+    real = args.roll == "helm"
+    with own_lab(args.keep, real) as (lab, up_s):
+        if real:
+            measure_real(args, lab, up_s)
+        else:
+            measure(args, lab, ROLLS[args.roll](args), up_s)
+
+
+def measure_real(args: argparse.Namespace, lab: LabHandle, up_s: float) -> None:
+    owners = vips_on_distinct_owners(lab, args.vips, real=True)
+    targets = {f"{ip}:80": node for node, ip in sorted(owners.items())}
+    names = {t: f"vip{k}" for k, t in enumerate(targets, start=1)}
+    labels = {t: f"{names[t]} {t.rsplit(':', 1)[0]} ({node})" for t, node in targets.items()}
+    log("VIPs: " + ", ".join(labels.values()))
+    log(f"baseline: {args.baseline_s:g} s of probing, nothing rolling")
+    base = connprobe.finish(connprobe.launch(CLIENT_NS, list(targets), args.interval, args.timeout,
+                                             duration=args.baseline_s))
+    base_sum = summarise(base.attempts, base.targets, base.started, base.stopped)
+    tags = [images.LBCTL_NEXT_TAG.rsplit(":", 1)[1], images.LBCTL_TAG.rsplit(":", 1)[1]] * args.rounds
+    log(f"roll: helm upgrade to image tags {', '.join(tags[:args.rounds])} (same image, another tag)")
+    rolled, watch, t0, t1 = probe_around(list(targets), lambda: helm_roll(tags[:args.rounds], args.roll_timeout)(lab),
+                                         args.settle_s, args.interval, args.timeout)
+    roll_sum = summarise(rolled.attempts, rolled.targets, rolled.started, rolled.stopped)
+    print("\nspeaker roll steps:")
+    print(table(["NODE", "STOP->GONE (ms)", "GONE->READY (s)", "FAILED", "FAILED BY VIP:KIND"],
+                failures_by_step(rolled, watch.speaker_steps, names)))
+    failed_rows = failure_rows(rolled, watch.speaker_steps, names)
+    if failed_rows:
+        print(f"\nfailed connections (the first {len(failed_rows)}; times in s after the step's start):")
+        print(table(["STEP", "AT", "GONE/READY AT", "VIP", "KIND", "MS", "ANSWERED BEFORE", "ANSWERED AFTER"],
+                    failed_rows))
+    print(f"\nbaseline ({base.stopped - base.started:.1f} s):")
+    print(render(base_sum, labels))
+    print(f"\nduring the roll ({t1 - t0:.1f} s):")
+    print(render(roll_sum, labels))
+    handovers = leader_handovers(watch)
+    print("\ncontroller leader Lease:")
+    print(table(["SEEN AT (s)", "HOLDER"], [[f"{t - t0:.1f}", h or "(none)"] for t, h in watch.holders]))
+    addressed, duplicates = services_outcome(lab, watch.services)
+    base_gap, roll_gap = overall(base_sum).longest_gap_ms, overall(roll_sum).longest_gap_ms
+    lines = [*figures("upgrade_speaker_roll", roll_sum, names),
+             f"FIGURE upgrade_rounds={args.rounds} count",
+             f"FIGURE upgrade_roll_duration_s={t1 - t0:.1f} s",
+             f"FIGURE upgrade_baseline_failed_connections={overall(base_sum).failed} count",
+             f"FIGURE upgrade_baseline_longest_gap_ms={base_gap:g} ms",
+             f"FIGURE upgrade_controller_handovers={len(handovers)} count",
+             f"FIGURE upgrade_controller_handover_max_s={max(handovers, default=0):.1f} s",
+             f"FIGURE upgrade_services_created_during_roll={len(watch.services)} count",
+             f"FIGURE upgrade_services_addressed={addressed} count",
+             f"FIGURE upgrade_duplicate_addresses={duplicates} count",
+             f"FIGURE upgrade_lab_up_s={up_s:.1f} s"]
+    if args.node_events:
+        lines += upgrade_nodes.node_events(lab.api, lab.topo, targets, args.interval, args.timeout)
+    print()
+    print("\n".join(lines), flush=True)
+    log(f"helm roll: {overall(roll_sum).failed} failed connection(s) of {overall(roll_sum).attempts} (target 0), "
+        f"longest gap {roll_gap:.0f} ms (baseline {base_gap:.0f} ms); leader handovers "
+        f"{', '.join(f'{h:.1f} s' for h in handovers) or 'none'} (target <= 15 s); {addressed}/{len(watch.services)} "
+        f"Services created during the roll addressed, {duplicates} duplicate addresses")
+
+
+def leader_handovers(w: Watch) -> list[float]:
+    """Per change of leader (the Lease's holder, possibly through a moment with none after the old leader released
+    it on SIGTERM): from the old leader's pod first seen terminating or gone (else from when the Lease last showed
+    it) to the new holder first seen."""
+    out: list[float] = []
+    leader, gone_at = "", None  # the last leader, and when the Lease first stopped naming it
+    for t, holder in w.holders:  # change points only
+        if leader and holder != leader and gone_at is None:
+            gone_at = t
+        if holder and holder != leader:
+            if leader and gone_at is not None:
+                out.append(t - min(w.leader_leaving.get(leader, gone_at), gone_at))
+            leader, gone_at = holder, None
+    return out
+
+
+def services_outcome(lab: LabHandle, created: list[str], timeout: float = 30) -> tuple[int, int]:
+    """How many Services created during the roll got an address (waiting up to `timeout`), and how many
+    addresses are held by more than one LoadBalancer Service."""
+    def addressed() -> int:
+        items = lab.api.get(SERVICES)["items"]
+        return sum(1 for s in items if s["metadata"]["name"] in created and
+                   ((s.get("status") or {}).get("loadBalancer") or {}).get("ingress"))
+    deadline = time.monotonic() + timeout
+    while (n := addressed()) < len(created) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    seen: dict[str, int] = {}
+    for svc in lab.api.get(SERVICES)["items"]:
+        for ing in ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []:
+            seen[ing["ip"]] = seen.get(ing["ip"], 0) + 1
+    return n, sum(1 for c in seen.values() if c > 1)
 
 
 def measure(args: argparse.Namespace, lab: LabHandle, roll: Roll, up_s: float) -> None:
@@ -309,19 +462,19 @@ def measure(args: argparse.Namespace, lab: LabHandle, roll: Roll, up_s: float) -
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="benchmarks.upgrade", description=__doc__.splitlines()[0])
-    p.add_argument("--roll", choices=sorted(ROLLS), default="speaker-restart")
+    p.add_argument("--roll", choices=["helm", *sorted(ROLLS)], default="helm",
+                   help="helm (default): helm upgrade on the real cluster; speaker-restart/-kill: the process lab")
     p.add_argument("--rounds", type=int, default=3, help="rolls in a row, all within one probing window")
-    p.add_argument("--tag", help="helm-upgrade: the image tag to roll to")
-    p.add_argument("--roll-timeout", type=float, default=600.0, help="helm-upgrade: seconds to wait for the rollout")
+    p.add_argument("--roll-timeout", type=float, default=600.0, help="helm: seconds to wait for each rollout")
     p.add_argument("--vips", type=int, default=3, help="VIPs, each answered by a different node (<= nodes)")
     p.add_argument("--interval", type=float, default=0.01, help="seconds between connections to each VIP")
     p.add_argument("--timeout", type=float, default=1.0, help="per-connection timeout (s)")
     p.add_argument("--baseline-s", type=float, default=3.0)
     p.add_argument("--settle-s", type=float, default=2.0, help="probing before and after the roll (s)")
+    p.add_argument("--node-events", action=argparse.BooleanOptionalAction, default=True,
+                   help="helm: after the roll, cordon+drain one VIP owner and shut another down (default on)")
     p.add_argument("--keep", action="store_true", help="leave the lab up afterwards (for debugging)")
     args = p.parse_args(argv)
-    if args.roll == "helm-upgrade" and not args.tag:
-        p.error("--roll helm-upgrade needs --tag")
     if args.rounds < 1:
         p.error("--rounds must be >= 1")
     if not 1 <= args.vips <= 3:

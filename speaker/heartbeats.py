@@ -206,6 +206,11 @@ class Heartbeats:
         self.metrics.live_peers.set(len(live))
         return live
 
+    def unverified(self, now: float) -> set[str]:
+        """Peers heard that have not echoed our incarnation yet (PeerTable.unverified)."""
+        with self._lock:
+            return self.peers.unverified(now)
+
     def live_on(self, now: float) -> dict[str, set[str]]:
         """Interface -> speakers live on it (ourselves included while its socket is open), as published."""
         return {name: set(s) for name, s in self._published[1].items()}

@@ -18,7 +18,7 @@ from lbctl import arpsysctl, httpserver, log
 from lbctl.core.announce import IpIntent
 from lbctl.core.conflicts import Conflict, ConflictTable
 from lbctl.core.election_index import ElectionIndex
-from lbctl.core.heartbeat import Keyring
+from lbctl.core.heartbeat import Keyring, warm_up_done
 from lbctl.core.isolation import SUSPECT_INTERVALS, IsolationGuard, Verdict, hold_for
 from lbctl.kube import config
 from lbctl.kube.client import Kube
@@ -91,9 +91,9 @@ class Speaker:
         return {i.name for i in self.interfaces.candidates}
 
     async def elect_forever(self) -> None:
-        # Listen for a full dead_after first: electing before hearing the peers would make a restarted
-        # speaker grab (and GARP) every IP for a moment.
-        await asyncio.sleep(self.args.dead_after)
+        # Listen for a full dead_after first, then until every peer heard has verified us: electing before
+        # would make a restarted speaker grab (and GARP) the addresses of peers it takes for dead.
+        await self._warm_up()
         self.warm = True
         self._links = self._up_links()
         while True:
@@ -114,6 +114,19 @@ class Speaker:
             except Exception:  # a bug on one input must not stop announcing for the rest
                 logger.exception("reconcile_failed")
             await self.dirty.wait()
+
+    async def _warm_up(self) -> None:
+        started = time.monotonic()
+        step = min(self.args.dead_after, 0.05)
+        while not warm_up_done(time.monotonic() - started, self.args.dead_after,
+                               pending := self.heartbeats.unverified(time.monotonic())):
+            await asyncio.sleep(step)
+        if pending:
+            logger.warning("warm_up_unverified_peers", peers=sorted(pending),
+                           waited_s=round(time.monotonic() - started, 2),
+                           hint="these peers do not echo our beacons; they count as dead until they do")
+        else:
+            logger.info("warm_up_done", waited_s=round(time.monotonic() - started, 2))
 
     def unicast_to(self, missing: tuple[str, ...]) -> None:
         """Registered peers we do not hear: broadcast/multicast may be filtered between us, so beacon to

@@ -438,6 +438,21 @@ class PeerTable:
         self._burst = 1
         self._cursor = len(self._ring)
 
+    def unverified(self, now: float) -> set[str]:
+        """Peers heard within dead_after (not left) of which no incarnation is live yet: they have not echoed us.
+        To an election they look dead; a starting speaker waits for them (warm_up_done) before it elects."""
+        out = set()
+        for name, p in self._peers.items():
+            heard = False
+            for r in p.incs.values():
+                if self._alive(r, now):
+                    break
+                heard = heard or (not r.left and now - r.last_seen <= self.dead_after)
+            else:
+                if heard:
+                    out.add(name)
+        return out
+
     def deaf(self, now: float) -> list[str]:
         """Peers we keep hearing that have not echoed us for longer than their echo window: they refuse our
         incarnation (a forged goodbye or sequence under it, say); the shell then takes a new one."""
@@ -487,3 +502,16 @@ class PeerTable:
         self._ghosts[node] = peer
         while len(self._ghosts) > self.ghosts_max:
             del self._ghosts[next(iter(self._ghosts))]
+
+
+WARM_UP_CAP = 10  # dead_afters: how long a starting speaker waits at most for the peers it hears to verify it
+
+
+def warm_up_done(elapsed: float, dead_after: float, unverified: set[str]) -> bool:
+    """Whether a starting speaker may elect: after one dead_after of listening (it has heard whoever is there),
+    once every peer it hears has echoed it (else it would take them for dead and claim their addresses for
+    a moment: two moves, each resetting the connections in flight), or after WARM_UP_CAP dead_afters (a peer
+    that never echoes is handled as deaf, see PeerTable.deaf)."""
+    if elapsed < dead_after:
+        return False
+    return not unverified or elapsed >= WARM_UP_CAP * dead_after

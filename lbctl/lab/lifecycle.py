@@ -61,7 +61,7 @@ def up(nodes: int = 3, ipv6: bool = True, speakers: bool = True, say: Say = prin
     started = time.monotonic()
     try:
         STATE.mkdir(mode=0o700, parents=True)
-        say(f"network: bridge in {topology.BRIDGE_NS}, {nodes} nodes, IPv6 {'on' if ipv6 else 'off'}")
+        say(f"network: bridge in {topology.BRIDGE_NS}, {nodes} nodes, IPv6 {'on' if topo.ipv6 else 'off'}")
         topology.build(topo)
         topo.save(TOPOLOGY_FILE)
         say(f"control plane: etcd + kube-apiserver at https://{topology.CP_IP4}:6443 in {topology.CP_NS}")

@@ -150,6 +150,17 @@ class RealNode:
         """The pid of a daemon this node started (containerd, kubelet, or one started with run())."""
         return self._pid(name)
 
+    def stop_kubelet(self) -> None:
+        """Kill the kubelet alone (a node whose kubelet died or was stopped): its containers keep running."""
+        self._kill(self._pid("kubelet"), grace=0)
+
+    def start_kubelet(self) -> None:
+        """Start the kubelet again with the same flags (after stop_kubelet)."""
+        if alive(self._pid("kubelet")):
+            raise NodeError(f"the kubelet of node {self.name} is running")
+        self._spawn("kubelet", self._kubelet_argv(kubebins.require("kubelet")["kubelet"]))
+        self._wait(self._kubelet_healthy, time.monotonic() + 60, "the kubelet's /healthz", "kubelet")
+
     def ctr(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """ctr against this node's containerd, in the CRI plugin's namespace."""
         res = subprocess.run(["ctr", "--address", str(self.socket), "--namespace", CTR_NS, *args],

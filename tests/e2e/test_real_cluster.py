@@ -3,8 +3,8 @@ Deployment controllers, bound by the real scheduler, run by real kubelets in run
 securityContext, made Ready by the kubelets' probes; Services reach real pods through the real kube-proxy, with
 endpoints from the real EndpointSlice controller.
 
-Backends are one Deployment per worker node (nodeSelector), so "scale the backend to 0 on a node" is one
-scale of that node's Deployment.
+`lbctl lab up` brings it up as users would see it: the backend (lbctl.lab.backend in its own image) runs as
+one Deployment per worker, so "scale the backend to 0 on a node" is one scale of that node's Deployment.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ pytestmark = pytest.mark.timeout(900)
 
 NS = "default"
 DEPLOYMENTS = f"/apis/apps/v1/namespaces/{NS}/deployments"
-WEB_PORT = 8080
 CAP_NET_RAW = 1 << 13
 SERVICE_IP = "198.19.0.1"
 TAKEOVER_S = 3.0  # default timing: dead-after and the first re-announce, with room for a loaded 2-CPU machine  # the `kubernetes` Service: the first address of the lab's Service range
@@ -83,44 +82,19 @@ def _ready(obj: dict[str, Any]) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True" for c in obj.get("status", {}).get("conditions") or [])
 
 
-def _web(node: str) -> dict[str, Any]:
-    labels = {"app": "web", "node": node}
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": f"web-{node}", "namespace": NS},
-            "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels},
-                     "spec": {"nodeSelector": {"kubernetes.io/hostname": node}, "containers": [{
-                         "name": "web", "image": ":".join(lifecycle.LAB_IMAGE), "imagePullPolicy": "IfNotPresent",
-                         "command": ["python3", "-m", "http.server", str(WEB_PORT), "--directory", "/tmp"],
-                         "readinessProbe": {"httpGet": {"path": "/", "port": WEB_PORT}, "periodSeconds": 1}}]}}}}
-
-
-def _archives() -> list[Path]:
-    from tests import image
-    image.ensure_image()
-    tag = ":".join(lifecycle.LAB_IMAGE)
-    image.podman("tag", image.IMAGE_TAG, tag)
-    archive = Path("/dev/shm") / "lbctl-e2e-image.tar"
-    image.podman("save", "--format", "docker-archive", "-o", str(archive), tag, timeout=300)
-    return [archive]
-
-
 @pytest.fixture(scope="module")
 def real() -> Iterator[RealLab]:
     if os.geteuid() != 0:
         pytest.skip("a real cluster needs root: network and mount namespaces, cgroups")
-    archives = _archives()
     try:
-        topo, _ = lifecycle.up(nodes=3, real=True, archives=archives, say=print)
-        lab = RealLab(topo)
-        workers = [h.name for h in topo.node_hosts]
-        for n in workers:
-            lab.api.apply(DEPLOYMENTS, _web(n))
-        wait_for(lambda: len([p for p in lab.pods(NS, "app=web") if _ready(p)]) == len(workers), 90,
-                 "a Ready web pod on every worker")
-        yield lab
+        res = subprocess.run([sys.executable, "-m", "lbctl.cli", "lab", "up", "--nodes", "3"], capture_output=True,
+                             text=True, timeout=600)
+        if res.returncode:
+            pytest.fail(f"lbctl lab up failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+        print(res.stdout)
+        yield RealLab(Topology.load(lifecycle.TOPOLOGY_FILE))
     finally:
-        for a in archives:
-            a.unlink(missing_ok=True)
-        lifecycle.down(say=print)
+        subprocess.run([sys.executable, "-m", "lbctl.cli", "lab", "down"], capture_output=True, timeout=120)
 
 
 def test_chart_pods_come_from_the_real_controllers_and_scheduler(real: RealLab) -> None:
@@ -188,7 +162,7 @@ def test_kubelet_probe_decides_speaker_readiness(real: RealLab) -> None:
 def _serve(real: RealLab, name: str, **spec: Any) -> str:
     real.api.create(SERVICES, {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": NS},
                                "spec": {"type": "LoadBalancer", "selector": {"app": "web"},
-                                        "ports": [{"port": 80, "targetPort": WEB_PORT}], **spec}})
+                                        "ports": [{"port": 80, "targetPort": realcluster.BACKEND_PORT}], **spec}})
     svc = wait_for(lambda: (s := real.api.get(f"{SERVICES}/{name}")) and ingress_ips(s) and s, 30,
                    f"an address for Service {name}")
     return ipv4_of(svc)
@@ -254,3 +228,34 @@ def test_killed_owner_speaker_fails_over_and_kubelet_restarts_it(real: RealLab) 
                  f"the kubelet restarting {owner}'s speaker, Ready again")
     finally:
         real.api.delete(f"{SERVICES}/failover")
+
+
+def test_restarted_speaker_claims_no_address_of_a_live_peer(real: RealLab) -> None:
+    """A speaker pod replaced (as in a rolling update) must not answer, even for a moment, for an address whose
+    owner is alive: its new incarnation must first be verified by its peers (they echo it) before it elects,
+    else it takes them for dead and GARPs their addresses (a move and back, each resetting connections in
+    flight). ARP rounds every 50 ms watch every address while the pod is replaced."""
+    names = [f"keep-{i}" for i in range(4)]
+    ips = [_serve(real, n) for n in names]
+    try:
+        owners = {ip: real.owner(ip) for ip in ips}
+        victim = next(n for n in ("node1", "node2", "node3") if list(owners.values()).count(n) < len(ips))
+        watched = [ip for ip, o in owners.items() if o != victim]
+        old = real.speaker_pod(victim)
+        assert old
+        client = real.topo.host("client")
+        probe = subprocess.Popen(["ip", "netns", "exec", client.netns, sys.executable, "-c", _ROUNDS,
+                                  json.dumps(watched), client.mac, client.ip4, "25"], stdout=subprocess.PIPE, text=True)
+        time.sleep(0.5)
+        real.api.delete(f"/api/v1/namespaces/{NAMESPACE}/pods/{old['metadata']['name']}")
+        out, _ = probe.communicate(timeout=60)
+        new = real.speaker_pod(victim)
+        assert new and new["metadata"]["uid"] != old["metadata"]["uid"] and _ready(new), \
+            "the replacement speaker was not Ready within the 25 s watched"
+        wrong = [(round(t, 2), ip, sorted(real.topo.node_by_mac(m) or m for m in seen[ip]))
+                 for t, seen in json.loads(out) for ip in watched
+                 if any((real.topo.node_by_mac(m) or m) != owners[ip] for m in seen[ip])]
+        assert not wrong, f"{victim}'s new speaker (or another node) answered for addresses of live peers: {wrong[:10]}"
+    finally:
+        for n in names:
+            real.api.delete(f"{SERVICES}/{n}")
