@@ -65,3 +65,5 @@ def test_lab_demo_from_the_wheel(venv: Path) -> None:
                          cwd=venv, env=env, timeout=600)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-3000:]
     assert "OK:" in res.stdout and "moved from node" in res.stdout
+    # The real cluster, running the images built from what the wheel ships (lbctl.lab.images).
+    assert "images: localhost/lbctl:lab" in res.stdout and "Ready (cp tainted" in res.stdout, res.stdout[-4000:]
