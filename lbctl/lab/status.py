@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from .. import tables
-from . import processes, probes, topology
+from . import processes, probes, realcluster, topology
 from .api import LabApi
-from .lifecycle import load_topology, require_root
+from .lifecycle import is_real, load_topology, require_root
+from .realnode import RealNode
 
 
 def run() -> int:
@@ -23,7 +24,10 @@ def run() -> int:
     if not processes.alive(processes.pid_of("kube-apiserver")):
         print("Services: unavailable (kube-apiserver is not running)")
         return 1
-    items = LabApi().get("/api/v1/services").get("items") or []
+    api = LabApi()
+    if is_real():
+        _real(api)
+    items = api.get("/api/v1/services").get("items") or []
     lbs = [s for s in items if (s.get("spec") or {}).get("type") == "LoadBalancer"]
     if not lbs:
         print("no LoadBalancer Services yet")
@@ -41,3 +45,26 @@ def run() -> int:
             print(tables.table(["IP", "ANSWERS ARP"], rows))
     dead = [n for n, p in pids.items() if not processes.alive(p)]
     return 1 if dead else 0
+
+
+def _real(api: LabApi) -> None:
+    """The real cluster: each host's daemons and its Node as the API server has it, then the pods."""
+    nodes = {n["metadata"]["name"]: n for n in api.get("/api/v1/nodes").get("items") or []}
+    rows = []
+    for d in sorted(realcluster.NODES.glob("*/node.json")):
+        node = RealNode.load(d.parent)
+        obj = nodes.get(node.name) or {}
+        ready = next((c["status"] for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"),
+                     "no Node")
+        taints = ",".join(f"{t['key']}:{t['effect']}" for t in (obj.get("spec") or {}).get("taints") or []) or "-"
+        rows.append([node.name, ready, taints] + ["running" if processes.alive(node.pid(n)) else "DEAD"
+                                                  for n in ("containerd", "kubelet", "kube-proxy")])
+    print(tables.table(["NODE", "READY", "TAINTS", "CONTAINERD", "KUBELET", "KUBE-PROXY"], rows))
+    print()
+    pods = api.get("/api/v1/pods").get("items") or []
+    print(tables.table(["NAMESPACE", "POD", "NODE", "READY", "RESTARTS"], [[
+        p["metadata"]["namespace"], p["metadata"]["name"], p["spec"].get("nodeName") or "-",
+        next((c["status"] for c in (p.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"), "-"),
+        str(sum(c.get("restartCount", 0) for c in (p.get("status") or {}).get("containerStatuses") or []))]
+        for p in pods]))
+    print()

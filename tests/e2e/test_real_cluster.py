@@ -259,3 +259,14 @@ def test_restarted_speaker_claims_no_address_of_a_live_peer(real: RealLab) -> No
     finally:
         for n in names:
             real.api.delete(f"{SERVICES}/{n}")
+
+
+def test_lab_status_shows_each_hosts_daemons_and_pods(real: RealLab) -> None:
+    res = subprocess.run([sys.executable, "-m", "lbctl.cli", "lab", "status"], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    for host in ("cp", "node1", "node2", "node3"):
+        row = next(line.split() for line in lines if line.split()[:1] == [host] and "running" in line)
+        assert row[1] == "True" and row[-3:] == ["running"] * 3, row
+    assert any("lbctl-speaker" in line and "True" in line for line in lines), res.stdout
