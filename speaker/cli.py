@@ -33,6 +33,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds between heartbeats (default: from --timing)")
     p.add_argument("--dead-after", type=float, default=None,
                    help="seconds without a heartbeat before a peer is considered dead (default: from --timing)")
+    p.add_argument("--restart-hold", type=float, default=30.0,
+                   help="seconds peers keep a restarting speaker's addresses (a rolling update: SIGTERM while its "
+                        "Node stays schedulable and Ready) until its next instance is live, so they never move and "
+                        "no connection in flight is cut; 0: always hand over at once (default 30)")
     p.add_argument("--interfaces", type=_interfaces, default=None,
                    help="comma-separated interfaces that may announce (default: all suitable ones)")
     p.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE") or None,
@@ -59,6 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.heartbeat_interval <= 0 or args.dead_after <= args.heartbeat_interval:
         p.error(f"need 0 < --heartbeat-interval < --dead-after, got {args.heartbeat_interval:g} and "
                 f"{args.dead_after:g} (--timing {args.timing} gives {interval:g} and {dead_after:g})")
+    if not 0 <= args.restart_hold <= 600:
+        p.error(f"--restart-hold must be between 0 and 600 seconds, got {args.restart_hold:g}")
     if args.garp_count < 0 or args.garp_refresh < 0:
         p.error("--garp-count and --garp-refresh must not be negative")
     return args

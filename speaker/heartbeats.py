@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 
 from lbctl import log
-from lbctl.core.heartbeat import Decoder, Heartbeat, Keyring, PeerTable, encode, incarnation_bytes
+from lbctl.core.heartbeat import LEAVE, RESTART, Decoder, Heartbeat, Keyring, PeerTable, encode, incarnation_bytes
 
 from .metrics import Metrics
 from .recvmmsg import BatchReceiver, enable_rx_metadata, size_receive_buffer
@@ -108,10 +108,10 @@ def receive_buffer_for(peers: int, interval: float) -> int:
 
 class Heartbeats:
     def __init__(self, node: str, keys: Keyring, port: int, interval: float, dead_after: float,
-                 on_change: Callable[[], None], metrics: Metrics) -> None:
+                 on_change: Callable[[], None], metrics: Metrics, restart_hold: float = 0.0) -> None:
         self.node, self.keys, self.port, self.interval = node, keys, port, interval
-        self.dead_after = dead_after
-        self.peers = PeerTable(node, dead_after)  # identity, echoes and the overall live set
+        self.dead_after, self.restart_hold = dead_after, restart_hold
+        self.peers = PeerTable(node, dead_after, restart_hold=restart_hold)  # identity, echoes, the overall live set
         self.segments: dict[str, PeerTable] = {}  # interface -> who is heard on it (guarded by _lock)
         self.on_change = on_change  # called on the event loop's thread
         self.metrics = metrics
@@ -171,7 +171,8 @@ class Heartbeats:
                 self._socks[name] = (sock, dests)
                 self._size_rcvbuf(sock, self.peers.peer_count())  # at least what the others were sized for
                 # Heard afresh from now on; echoes are checked by self.peers, which every segment's set is within.
-                self.segments[name] = PeerTable(self.node, self.dead_after, require_echo=False)
+                self.segments[name] = PeerTable(self.node, self.dead_after, require_echo=False,
+                                                restart_hold=self.restart_hold)
                 self._warned_alone = False
                 changed = True
             if changed:
@@ -310,7 +311,7 @@ class Heartbeats:
                     self._check_heard(now)
                     next_deaf = now + min(self.dead_after, 10 * self.interval)
                 if self._sending and now >= next_send:
-                    self._send(False)
+                    self._send(0)
                     # Keep the cadence; after a stall (suspend, CPU starvation) resume rather than burst.
                     next_send = max(next_send + self.interval, now)
                 if self._publish(now):
@@ -442,7 +443,7 @@ class Heartbeats:
             self.metrics.heartbeat_drops.inc(counter - last)
         self._drops[fd] = counter
 
-    def _send(self, leaving: bool) -> None:
+    def _send(self, leaving: int) -> None:
         with self._lock:
             self._seq += 1
             seq, inc = self._seq, self.incarnation
@@ -476,12 +477,13 @@ class Heartbeats:
         logger.info("heartbeat_send_recovered", interface=name, failed_beacons=failed)
 
     # --- shutdown (event loop thread) -----------------------------------------------------------
-    async def leave(self) -> None:
-        """Tell peers we are going so they take over now rather than after dead_after."""
+    async def leave(self, restarting: bool = False) -> None:
+        """Tell peers we are going so they take over now rather than after dead_after; or, `restarting`, that
+        they hold our addresses until our next incarnation is live (their --restart-hold at most)."""
         self._sending = False
         self._poke()
         for _ in range(LEAVE_REPEAT):
-            self._send(True)
+            self._send(RESTART if restarting else LEAVE)
             await asyncio.sleep(LEAVE_GAP)
 
     def close(self) -> None:

@@ -54,7 +54,7 @@ class Speaker:
         self.dirty = asyncio.Event()
         self.interfaces = InterfaceTable(args.interfaces, self.dirty.set)
         self.heartbeats = Heartbeats(self.node, keys, args.heartbeat_port, args.heartbeat_interval,
-                                     args.dead_after, self.dirty.set, metrics)
+                                     args.dead_after, self.dirty.set, metrics, args.restart_hold)
         self.announcer = Announcer(self.interfaces, metrics, args.garp_count, args.garp_refresh, self.on_foreign)
         self.source: KubeState | StaticState | None = None
         self.withheld = WithheldReporter(None, self.node)
@@ -127,6 +127,15 @@ class Speaker:
                            hint="these peers do not echo our beacons; they count as dead until they do")
         else:
             logger.info("warm_up_done", waited_s=round(time.monotonic() - started, 2))
+
+    def restarting(self) -> bool:
+        """Whether this stop is a restart to hold addresses for (--restart-hold): our Node, as last listed,
+        is schedulable, Ready and not being deleted. A cordoned, draining, failing or unknown node hands
+        over at once."""
+        if self.args.restart_hold <= 0 or self.source is None or not self.source.synced:
+            return False
+        me = self.source.nodes().get(self.node)
+        return me is not None and not me.going
 
     def unicast_to(self, missing: tuple[str, ...]) -> None:
         """Registered peers we do not hear: broadcast/multicast may be filtered between us, so beacon to
@@ -387,20 +396,14 @@ async def run(args: argparse.Namespace, keys: Keyring) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        # Graceful handover: peers drop us at once; we keep answering each IP until its successor's
-        # announcement is seen (the responder drops it on that very frame), HANDOVER_GRACE at most.
-        sp.leaving = True
-        sp.announcer.start_yielding()
-        await sp.heartbeats.leave()
-        held = sp.announcer.serving()
-        logger.info("leaving", grace_s=HANDOVER_GRACE, announced=sorted(held))
-        t0 = time.monotonic()
-        while sp.announcer.serving() and time.monotonic() - t0 < HANDOVER_GRACE:
-            await asyncio.sleep(0.02)
-        left = sp.announcer.serving()
-        metrics.handover_yields.inc(len(held - left))
-        logger.info("handover", yielded=sorted(held - left), no_successor_heard=sorted(left),
-                    took_ms=round((time.monotonic() - t0) * 1000))
+        if sp.restarting():
+            # A rolling update: peers hold our addresses until our next instance is live, so none moves
+            # (each move would cut the connections in flight). Clients keep their ARP entries meanwhile.
+            sp.leaving = True
+            await sp.heartbeats.leave(restarting=True)
+            logger.info("leaving_to_restart", hold_s=args.restart_hold, announced=sorted(sp.announcer.serving()))
+        else:
+            await _hand_over(sp, metrics)
     finally:
         sp.announcer.close()
         sp.heartbeats.close()
@@ -420,6 +423,23 @@ async def run(args: argparse.Namespace, keys: Keyring) -> None:
         logger.info("stopped")
     if failed:  # after the handover and cleanup above: exit non-zero so the kubelet restarts us and says so
         raise SystemExit(1)
+
+
+async def _hand_over(sp: Speaker, metrics: Metrics) -> None:
+    """Graceful handover: peers drop us at once; we keep answering each IP until its successor's
+    announcement is seen (the responder drops it on that very frame), HANDOVER_GRACE at most."""
+    sp.leaving = True
+    sp.announcer.start_yielding()
+    await sp.heartbeats.leave()
+    held = sp.announcer.serving()
+    logger.info("leaving", grace_s=HANDOVER_GRACE, announced=sorted(held))
+    t0 = time.monotonic()
+    while sp.announcer.serving() and time.monotonic() - t0 < HANDOVER_GRACE:
+        await asyncio.sleep(0.02)
+    left = sp.announcer.serving()
+    metrics.handover_yields.inc(len(held - left))
+    logger.info("handover", yielded=sorted(held - left), no_successor_heard=sorted(left),
+                took_ms=round((time.monotonic() - t0) * 1000))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -63,8 +63,10 @@ def node_info(obj: Mapping[str, Any]) -> NodeInfo:
     addrs = _map(obj.get("status")).get("addresses")
     internal = tuple(ip for a in (addrs if isinstance(addrs, list) else []) if isinstance(a, Mapping)
                      and a.get("type") == "InternalIP" and (ip := canonical_ip(str(a.get("address", "")))))
+    ready = any(isinstance(c, Mapping) and c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+    going = bool(_map(obj.get("spec")).get("unschedulable")) or bool(meta.get("deletionTimestamp")) or not ready
     return NodeInfo(str(meta.get("name", "")), dict(labels) if isinstance(labels, Mapping) else {}, unavailable,
-                    internal)
+                    internal, going)
 
 
 def layer2_of(layer2: Any) -> tuple[tuple[Mapping[str, Any], ...], tuple[str, ...]]:

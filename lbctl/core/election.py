@@ -48,6 +48,7 @@ class NodeInfo:
     labels: Mapping[str, str] = field(default_factory=dict)
     network_unavailable: bool = False  # NodeNetworkUnavailable condition is True
     addresses: tuple[str, ...] = ()  # status.addresses of type InternalIP: heartbeat unicast fallback
+    going: bool = False  # cordoned, being deleted or not Ready: a speaker stopping here hands over, never holds
 
 
 def eligible_nodes(

@@ -30,6 +30,10 @@ from hmac import compare_digest
 MAGIC = b"LBHB"
 VERSION = 2
 FLAG_LEAVING = 0x01  # graceful shutdown: "I am about to go quiet", fail over now
+# With FLAG_LEAVING: "I am restarting (a rolling update): hold my addresses" (PeerTable.restart_hold). Speakers
+# that predate it see a plain goodbye and fail over, as before.
+FLAG_RESTART = 0x02
+LEAVE, RESTART = FLAG_LEAVING, FLAG_LEAVING | FLAG_RESTART  # the `leaving` values a beacon can carry
 MAX_NAME = 253  # a DNS subdomain, the longest Kubernetes node name
 MAC_LEN = 32
 MAX_ECHO = 140  # longest beacon (253-byte name) stays under a 1500-byte MTU: no IP fragments
@@ -66,7 +70,7 @@ class Heartbeat:
     incarnation: int
     sequence: int
     interval_ms: int = int(DEFAULT_INTERVAL * 1000)
-    leaving: bool = False
+    leaving: int = 0  # 0, LEAVE (fail over now) or RESTART (hold my addresses); True means LEAVE
     echoes_us: bool = True  # set by decode: the sender has heard one of the receiver's incarnations
     key_index: int = 0  # set by decode: which key of the ring verified it (0 = the signing key)
 
@@ -128,7 +132,7 @@ def encode(hb: Heartbeat, keys: Keyring | bytes, echo: Sequence[int] = ()) -> by
         raise ValueError("incarnation/sequence must fit u64 and interval_ms u32")
     if len(echo) > MAX_ECHO:
         raise ValueError(f"at most {MAX_ECHO} echoed incarnations")
-    flags = FLAG_LEAVING if hb.leaving else 0
+    flags = int(hb.leaving) & RESTART if hb.leaving else 0
     body = (_HEAD.pack(MAGIC, VERSION, flags, hb.incarnation, hb.sequence, hb.interval_ms, len(name), len(echo))
             + name + struct.pack(f"!{len(echo)}Q", *echo))
     return body + _macs(keys)[0].digest(body)
@@ -148,8 +152,8 @@ class Decoder:
         self._names: dict[bytes, str] = {}
 
     def fields(self, buf: bytes | bytearray, off: int = 0, n: int | None = None,
-               view: memoryview | None = None) -> tuple[str, int, int, int, bool, bool, int] | None:
-        """(node, incarnation, sequence, interval_ms, leaving, echoes_us, key_index) of the datagram at
+               view: memoryview | None = None) -> tuple[str, int, int, int, int, bool, int] | None:
+        """(node, incarnation, sequence, interval_ms, leaving (0, LEAVE, RESTART), echoes_us, key_index) of the datagram at
         buf[off:off+n], or None for anything not a well-formed heartbeat signed with one of the keys.
         `view`: memoryview(buf), passed by a caller that decodes many datagrams out of one buffer."""
         if n is None:
@@ -201,7 +205,7 @@ class Decoder:
                 echoes = True
                 break
         # Unknown flag bits are ignored so a later minor addition does not need a version bump.
-        return name, inc, seq, interval, bool(flags & FLAG_LEAVING), echoes, index
+        return name, inc, seq, interval, flags & RESTART if flags & FLAG_LEAVING else 0, echoes, index
 
 
 def forget_after(dead_after: float) -> float:
@@ -243,6 +247,8 @@ class _Inc:
 class _Peer:
     incs: dict[int, _Inc]
     retired: dict[int, None]  # insertion-ordered set
+    held_until: float = _NEVER  # restarting: live until then, or until another incarnation of it is
+    held_inc: int = -1  # the incarnation that asked for the hold
 
 
 class PeerTable:
@@ -267,9 +273,11 @@ class PeerTable:
     who is live while the ghost is kept.
     """
 
-    def __init__(self, self_name: str, dead_after: float = DEFAULT_DEAD_AFTER, require_echo: bool = True) -> None:
+    def __init__(self, self_name: str, dead_after: float = DEFAULT_DEAD_AFTER, require_echo: bool = True,
+                 restart_hold: float = 0.0) -> None:
         self.self_name = self_name
         self.dead_after = dead_after
+        self.restart_hold = restart_hold  # seconds a restarting peer stays live after its goodbye; 0: none
         self.require_echo = require_echo
         self._burst = 0  # 1, 2: a round of echoes at MAX_ECHO per beacon is about to start, under way
         self._peers: dict[str, _Peer] = {}
@@ -290,7 +298,7 @@ class PeerTable:
         return self.observe_fields(hb.node, hb.incarnation, hb.sequence, hb.leaving, hb.echoes_us, now,
                                    hb.interval_ms)
 
-    def observe_fields(self, node: str, inc: int, seq: int, leaving: bool, echoes_us: bool, now: float,
+    def observe_fields(self, node: str, inc: int, seq: int, leaving: int, echoes_us: bool, now: float,
                        interval_ms: int = int(DEFAULT_INTERVAL * 1000)) -> bool:
         """observe() without a Heartbeat: what the receive path calls per beacon."""
         if node == self.self_name:  # our broadcast looped back
@@ -315,14 +323,20 @@ class PeerTable:
                 return False
             if len(peer.incs) >= INCARNATIONS_PER_PEER:
                 self._retire(peer, min(peer.incs, key=lambda i: peer.incs[i].last_seen))
-            rec = peer.incs[inc] = _Inc(inc, seq, now, echoes_us, window, leaving)
+            rec = peer.incs[inc] = _Inc(inc, seq, now, echoes_us, window, bool(leaving))
             self._fresh.append(rec)
         else:
             if rec.left or seq <= rec.sequence:
                 return False
-            rec.sequence, rec.last_seen, rec.left, rec.window = seq, now, leaving, window
+            rec.sequence, rec.last_seen, rec.left, rec.window = seq, now, bool(leaving), window
             if echoes_us:
                 rec.last_echo = now
+        if peer.held_until != _NEVER and (inc != peer.held_inc and self._alive(rec, now) or leaving == LEAVE):
+            peer.held_until, peer.held_inc = _NEVER, -1  # its next incarnation is live, or it left for good
+            self._dirty = True
+        if leaving == RESTART and self.restart_hold > 0 and node in self.live_set:
+            # Only a live peer's restart is held: a goodbye must not revive a peer we had taken for dead.
+            peer.held_until, peer.held_inc = now + self.restart_hold, inc
         if leaving:
             self._dirty = self._dirty or node in self.live_set
         elif node not in self.live_set and self._alive(rec, now):
@@ -344,7 +358,7 @@ class PeerTable:
         return min(r.last_seen + self.dead_after, r.last_echo + r.window)
 
     def live(self, now: float) -> set[str]:
-        out = {n for n, p in self._peers.items() if any(self._alive(r, now) for r in p.incs.values())}
+        out = {n for n, p in self._peers.items() if now < p.held_until or any(self._alive(r, now) for r in p.incs.values())}
         out.add(self.self_name)
         return out
 
@@ -352,6 +366,8 @@ class PeerTable:
         """Earliest time a currently live incarnation would turn dead; when the shell should recompute."""
         best = _INF
         for p in self._peers.values():
+            if now < p.held_until < best:
+                best = p.held_until
             for r in p.incs.values():
                 if self._alive(r, now):
                     t = self._expiry(r)
@@ -366,6 +382,9 @@ class PeerTable:
         self._dirty = False
         live, due = {self.self_name}, _INF
         for name, p in self._peers.items():
+            if now < p.held_until:
+                live.add(name)
+                due = min(due, p.held_until)
             for r in p.incs.values():
                 if self._alive(r, now):
                     live.add(name)

@@ -59,8 +59,12 @@ def lab_values(topo: Topology, timing: str | None = None, controllers: int = 1,
                               "logFormat": "json"}
     if image:
         values["image"] = {"repository": image[0], "tag": image[1]}
+    else:
+        # The process lab's SIGTERM tests exercise the graceful handover, which is what a speaker stopping on
+        # a cordoned or failing node does; nothing restarts its pods on their own to end a hold.
+        values["speaker"] = {"restartHold": 0}
     if timing:
-        values["speaker"] = {"heartbeat": {"timing": timing}}
+        values.setdefault("speaker", {})["heartbeat"] = {"timing": timing}
     if controllers != 1:
         values["controller"] = {"replicas": controllers}
     return values

@@ -125,8 +125,8 @@ def test_speaker_daemonset_is_least_privilege_host_network() -> None:
     assert c["args"] == [
         "--lb-class=example.com/lb", "--log-format=json", "--log-level=info",
         "--heartbeat-key-file=/etc/lbctl/heartbeat/key", "--heartbeat-port=17946", "--heartbeat-interval=0.2",
-        "--dead-after=0.9", "--garp-count=3", "--interfaces=eth1,bond0", "--http-host=$(HOST_IP)",
-        "--http-port=7473"]
+        "--dead-after=0.9", "--garp-count=3", "--restart-hold=30", "--interfaces=eth1,bond0",
+        "--http-host=$(HOST_IP)", "--http-port=7473"]
     ports = {p["name"]: (p["containerPort"], p["protocol"]) for p in c["ports"]}
     assert ports == {"metrics": (7473, "TCP"), "heartbeat": (17946, "UDP")}
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
@@ -135,8 +135,8 @@ def test_speaker_daemonset_is_least_privilege_host_network() -> None:
     # The speaker's own parser accepts exactly these flags, with the kubelet's $(VAR) expansion.
     from lbctl.speaker.cli import parse_args
     args = parse_args(expand(c["args"], {"HOST_IP": "198.18.0.21"}) + ["--node-name", "n1"])
-    assert (args.lb_class, args.heartbeat_port, args.heartbeat_interval, args.dead_after) == \
-        ("example.com/lb", 17946, 0.2, 0.9)
+    assert (args.lb_class, args.heartbeat_port, args.heartbeat_interval, args.dead_after, args.restart_hold) == \
+        ("example.com/lb", 17946, 0.2, 0.9, 30.0)
     assert args.interfaces == {"eth1", "bond0"} and args.http_host == "198.18.0.21"
     assert args.heartbeat_key_file == ["/etc/lbctl/heartbeat/key"]
 
