@@ -138,7 +138,7 @@ def helm_roll(tags: list[str], timeout: float = 600.0, create_every_s: float = 2
             deadline = time.monotonic() + timeout
             while True:
                 now = time.monotonic()
-                if now >= next_create:
+                if create_every_s and now >= next_create:
                     name = f"roll-{len(w.services)}"
                     lab.api.create(SERVICES, _service(name))
                     w.services.append(name)
@@ -338,9 +338,11 @@ def measure_real(args: argparse.Namespace, lab: LabHandle, up_s: float) -> None:
     base = connprobe.finish(connprobe.launch(CLIENT_NS, list(targets), args.interval, args.timeout,
                                              duration=args.baseline_s))
     base_sum = summarise(base.attempts, base.targets, base.started, base.stopped)
+    if args.control:
+        return control(args, lab, targets, labels)
     tags = [images.LBCTL_NEXT_TAG.rsplit(":", 1)[1], images.LBCTL_TAG.rsplit(":", 1)[1]] * args.rounds
     log(f"roll: helm upgrade to image tags {', '.join(tags[:args.rounds])} (same image, another tag)")
-    rolled, watch, t0, t1 = probe_around(list(targets), lambda: helm_roll(tags[:args.rounds], args.roll_timeout)(lab),
+    rolled, watch, t0, t1 = probe_around(list(targets), lambda: helm_roll(tags[:args.rounds], args.roll_timeout, args.create_every)(lab),
                                          args.settle_s, args.interval, args.timeout)
     roll_sum = summarise(rolled.attempts, rolled.targets, rolled.started, rolled.stopped)
     print("\nspeaker roll steps:")
@@ -379,6 +381,28 @@ def measure_real(args: argparse.Namespace, lab: LabHandle, up_s: float) -> None:
         f"longest gap {roll_gap:.0f} ms (baseline {base_gap:.0f} ms); leader handovers "
         f"{', '.join(f'{h:.1f} s' for h in handovers) or 'none'} (target <= 15 s); {addressed}/{len(watch.services)} "
         f"Services created during the roll addressed, {duplicates} duplicate addresses")
+
+
+def control(args: argparse.Namespace, lab: LabHandle, targets: dict[str, str], labels: dict[str, str]) -> None:
+    """The control for the roll: the same prober and the same Service creation, for --control seconds, with
+    nothing rolling. Failures here are the data path's (kube-proxy resyncing its rules for each new Service,
+    conntrack), not the speakers'."""
+    created: list[str] = []
+
+    def churn() -> None:
+        end = time.monotonic() + args.control
+        while time.monotonic() < end:
+            name = f"control-{len(created)}"
+            lab.api.create(SERVICES, _service(name))
+            created.append(name)
+            time.sleep(args.create_every or 2.0)
+    run, _, t0, t1 = probe_around(list(targets), churn, args.settle_s, args.interval, args.timeout)
+    summ = summarise(run.attempts, run.targets, run.started, run.stopped)
+    print(f"\ncontrol: {len(created)} Services created in {t1 - t0:.0f} s, nothing rolling:")
+    print(render(summ, labels))
+    print(f"FIGURE upgrade_control_failed_connections={overall(summ).failed} count")
+    print(f"FIGURE upgrade_control_attempts={overall(summ).attempts} count")
+    print(f"FIGURE upgrade_control_longest_gap_ms={overall(summ).longest_gap_ms:g} ms", flush=True)
 
 
 def leader_handovers(w: Watch) -> list[float]:
@@ -471,6 +495,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=1.0, help="per-connection timeout (s)")
     p.add_argument("--baseline-s", type=float, default=3.0)
     p.add_argument("--settle-s", type=float, default=2.0, help="probing before and after the roll (s)")
+    p.add_argument("--create-every", type=float, default=2.0,
+                   help="helm: seconds between Services created during the roll (0: none)")
+    p.add_argument("--control", type=float, default=0.0,
+                   help="helm: instead of rolling, probe this many seconds while creating Services (the control)")
     p.add_argument("--node-events", action=argparse.BooleanOptionalAction, default=True,
                    help="helm: after the roll, cordon+drain one VIP owner and shut another down (default on)")
     p.add_argument("--keep", action="store_true", help="leave the lab up afterwards (for debugging)")

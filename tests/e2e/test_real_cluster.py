@@ -270,3 +270,40 @@ def test_lab_status_shows_each_hosts_daemons_and_pods(real: RealLab) -> None:
         row = next(line.split() for line in lines if line.split()[:1] == [host] and "running" in line)
         assert row[1] == "True" and row[-3:] == ["running"] * 3, row
     assert any("lbctl-speaker" in line and "True" in line for line in lines), res.stdout
+
+
+def _sysctl(netns: str, **values: str) -> None:
+    subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-q", "-w",
+                    *(f"net.ipv4.conf.{k.replace('__', '.')}={v}" for k, v in values.items())], check=True)
+
+
+def test_ipvs_mode_strict_arp_problem_on_one_node(real: RealLab) -> None:
+    """kube-proxy runs in iptables mode here (this kernel has no IPVS). What IPVS mode does to a node is put
+    every Service address on `kube-ipvs0`; without strict ARP the kernel then answers ARP for a LoadBalancer
+    IP on eth0 too, beside the speaker's owner. Shown on one node, with `lbctl preflight` failing there, then
+    fixed by strict ARP (arp_ignore=1, arp_announce=2: kube-proxy's strictARP)."""
+    ip = _serve(real, "ipvs-demo")
+    owner = real.owner(ip)
+    other = next(n for n in ("node1", "node2", "node3") if n != owner)
+    ns = real.topo.host(other).netns
+    ip_cmd = ["ip", "-n", ns]
+    try:
+        # The lab gives every node a kube-ipvs0 (an ifb where the kernel has no dummy links), empty.
+        assert subprocess.run([*ip_cmd, "link", "show", "kube-ipvs0"], capture_output=True).returncode == 0
+        subprocess.run([*ip_cmd, "addr", "add", f"{ip}/32", "dev", "kube-ipvs0"], check=True)
+        _sysctl(ns, all__arp_ignore="0", all__arp_announce="0", eth0__arp_ignore="0", eth0__arp_announce="0")
+        macs = {real.topo.node_by_mac(m) or m for m in probes.arping(ip, count=3)}
+        assert macs == {owner, other}, f"without strict ARP both should answer for {ip}: {macs}"
+        pre = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "lbctl.cli", "preflight", "--node-only"],
+                             capture_output=True, text=True, timeout=60)
+        assert pre.returncode != 0 and "arp_ignore" in pre.stdout, pre.stdout + pre.stderr
+        _sysctl(ns, all__arp_ignore="1", all__arp_announce="2", eth0__arp_ignore="1", eth0__arp_announce="2")
+        macs = {real.topo.node_by_mac(m) or m for m in probes.arping(ip, count=3)}
+        assert macs == {owner}, f"with strict ARP only the speaker's owner answers for {ip}: {macs}"
+        pre = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "lbctl.cli", "preflight", "--node-only"],
+                             capture_output=True, text=True, timeout=60)
+        assert "arp_ignore" not in "".join(l for l in pre.stdout.splitlines() if l.startswith("FAIL")), pre.stdout
+    finally:
+        subprocess.run([*ip_cmd, "addr", "del", f"{ip}/32", "dev", "kube-ipvs0"], capture_output=True)
+        _sysctl(ns, all__arp_ignore="1", all__arp_announce="2", eth0__arp_ignore="1", eth0__arp_announce="2")
+        real.api.delete(f"{SERVICES}/ipvs-demo")
