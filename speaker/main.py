@@ -132,7 +132,8 @@ class Speaker:
         """Whether this stop is a restart to hold addresses for (--restart-hold): our Node, as last listed,
         is schedulable, Ready and not being deleted. A cordoned, draining, failing or unknown node hands
         over at once."""
-        if self.args.restart_hold <= 0 or self.source is None or not self.source.synced:
+        # Only the API server's view says whether the node stays; --static-config has none: hand over.
+        if self.args.restart_hold <= 0 or not isinstance(self.source, KubeState) or not self.source.synced:
             return False
         me = self.source.nodes().get(self.node)
         return me is not None and not me.going

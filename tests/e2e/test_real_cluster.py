@@ -307,3 +307,31 @@ def test_ipvs_mode_strict_arp_problem_on_one_node(real: RealLab) -> None:
         subprocess.run([*ip_cmd, "addr", "del", f"{ip}/32", "dev", "kube-ipvs0"], capture_output=True)
         _sysctl(ns, all__arp_ignore="1", all__arp_announce="2", eth0__arp_ignore="1", eth0__arp_announce="2")
         real.api.delete(f"{SERVICES}/ipvs-demo")
+
+
+def test_replaced_owner_speaker_keeps_its_address_no_move(real: RealLab) -> None:
+    """The restart hold: the owner's speaker pod is deleted (what a rolling update does to each node). Its peers
+    hold its address until the new pod's speaker is live, so no other node ever answers for it, then the
+    owner answers again with the same MAC; nothing else claimed it meanwhile."""
+    ip = _serve(real, "held")
+    try:
+        owner = real.owner(ip)
+        old = real.speaker_pod(owner)
+        assert old
+        client = real.topo.host("client")
+        probe = subprocess.Popen(["ip", "netns", "exec", client.netns, sys.executable, "-c", _ROUNDS,
+                                  json.dumps([ip]), client.mac, client.ip4, "40"], stdout=subprocess.PIPE, text=True)
+        time.sleep(0.5)
+        deleted = time.monotonic()
+        real.api.delete(f"/api/v1/namespaces/{NAMESPACE}/pods/{old['metadata']['name']}")
+        out, _ = probe.communicate(timeout=60)
+        rounds = [(t - deleted, {real.topo.node_by_mac(m) or m for m in seen[ip]}) for t, seen in json.loads(out)]
+        others = [(round(t, 2), n) for t, n in rounds if n - {owner}]
+        assert not others, f"another node answered for {ip} while {owner}'s speaker was replaced: {others[:10]}"
+        silent = [t for t, n in rounds if t > 0 and not n]
+        back = next((t for t, n in rounds if t > (silent[0] if silent else 0) and n == {owner}), None)
+        assert back is not None, f"{owner} did not answer for {ip} again within the 40 s watched: {rounds[-5:]}"
+        print(f"real cluster: {owner}'s speaker pod replaced; {ip} unanswered for {len(silent) * 0.05:.1f} s of "
+              f"ARP rounds, answered again by {owner} {back:.1f} s after the delete, by no other node meanwhile")
+    finally:
+        real.api.delete(f"{SERVICES}/held")
