@@ -328,8 +328,18 @@ def run(args: argparse.Namespace) -> None:
             measure(args, lab, ROLLS[args.roll](args), up_s)
 
 
-def measure_real(args: argparse.Namespace, lab: LabHandle, up_s: float) -> None:
-    owners = vips_on_distinct_owners(lab, args.vips, real=True)
+@dataclass
+class Setup:
+    targets: dict[str, str]  # "ip:80" -> owner node
+    names: dict[str, str]  # target -> vip1..
+    labels: dict[str, str]  # target -> "vip1 ip (node)"
+    base: Run
+    base_sum: list[TargetSummary]
+
+
+def setup(args: argparse.Namespace, lab: LabHandle, real: bool) -> Setup:
+    """VIPs owned by distinct nodes, and the baseline: the prober with nothing rolling."""
+    owners = vips_on_distinct_owners(lab, args.vips, real=real)
     targets = {f"{ip}:80": node for node, ip in sorted(owners.items())}
     names = {t: f"vip{k}" for k, t in enumerate(targets, start=1)}
     labels = {t: f"{names[t]} {t.rsplit(':', 1)[0]} ({node})" for t, node in targets.items()}
@@ -337,7 +347,12 @@ def measure_real(args: argparse.Namespace, lab: LabHandle, up_s: float) -> None:
     log(f"baseline: {args.baseline_s:g} s of probing, nothing rolling")
     base = connprobe.finish(connprobe.launch(CLIENT_NS, list(targets), args.interval, args.timeout,
                                              duration=args.baseline_s))
-    base_sum = summarise(base.attempts, base.targets, base.started, base.stopped)
+    return Setup(targets, names, labels, base, summarise(base.attempts, base.targets, base.started, base.stopped))
+
+
+def measure_real(args: argparse.Namespace, lab: LabHandle, up_s: float) -> None:
+    su = setup(args, lab, real=True)
+    targets, names, labels, base, base_sum = su.targets, su.names, su.labels, su.base, su.base_sum
     if args.control:
         return control(args, lab, targets, labels)
     tags = [images.LBCTL_NEXT_TAG.rsplit(":", 1)[1], images.LBCTL_TAG.rsplit(":", 1)[1]] * args.rounds
@@ -439,16 +454,8 @@ def services_outcome(lab: LabHandle, created: list[str], timeout: float = 30) ->
 
 
 def measure(args: argparse.Namespace, lab: LabHandle, roll: Roll, up_s: float) -> None:
-    owners = vips_on_distinct_owners(lab, args.vips)
-    targets = {f"{ip}:80": node for node, ip in sorted(owners.items())}
-    names = {t: f"vip{k}" for k, t in enumerate(targets, start=1)}
-    labels = {t: f"{names[t]} {t.rsplit(':', 1)[0]} ({node})" for t, node in targets.items()}
-    log("VIPs: " + ", ".join(labels.values()))
-
-    log(f"baseline: {args.baseline_s:g} s of probing, nothing rolling")
-    base = connprobe.finish(connprobe.launch(CLIENT_NS, list(targets), args.interval, args.timeout,
-                                             duration=args.baseline_s))
-    base_sum = summarise(base.attempts, base.targets, base.started, base.stopped)
+    su = setup(args, lab, real=False)
+    targets, names, labels, base, base_sum = su.targets, su.names, su.labels, su.base, su.base_sum
 
     log(f"roll: {args.roll}, {args.rounds} time(s) in a row")
     rolled, steps, t0, t1 = probe_around(list(targets), lambda: [s for _ in range(args.rounds) for s in roll(lab)],
