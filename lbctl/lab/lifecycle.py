@@ -48,7 +48,7 @@ def up(nodes: int = 3, ipv6: bool = True, speakers: bool = True, say: Say = prin
     puts the fault injector (lbctl.lab.faultproxy) between every nginx and the API server; `controllers` > 1
     runs more controller replicas (the first in the control-plane namespace, the others on the nodes).
     `real`: the real cluster (lbctl.lab.realcluster): kubelets, containerd, kube-proxy and the controllers run
-    the chart's image from `archives`; IPv4 only for now."""
+    the chart's image from `archives`."""
     require_root()
     if real and (faults or not speakers):
         raise LabError("the real cluster has no fault injector and always runs the speakers")
@@ -57,7 +57,7 @@ def up(nodes: int = 3, ipv6: bool = True, speakers: bool = True, say: Say = prin
     if leftovers():
         say("cleaning up a stale lab first")
         down(say=lambda _: None)
-    topo = Topology.plan(nodes, ipv6 and not real)
+    topo = Topology.plan(nodes, ipv6)
     started = time.monotonic()
     try:
         STATE.mkdir(mode=0o700, parents=True)
