@@ -159,12 +159,12 @@ class Bench:
             if len(owners) != 1 or next(iter(owners)) != owner:
                 owner = next(iter(owners)) if len(owners) == 1 else None
                 since = now
-            elif now - since >= stable_s and probes.curl(ip, 0.5) == owner:
+            elif now - since >= stable_s and probes.node_answering(ip, 0.5) == owner:
                 return owner
             last = owners
             time.sleep(0.2)
         raise HarnessError(f"{ip}: no single settled owner after {timeout:.0f}s (last ARP owners: {last}, "
-                           f"HTTP answered by {probes.curl(ip, 0.5)})")
+                           f"HTTP answered by {probes.node_answering(ip, 0.5)})")
 
     def speaker_ready(self, node: str) -> bool:
         h = self.topo.host(node)
@@ -319,7 +319,7 @@ class Bench:
     def wait_recovery(self, ip: str, old: str, t_break: float, window: float) -> float | None:
         deadline = t_break + window
         while time.monotonic() < deadline:
-            got = probes.curl(ip, 0.2)
+            got = probes.node_answering(ip, 0.2)
             if got and got != old:
                 return time.monotonic() - t_break
             time.sleep(0.3)

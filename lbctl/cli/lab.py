@@ -13,7 +13,8 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _up(args: argparse.Namespace) -> int:
-    lifecycle.up(args.nodes, args.ipv6, args.speakers, timing=args.timing, real=args.runtime == "real")
+    lifecycle.up(args.nodes, args.ipv6, args.speakers, timing=args.timing, real=args.runtime == "real",
+                 restart_hold=args.restart_hold)
     return 0
 
 
@@ -48,10 +49,13 @@ def _topology_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ipv6", action=argparse.BooleanOptionalAction, default=True, help="dual-stack (default on)")
     p.add_argument("--runtime", choices=["real", "process"], default="real",
                    help="real (default): kubelets, containerd, kube-proxy and the controllers run the chart's image "
-                        "(IPv4 only); process: the older lab whose small kubelet runs the pods as processes "
+                        "; process: the older lab whose small kubelet runs the pods as processes "
                         "(dual-stack, fault injector), kept while tests move over")
     p.add_argument("--timing", choices=sorted(TIMING_PRESETS),
                    help="speakers' heartbeat timing preset (chart value speaker.heartbeat.timing; default: the chart's)")
+    p.add_argument("--restart-hold", type=int, metavar="SECONDS",
+                   help="chart value speaker.restartHold (default: the chart's; 0: a stopped speaker always hands "
+                        "over at once)")
 
 
 def register(p: argparse.ArgumentParser) -> None:

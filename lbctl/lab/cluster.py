@@ -51,7 +51,7 @@ def bootstrap(api: LabApi, topo: Topology) -> None:
 
 
 def lab_values(topo: Topology, timing: str | None = None, controllers: int = 1,
-               image: tuple[str, str] | None = None) -> dict[str, Any]:
+               image: tuple[str, str] | None = None, restart_hold: int | None = None) -> dict[str, Any]:
     """The lab's values for the chart: the seed's pool renumbered, JSON logs, and the speakers' heartbeat
     timing preset, the controller's replicas and the image (repository, tag) when asked for. Nothing else
     differs from a user's install."""
@@ -63,6 +63,8 @@ def lab_values(topo: Topology, timing: str | None = None, controllers: int = 1,
         # The process lab's SIGTERM tests exercise the graceful handover, which is what a speaker stopping on
         # a cordoned or failing node does; nothing restarts its pods on their own to end a hold.
         values["speaker"] = {"restartHold": 0}
+    if restart_hold is not None:
+        values.setdefault("speaker", {})["restartHold"] = restart_hold
     if timing:
         values.setdefault("speaker", {})["heartbeat"] = {"timing": timing}
     if controllers != 1:

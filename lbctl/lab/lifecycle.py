@@ -43,12 +43,12 @@ def leftovers() -> bool:
 
 def up(nodes: int = 3, ipv6: bool = True, speakers: bool = True, say: Say = print,
        timing: str | None = None, faults: bool = False, controllers: int = 1, real: bool = False,
-       archives: list[Path] | None = None) -> tuple[Topology, list[str]]:
+       archives: list[Path] | None = None, restart_hold: int | None = None) -> tuple[Topology, list[str]]:
     """Returns the topology and warnings (e.g. no speaker yet). Cleans up everything on failure. `faults`
     puts the fault injector (lbctl.lab.faultproxy) between every nginx and the API server; `controllers` > 1
     runs more controller replicas (the first in the control-plane namespace, the others on the nodes).
     `real`: the real cluster (lbctl.lab.realcluster): kubelets, containerd, kube-proxy and the controllers run
-    the chart's image from `archives`."""
+    the chart's image from `archives`. `restart_hold`: the chart's speaker.restartHold."""
     require_root()
     if real and (faults or not speakers):
         raise LabError("the real cluster has no fault injector and always runs the speakers")
@@ -68,10 +68,11 @@ def up(nodes: int = 3, ipv6: bool = True, speakers: bool = True, say: Say = prin
         cp = cluster.start_control_plane(topo, controllers=real)
         api = LabApi()
         if real:
-            return topo, _up_real(cp, api, topo, archives or [], say, timing, controllers, started)
+            return topo, _up_real(cp, api, topo, archives or [], say, timing, controllers, started, restart_hold)
         cluster.bootstrap(api, topo)
         say(f"cluster: Nodes {', '.join(h.name for h in topo.node_hosts)}")
-        cp.install_chart(cluster.RELEASE, cluster.NAMESPACE, cluster.lab_values(topo, timing, controllers))
+        cp.install_chart(cluster.RELEASE, cluster.NAMESPACE, cluster.lab_values(topo, timing, controllers,
+                                                                                restart_hold=restart_hold))
         pools = topology.POOL4 + (f", {topology.POOL6}" if ipv6 else "")
         say(f"helm install {cluster.RELEASE} (chart {assets.chart_dir()}) into {cluster.NAMESPACE}: CRDs, RBAC, "
             f"heartbeat Secret, controller Deployment, speaker DaemonSet, IPPool default ({pools})")
@@ -92,7 +93,7 @@ def up(nodes: int = 3, ipv6: bool = True, speakers: bool = True, say: Say = prin
 
 
 def _up_real(cp: ControlPlane, api: LabApi, topo: Topology, archives: list[Path], say: Say, timing: str | None,
-             controllers: int, started: float) -> list[str]:
+             controllers: int, started: float, restart_hold: int | None) -> list[str]:
     RUNTIME_FILE.write_text("real\n")
     say("  kube-controller-manager and kube-scheduler beside it")
     say(f"nodes: a kubelet with its own containerd (runc, CNI bridge) and kube-proxy (iptables) in "
@@ -107,7 +108,7 @@ def _up_real(cp: ControlPlane, api: LabApi, topo: Topology, archives: list[Path]
     realcluster.wait_nodes_ready(api, topo)
     say(f"cluster: Nodes {', '.join(h.name for h in realcluster.hosts(topo))} Ready (cp tainted "
         f"{realcluster.CP_ROLE}:NoSchedule)")
-    values = cluster.lab_values(topo, timing, controllers, image=LAB_IMAGE)
+    values = cluster.lab_values(topo, timing, controllers, image=LAB_IMAGE, restart_hold=restart_hold)
     cp.install_chart(cluster.RELEASE, cluster.NAMESPACE, values)
     say(f"helm install {cluster.RELEASE} (chart {assets.chart_dir()}, image {':'.join(LAB_IMAGE)}) into "
         f"{cluster.NAMESPACE}")

@@ -27,16 +27,15 @@ def get(ip: str, port: int, timeout: float) -> tuple[bool, str]:
     try:
         conn.request("GET", "/")
         resp = conn.getresponse()
-        return resp.status == 200, _who(resp.read().decode(errors="replace").strip())
+        return resp.status == 200, who(resp.read().decode(errors="replace").strip())
     except OSError as exc:
         return False, type(exc).__name__
     finally:
         conn.close()
 
 
-def _who(body: str) -> str:
-    """The node that answered: the small lab's httpd says its name; the real cluster's backend answers JSON
-    naming its node and pod."""
+def who(body: str) -> str:
+    """The node that answered: the lab's backend answers JSON naming its node and pod (a plain body is kept)."""
     try:
         doc = json.loads(body)
     except ValueError:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from .prober import who
 from .topology import CLIENT_NS
 
 _ARP_REPLY = re.compile(r"reply from \S+ \[([0-9A-Fa-f:]{17})\]")
@@ -24,9 +25,15 @@ def url_for(ip: str, port: int = 80) -> str:
 
 
 def curl(ip: str, timeout: float = 1.0) -> str | None:
-    """The body (node name) or None when nothing answered in time."""
+    """The body or None when nothing answered in time."""
     res = client("curl", "-sf", "-m", str(timeout), url_for(ip), timeout=timeout + 5)
     return res.stdout.strip() if res.returncode == 0 else None
+
+
+def node_answering(ip: str, timeout: float = 1.0) -> str | None:
+    """The node whose backend answered HTTP on `ip` (see prober.who), or None."""
+    body = curl(ip, timeout)
+    return who(body) if body is not None else None
 
 
 def arping(ip: str, count: int = 3, timeout: float = 3.0) -> list[str]:

@@ -34,6 +34,7 @@ from .topology import NET4, Host, Topology, in_ns, sh
 
 POD_NET = "198.18.128.0/17"
 NODES = STATE / "nodes"
+EXCLUDE_LB = "node.kubernetes.io/exclude-from-external-load-balancers"
 CP_ROLE = "node-role.kubernetes.io/master"  # kubespray's control-plane taint and label (1.20)
 # A node's default route, as every real node has one: a ClusterIP is routed before kube-proxy's OUTPUT rule
 # rewrites it, so without a route a hostNetwork pod's connect() fails with ENETUNREACH. Nothing answers at this
@@ -140,7 +141,9 @@ def wait_nodes_ready(api: LabApi, topo: Topology, timeout: float = 90) -> None:
             raise ClusterError(f"Nodes not Ready after {timeout:.0f} s: {', '.join(sorted(names - ready))} "
                                f"(kubelet logs in {NODES}/<node>/logs)")
         time.sleep(0.5)
-    api.patch("/api/v1/nodes/cp", {"metadata": {"labels": {CP_ROLE: "", "node-role.kubernetes.io/control-plane": ""}}})
+    # As kubeadm (kubespray) labels a control plane: no Service traffic through it, so no VIP on it.
+    api.patch("/api/v1/nodes/cp", {"metadata": {"labels": {CP_ROLE: "", "node-role.kubernetes.io/control-plane": "",
+                                                           EXCLUDE_LB: "true"}}})
 
 
 def _condition(obj: dict[str, Any], kind: str) -> bool:

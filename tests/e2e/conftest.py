@@ -1,4 +1,11 @@
-"""The e2e fixture: a real `lbctl lab` (3 nodes, dual-stack) per test module, always torn down.
+"""The e2e fixture: the real-cluster `lbctl lab` (3 workers and a tainted control plane, dual-stack) per test
+module, always torn down.
+
+The chart runs as users install it (kubelets, containerd, kube-proxy, the DaemonSet and Deployment
+controllers), with `speaker.restartHold` 0: a speaker these tests stop hands over at once, as on a node being
+drained (the hold has its own test in test_real_cluster.py). Every Service these tests make selects the lab's
+backend (`web-<node>`, port 8080) with externalTrafficPolicy Local, so an HTTP answer names the node that owns
+the address, and the control plane (labelled exclude-from-external-load-balancers, as kubeadm does) owns none.
 
 Every lab client runs inside a lab namespace: API calls through lbctl.lab.apicall in lbctl-cp,
 HTTP/ARP/NDP probes in lbctl-client. Nothing here dials a lab address from the root namespace.
@@ -19,19 +26,21 @@ from typing import Any
 
 import pytest
 
-from lbctl.lab import cluster, processes, probes
+from lbctl.lab import probes, processes, realcluster
 from lbctl.lab.api import LabApi, wait_for
+from lbctl.lab.cluster import NAMESPACE
 from lbctl.lab.lifecycle import TOPOLOGY_FILE
+from lbctl.lab.realnode import RealNode
 from lbctl.lab.topology import BRIDGE_NS, CLIENT_NS, CP_NS, Topology
 
 NS = "default"
 SERVICES = f"/api/v1/namespaces/{NS}/services"
-SLICES = f"/apis/discovery.k8s.io/v1beta1/namespaces/{NS}/endpointslices"  # the test API server is 1.20
 IPPOOLS = "/apis/lbctl.io/v1alpha1/ippools"
 EXCLUDE = "node.kubernetes.io/exclude-from-external-load-balancers"
+SPEAKER = b"lbctl-speaker"  # in the speaker container's command line
 
 
-def _cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "lbctl.cli", "lab", *args], capture_output=True, text=True,
                           timeout=timeout)
 
@@ -44,9 +53,14 @@ class Lab:
     # --- API (inside lbctl-cp) ---
     def service(self, name: str, wait_ip: bool = True, annotations: dict[str, str] | None = None,
                 **spec: Any) -> dict[str, Any]:
+        """A LoadBalancer Service for the lab's backend on every worker (externalTrafficPolicy Local: the owner's
+        own backend answers); `spec` overrides any of it, e.g. selector={"app": "web", "node": "node2"}."""
         body = {"apiVersion": "v1", "kind": "Service",
                 "metadata": {"name": name, "namespace": NS, "annotations": annotations or {}},
-                "spec": {"type": "LoadBalancer", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}], **spec}}
+                "spec": {"type": "LoadBalancer", "selector": {"app": realcluster.BACKEND},
+                         "externalTrafficPolicy": "Local",
+                         "ports": [{"name": "http", "port": 80, "targetPort": realcluster.BACKEND_PORT,
+                                    "protocol": "TCP"}], **spec}}
         self.api.create(SERVICES, body)
         return self.wait_ips(name) if wait_ip else body
 
@@ -59,17 +73,11 @@ class Lab:
     def delete_service(self, name: str) -> None:
         self.api.delete(f"{SERVICES}/{name}")
 
-    def endpoint_slice(self, service: str, node: str, ready: bool = True, name: str | None = None) -> None:
-        """Apply a v1beta1 EndpointSlice for `service` with one endpoint on `node`."""
-        host = self.topo.host(node)
-        self.api.apply(SLICES, {
-            "apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
-            "metadata": {"name": name or f"{service}-lab", "namespace": NS,
-                         "labels": {"kubernetes.io/service-name": service}},
-            "addressType": "IPv4",
-            "endpoints": [{"addresses": [host.ip4], "conditions": {"ready": ready},
-                           "topology": {"kubernetes.io/hostname": node}}],
-            "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]})
+    def select(self, service: str, node: str | None) -> None:
+        """Point `service` at the backend on `node` alone (None: at no pod); the EndpointSlice controller and
+        the kubelets' readiness probes make the endpoints."""
+        self.api.patch(f"{SERVICES}/{service}", {"spec": {"selector": {"app": realcluster.BACKEND,
+                                                                         "node": node or "none"}}})
 
     def label_node(self, node: str, key: str, value: str | None) -> None:
         """value None removes the label."""
@@ -102,24 +110,52 @@ class Lab:
         assert res.returncode == 0, res.stderr
         return set(json.loads(res.stdout))
 
-    # --- breaking things ---
-    def speaker_pid(self, node: str) -> int | None:
-        return processes.pid_of(f"speaker-{node}")
+    # --- the real nodes ---
+    def node(self, name: str) -> RealNode:
+        return RealNode.load(realcluster.NODES / name)
 
+    def speaker_pid(self, node: str) -> int | None:
+        """The pid of the speaker container's process on `node` (None when it is not running)."""
+        for pid in self.node(node).pids_in_cgroup():
+            try:
+                if SPEAKER in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return pid
+            except OSError:
+                pass
+        return None
+
+    def speaker_pods(self) -> dict[str, dict[str, Any]]:
+        pods = self.api.get(f"/api/v1/namespaces/{NAMESPACE}/pods",
+                            labelSelector="app.kubernetes.io/component=speaker")["items"]
+        return {p["spec"]["nodeName"]: p for p in pods if p["spec"].get("nodeName")}
+
+    # --- breaking things ---
     def kill_speaker(self, node: str, sig: signal.Signals) -> None:
-        assert processes.kill(f"speaker-{node}", sig), f"speaker-{node} was not running"
+        """Signal `node`'s speaker and keep it down: the node's kubelet is stopped first, so nothing restarts
+        the container until restore() (a running kubelet restarts it within about a second, and the election
+        then gives its addresses back: test_real_cluster.py measures that)."""
+        self.node(node).stop_kubelet()
+        pid = self.speaker_pid(node)
+        assert pid, f"the speaker on {node} was not running"
+        os.kill(pid, sig)
 
     def restore(self) -> None:
-        """Bring back everything a test broke: the API server, dead speakers, unplugged links."""
+        """Bring back everything a test broke: the API server, stopped kubelets (which restart the speakers they
+        find dead), unplugged links; then every speaker pod Ready."""
         if not processes.alive(processes.pid_of("kube-apiserver")):
             self.restart_apiserver()
         for h in self.topo.node_hosts:
             subprocess.run(["ip", "-n", BRIDGE_NS, "link", "set", h.port, "up"], check=True)
-            if not processes.alive(self.speaker_pid(h.name)):
-                cluster.restart_speaker(h.name)
-        for h in self.topo.node_hosts:
-            url = cluster.speaker_ready_url(h.name)
-            wait_for(lambda: cluster.http_ok(h.netns, url), 30, f"speaker-{h.name} ready")
+        for h in realcluster.hosts(self.topo):
+            node = self.node(h.name)
+            if not processes.alive(node.pid("kubelet")):
+                node.start_kubelet()
+
+        def all_ready() -> bool:
+            pods = self.speaker_pods()
+            return all(_ready(pods.get(h.name)) and self.speaker_pid(h.name)
+                       for h in realcluster.hosts(self.topo))
+        wait_for(all_ready, 90, "every speaker pod Ready", interval=0.2)
 
     def kill_apiserver(self) -> list[str]:
         """SIGKILL kube-apiserver; returns its argv so restart_apiserver can bring the same one back."""
@@ -136,6 +172,11 @@ class Lab:
         processes.spawn("kube-apiserver", CP_NS, argv)
         wait_for(lambda: self.api.batch([{"method": "GET", "path": "/readyz"}])[0]["status"] == 200, 60,
                  "kube-apiserver to come back", interval=0.5)
+
+
+def _ready(pod: dict[str, Any] | None) -> bool:
+    return bool(pod) and any(c["type"] == "Ready" and c["status"] == "True"
+                             for c in (pod or {}).get("status", {}).get("conditions") or [])
 
 
 def ingress_ips(svc: dict[str, Any]) -> list[str]:
@@ -174,7 +215,7 @@ def lab() -> Iterator[Lab]:
     if os.geteuid() != 0:
         pytest.skip("e2e tests need root: they create network namespaces")
     try:
-        res = _cli("up", "--runtime", "process", "--nodes", "3")
+        res = _cli("up", "--nodes", "3", "--restart-hold", "0")
         if res.returncode:
             pytest.fail(f"lbctl lab up failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
         yield Lab(Topology.load(TOPOLOGY_FILE))

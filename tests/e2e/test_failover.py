@@ -7,6 +7,7 @@ import signal
 import time
 
 from lbctl.lab import probes, prober
+from lbctl.lab.api import wait_for
 
 from .conftest import EXCLUDE, Lab, ipv4_of, wait_neigh_change
 
@@ -51,7 +52,7 @@ def test_sigkill_owner_another_node_answers(fresh: Lab) -> None:
 def test_garp_updates_the_clients_neighbour_entry(fresh: Lab) -> None:
     ip = ipv4_of(fresh.service("garp"))
     owner = owner_of(fresh, ip)
-    assert probes.curl(ip) == owner
+    assert probes.node_answering(ip) == owner
     before = probes.neigh(ip)
     assert before and fresh.node_of(before.mac) == owner
     fresh.kill_speaker(owner, signal.SIGKILL)
@@ -90,13 +91,15 @@ def test_sigterm_handover_loses_no_request(fresh: Lab) -> None:
 def test_etp_local_announces_from_a_node_with_ready_endpoints(fresh: Lab) -> None:
     ip = ipv4_of(fresh.service("local", externalTrafficPolicy="Local"))
     nodes = [h.name for h in fresh.topo.node_hosts]
-    for node in (nodes[0], nodes[2], nodes[1]):  # move the only ready endpoint around
-        fresh.endpoint_slice("local", node)
+    for node in (nodes[0], nodes[2], nodes[1]):  # move the only endpoint around (the selector picks the pod)
+        fresh.select("local", node)
         assert fresh.wait_arp_owner(ip, timeout=10, not_=None) in nodes
         got = _wait_owner_is(fresh, ip, node)
         assert got == node
-    # Not ready anywhere: nobody should attract traffic it cannot serve locally.
-    fresh.endpoint_slice("local", nodes[1], ready=False)
+        # kube-proxy programs the node's rules on its own sync, a moment after the endpoint is ready.
+        wait_for(lambda: probes.node_answering(ip) == node, 5, f"{node}'s backend to answer on {ip}")
+    # No endpoint anywhere: nobody should attract traffic it cannot serve locally.
+    fresh.select("local", None)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and probes.arping(ip, count=1, timeout=1):
         time.sleep(0.1)
@@ -145,7 +148,7 @@ def test_failover_without_api_server(fresh: Lab) -> None:
     took = time.monotonic() - t0
     assert new != owner
     assert took < FAILOVER_S + 1, f"took {took:.2f}s"  # arping -w 1 adds up to a second of probing
-    assert probes.curl(ip) == new
+    assert probes.node_answering(ip) == new
     print(f"no API server, SIGKILL {owner}: {new} answers ARP after <= {took * 1000:.0f} ms")
     # fresh's teardown restarts kube-apiserver and the speaker
 

@@ -52,10 +52,10 @@ def test_service_gets_ip_and_every_node_holds_it(fresh: Lab) -> None:
 
 def test_client_reaches_service(fresh: Lab) -> None:
     ip = ipv4_of(fresh.service("web"))
-    body = wait_for(lambda: probes.curl(ip), 10, f"HTTP from {ip}")
+    body = wait_for(lambda: probes.node_answering(ip), 10, f"HTTP from {ip}")
     assert body in {h.name for h in fresh.topo.node_hosts}
     # Every request lands on the node that answers ARP.
-    assert {probes.curl(ip) for _ in range(5)} == {body}
+    assert {probes.node_answering(ip) for _ in range(5)} == {body}
     assert fresh.arp_owners(ip) == {body}
 
 
@@ -75,7 +75,7 @@ def test_ipv6_ndp_answered_by_one_node(fresh: Lab) -> None:
     svc = fresh.wait_ips("dual", count=2)
     ip6 = ipv6_of(svc)
     assert ip6, f"no IPv6 ingress: {svc['status']}"
-    body = wait_for(lambda: probes.curl(ip6), 10, f"HTTP from [{ip6}]")
+    body = wait_for(lambda: probes.node_answering(ip6), 10, f"HTTP from [{ip6}]")
     entry = probes.neigh(ip6)
     assert entry and fresh.node_of(entry.mac) == body
     macs = fresh.ndp_macs(ip6)
