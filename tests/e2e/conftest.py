@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from lbctl import assets
 from lbctl.lab import probes, processes, realcluster
 from lbctl.lab.api import LabApi, wait_for
 from lbctl.lab.cluster import NAMESPACE
@@ -124,6 +126,19 @@ class Lab:
                 pass
         return None
 
+    def speaker_url(self, node: str, path: str = "/metrics") -> str:
+        """The speaker's HTTP endpoint on `node` (hostNetwork: the node's address), to fetch inside its netns."""
+        return f"http://{self.topo.host(node).ip4}:{_chart_values()['speaker']['httpPort']}{path}"
+
+    def speaker_log(self, node: str) -> str:
+        """What `node`'s speaker containers printed, as the kubelet keeps it (CRI log lines, oldest first)."""
+        pod = self.speaker_pods().get(node)
+        if not pod:
+            return ""
+        logs = self.node(node).workdir / "log" / "pods" / f"{NAMESPACE}_{pod['metadata']['name']}_{pod['metadata']['uid']}"
+        files = sorted(logs.rglob("*.log"), key=lambda f: f.stat().st_mtime) if logs.is_dir() else []
+        return "".join(f.read_text(errors="replace") for f in files)
+
     def speaker_pods(self) -> dict[str, dict[str, Any]]:
         pods = self.api.get(f"/api/v1/namespaces/{NAMESPACE}/pods",
                             labelSelector="app.kubernetes.io/component=speaker")["items"]
@@ -172,6 +187,10 @@ class Lab:
         processes.spawn("kube-apiserver", CP_NS, argv)
         wait_for(lambda: self.api.batch([{"method": "GET", "path": "/readyz"}])[0]["status"] == 200, 60,
                  "kube-apiserver to come back", interval=0.5)
+
+
+def _chart_values() -> dict[str, Any]:
+    return yaml.safe_load((assets.chart_dir() / "values.yaml").read_text())
 
 
 def _ready(pod: dict[str, Any] | None) -> bool:

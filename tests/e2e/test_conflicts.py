@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from lbctl.lab import cluster, probes
+from lbctl.lab import probes
 from lbctl.lab.api import wait_for
 from lbctl.lab.processes import STATE
 from lbctl.lab.topology import BRIDGE_NS, CLIENT_NS, CP_NS
@@ -66,7 +66,7 @@ print(json.dumps(out), flush=True)
 
 def metric(lab: Lab, node: str, name: str) -> float:
     """Sum of a speaker metric's samples, from its /metrics inside the node's namespace."""
-    url = cluster.speaker_ready_url(node).rsplit("/", 1)[0] + "/metrics"
+    url = lab.speaker_url(node)
     res = subprocess.run(["ip", "netns", "exec", lab.topo.host(node).netns, "curl", "-sf", "-m", "1", url],
                          capture_output=True, text=True, timeout=10)
     total = 0.0

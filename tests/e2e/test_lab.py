@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
+import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from lbctl.lab import apiproxy, pods, probes, processes
+from lbctl.lab import probes, processes, realcluster
 from lbctl.lab.api import wait_for
-from lbctl.lab.topology import IPVS_DEV, Topology
+from lbctl.lab.cluster import NAMESPACE
+from lbctl.lab.topology import Topology
 
 from .conftest import Lab, ipv4_of, ipv6_of
 
@@ -23,31 +26,35 @@ def ns_sysctl(netns: str, key: str) -> str:
                           check=True).stdout.strip()
 
 
-def ipvs_addresses(netns: str) -> str:
-    return subprocess.run(["ip", "-n", netns, "addr", "show", "dev", IPVS_DEV], capture_output=True, text=True,
-                          check=True).stdout
+def iptables_nat(netns: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", netns, "iptables-save", "-t", "nat"], capture_output=True,
+                          text=True, check=True).stdout
 
 
 def test_lab_is_up(fresh: Lab) -> None:
     pids = processes.pidfiles()
-    for name in ["etcd", "kube-apiserver", "controller"] + [f"{d}-{h.name}" for h in fresh.topo.node_hosts
-                                                            for d in ("speaker", "httpd", "kubeproxy")]:
+    for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"):
         assert processes.alive(pids.get(name)), f"{name} is not running"
-    for h in fresh.topo.node_hosts:  # kube-proxy IPVS mode with strictARP
+    for h in realcluster.hosts(fresh.topo):
+        node = fresh.node(h.name)
+        for daemon in ("containerd", "kubelet", "kube-proxy"):
+            assert processes.alive(node.pid(daemon)), f"{daemon} of {h.name} is not running"
+        assert fresh.speaker_pid(h.name), f"no speaker on {h.name}"
+    for h in fresh.topo.node_hosts:  # strict ARP, as kubespray sets it for MetalLB-style L2
         assert ns_sysctl(h.netns, "net.ipv4.conf.all.arp_ignore") == "1"
         assert ns_sysctl(h.netns, "net.ipv4.conf.all.arp_announce") == "2"
         assert ns_sysctl(h.netns, "net.ipv6.conf.all.proxy_ndp") == "0"
 
 
-def test_service_gets_ip_and_every_node_holds_it(fresh: Lab) -> None:
+def test_service_gets_ip_and_every_node_forwards_it(fresh: Lab) -> None:
     svc = fresh.service("basic")
     ip = ipv4_of(svc)
     assert ipaddress.ip_address(ip) in POOL4 and 50 <= int(ip.rsplit(".", 1)[1]) <= 99
-    for h in fresh.topo.node_hosts:  # the kube-proxy stand-in put it on kube-ipvs0
-        wait_for(lambda: f"{ip}/32" in ipvs_addresses(h.netns), 10, f"{ip} on {h.name}'s {IPVS_DEV}")
+    for h in fresh.topo.node_hosts:  # kube-proxy (iptables mode) on every node has a rule for the address
+        wait_for(lambda: f"-d {ip}/32" in iptables_nat(h.netns), 10, f"{ip} in {h.name}'s kube-proxy rules")
     fresh.delete_service("basic")
     for h in fresh.topo.node_hosts:
-        wait_for(lambda: f"{ip}/32" not in ipvs_addresses(h.netns), 10, f"{ip} gone from {h.name}")
+        wait_for(lambda: f"-d {ip}/32" not in iptables_nat(h.netns), 10, f"{ip} gone from {h.name}'s rules")
 
 
 def test_client_reaches_service(fresh: Lab) -> None:
@@ -102,14 +109,16 @@ def _proc_status(pid: int) -> dict[str, str]:
 
 
 NET_RAW = 1 << 13
+KUBERNETES_SERVICE = "198.19.0.1"  # the `kubernetes` Service: the first address of the lab's Service range
 
 
 def test_daemons_run_as_the_chart_says(fresh: Lab) -> None:
-    """The lab's kubelet ran the chart's pods: ServiceAccount token at the in-cluster path, no kubeconfig
-    flag, and the container securityContext applied (speaker: root with NET_RAW only; controller: non-root
-    with no capabilities; both no_new_privs)."""
-    for h in fresh.topo.node_hosts:
-        pid = processes.pid_of(f"speaker-{h.name}")
+    """runc ran the chart's pods: the ServiceAccount token at the in-cluster path, no kubeconfig flag, the API
+    server through the `kubernetes` Service, and the containers' securityContext applied (speaker: root with
+    NET_RAW only; controller: non-root with no capabilities; both no_new_privs)."""
+    for h in realcluster.hosts(fresh.topo):
+        pid = fresh.speaker_pid(h.name)
+        assert pid
         st = _proc_status(pid)
         assert st["Uid"].split()[0] == "0"
         assert int(st["CapEff"], 16) == NET_RAW and int(st["CapBnd"], 16) == NET_RAW, st
@@ -117,15 +126,22 @@ def test_daemons_run_as_the_chart_says(fresh: Lab) -> None:
         cmdline = open(f"/proc/{pid}/cmdline").read().split("\0")
         assert "--kubeconfig" not in cmdline and cmdline[1].endswith("bin/lbctl-speaker")  # the script, run by python
         environ = dict(e.split("=", 1) for e in open(f"/proc/{pid}/environ").read().split("\0") if "=" in e)
-        # The API server through the node's nginx, as kubespray's localhost proxy (lbctl.lab.apiproxy).
-        assert environ["NODE_NAME"] == h.name and environ["KUBERNETES_SERVICE_HOST"] == apiproxy.HOST
-        assert environ["KUBERNETES_SERVICE_PORT"] == str(apiproxy.PORT)
+        assert environ["NODE_NAME"] == h.name and environ["KUBERNETES_SERVICE_HOST"] == KUBERNETES_SERVICE
         mounts = open(f"/proc/{pid}/mountinfo").read()
         assert "/run/secrets/kubernetes.io/serviceaccount" in mounts
-    ctl = _proc_status(processes.pid_of("controller"))
-    assert ctl["Uid"].split()[0] != "0" and int(ctl["CapEff"], 16) == 0 and ctl["NoNewPrivs"] == "1"
+    ctl = next(p for h in fresh.topo.node_hosts for p in fresh.node(h.name).pids_in_cgroup()
+               if b"lbctl-controller" in _cmdline(p))
+    st = _proc_status(ctl)
+    assert st["Uid"].split()[0] != "0" and int(st["CapEff"], 16) == 0 and st["NoNewPrivs"] == "1"
     # The host never sees the pods' mount points.
     assert not os.path.exists("/run/secrets/kubernetes.io/serviceaccount")
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def test_lab_kubectl_and_shell(fresh: Lab) -> None:
@@ -140,7 +156,7 @@ def test_lab_kubectl_and_shell(fresh: Lab) -> None:
     assert out.returncode == 0 and ip.startswith("198.18.0."), out.stderr
     out = subprocess.run([sys.executable, "-m", "lbctl.cli", "lab", "shell", "client", "curl", "-sf", "-m", "3",
                           f"http://{ip}/"], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and out.stdout.strip().startswith("node"), (out.stdout, out.stderr)
+    assert out.returncode == 0 and json.loads(out.stdout)["node"].startswith("node"), (out.stdout, out.stderr)
     out = subprocess.run([sys.executable, "-m", "lbctl.cli", "lab", "shell", "cp", "sh", "-c", "echo $KUBECONFIG"],
                          capture_output=True, text=True, timeout=60)
     assert out.stdout.strip().endswith("kubeconfig-admin")
@@ -163,23 +179,22 @@ def test_addresses_outside_every_pool_are_not_announced(fresh: Lab) -> None:
 
 
 def test_no_secret_or_token_in_logs_or_metrics(fresh: Lab) -> None:
-    """The ServiceAccount tokens and the heartbeat key the pods were given never show up in what the daemons
-    print or serve."""
+    """The ServiceAccount tokens and the heartbeat key the pods were given never show up in what the
+    containers print (the kubelets' pod logs) or serve (/metrics)."""
     fresh.service("secrets-check")
-    secrets_ = set()
-    for run in pods.saved().values():
-        for m in run.mounts:
-            for f in Path(m.source).rglob("*") if Path(m.source).is_dir() else []:
-                if f.is_file() and f.name in ("token", "key"):
-                    secrets_.add(f.read_text().strip())
-    assert len(secrets_) >= 2, "expected the SA tokens and the heartbeat key"
-    texts = [p.read_text(errors="replace") for p in processes.LOGS.glob("*.log")]
-    for name, run in pods.saved().items():
-        if run.ready_url:
-            metrics = subprocess.run(["ip", "netns", "exec", run.netns, "curl", "-sf", "-m", "3",
-                                      run.ready_url.replace("/readyz", "/metrics")], capture_output=True, text=True)
-            assert metrics.returncode == 0 and "# HELP" in metrics.stdout, name
-            texts.append(metrics.stdout)
+    secrets_: set[bytes] = set()
+    for sec in fresh.api.get(f"/api/v1/namespaces/{NAMESPACE}/secrets")["items"]:
+        if sec["type"] == "kubernetes.io/service-account-token" or "key" in (sec.get("data") or {}):
+            secrets_ |= {base64.b64decode(v) for k, v in sec["data"].items() if k in ("token", "key")}
+    assert len(secrets_) >= 3, "expected the speaker's and controller's SA tokens and the heartbeat key"
+    texts = [f.read_bytes() for h in realcluster.hosts(fresh.topo)
+             for f in (fresh.node(h.name).workdir / "log" / "pods").rglob("*.log") if f.is_file()]
+    assert any(b"lbctl-speaker" in t or b"speaker" in t for t in texts), "no pod logs found"
+    for h in realcluster.hosts(fresh.topo):
+        metrics = subprocess.run(["ip", "netns", "exec", h.netns, "curl", "-sf", "-m", "3", fresh.speaker_url(h.name)],
+                                 capture_output=True)
+        assert metrics.returncode == 0 and b"# HELP" in metrics.stdout, h.name
+        texts.append(metrics.stdout)
     for secret in secrets_:
         for piece in (secret, secret[:24], secret[-24:]):
             assert not any(piece in t for t in texts), "a secret appears in a log or in /metrics"

@@ -9,8 +9,8 @@ import subprocess
 import sys
 import time
 
+from lbctl.lab import realcluster
 from lbctl.lab.api import wait_for
-from lbctl.lab.processes import LOGS
 
 from .conftest import Lab
 from .test_conflicts import metric
@@ -43,37 +43,37 @@ RULES = [["INPUT", "-p", "udp", "--dport", str(HEARTBEAT_PORT), "-j", "DROP"],
          ["OUTPUT", "-p", "udp", "--dport", str(HEARTBEAT_PORT), "-j", "DROP"]]
 
 
-def _log_has(node: str, needle: str, after: int) -> bool:
-    return needle in (LOGS / f"speaker-{node}.log").read_text(errors="replace")[after:]
+def _log_has(lab: Lab, node: str, needle: str, after: int) -> bool:
+    return needle in lab.speaker_log(node)[after:]
 
 
 def test_filtered_heartbeats_are_reported_as_missing_registered_peers(fresh: Lab) -> None:
     node, other = fresh.topo.node_hosts[0], fresh.topo.node_hosts[1]
-    n = len(fresh.topo.node_hosts)
+    n = len(realcluster.hosts(fresh.topo))  # the control plane runs a speaker too
     wait_for(lambda: metric(fresh, node.name, "lbctl_speaker_registered_peers") == n, 3 * CENSUS_S,
              "every speaker registered and counted")
     assert metric(fresh, node.name, "lbctl_speaker_live_peers") == n
-    marks = {h.name: (LOGS / f"speaker-{h.name}.log").stat().st_size for h in (node, other)}
+    marks = {h.name: len(fresh.speaker_log(h.name)) for h in (node, other)}
     t0 = time.monotonic()
     for rule in RULES:
         subprocess.run(["ip", "netns", "exec", node.netns, "iptables", "-I", *rule], check=True)
     try:
-        wait_for(lambda: _log_has(node.name, "fewer_peers_than_registered", marks[node.name]), 3 * CENSUS_S,
+        wait_for(lambda: _log_has(fresh, node.name, "fewer_peers_than_registered", marks[node.name]), 3 * CENSUS_S,
                  f"{node.name} to report its peers missing")
         took = time.monotonic() - t0
         assert metric(fresh, node.name, "lbctl_speaker_live_peers") == 1
         assert metric(fresh, node.name, "lbctl_speaker_registered_peers") == n  # its Lease kept renewing
-        line = next(ln for ln in (LOGS / f"speaker-{node.name}.log").read_text(errors="replace")[marks[node.name]:]
+        line = next(ln for ln in fresh.speaker_log(node.name)[marks[node.name]:]
                     .splitlines() if "fewer_peers_than_registered" in ln)
-        assert all(h.name in line for h in fresh.topo.node_hosts if h is not node), line
+        assert all(h.name in line for h in realcluster.hosts(fresh.topo) if h is not node), line
         # Its peers name it as well.
-        wait_for(lambda: _log_has(other.name, "fewer_peers_than_registered", marks[other.name]), 3 * CENSUS_S,
+        wait_for(lambda: _log_has(fresh, other.name, "fewer_peers_than_registered", marks[other.name]), 3 * CENSUS_S,
                  f"{other.name} to report {node.name} missing")
         print(f"{node.name} heartbeats filtered: reported missing peers after {took:.1f} s")
     finally:
         for rule in RULES:
             subprocess.run(["ip", "netns", "exec", node.netns, "iptables", "-D", *rule], check=False)
-    wait_for(lambda: _log_has(node.name, "registered_peers_heard", marks[node.name]), 3 * CENSUS_S,
+    wait_for(lambda: _log_has(fresh, node.name, "registered_peers_heard", marks[node.name]), 3 * CENSUS_S,
              f"{node.name} to hear every registered peer again")
 
 
@@ -95,9 +95,9 @@ def test_ipv6_multicast_heartbeats_find_each_other(fresh: Lab) -> None:
 
 def test_filtered_broadcast_falls_back_to_unicast_to_internal_ips(fresh: Lab) -> None:
     node = fresh.topo.node_hosts[2]
-    n = len(fresh.topo.node_hosts)
+    n = len(realcluster.hosts(fresh.topo))  # the control plane runs a speaker too
     wait_for(lambda: metric(fresh, node.name, "lbctl_speaker_live_peers") == n, 3 * CENSUS_S, "all peers heard")
-    mark = (LOGS / f"speaker-{node.name}.log").stat().st_size
+    mark = len(fresh.speaker_log(node.name))
     rules = [["INPUT", "-p", "udp", "--dport", str(HEARTBEAT_PORT), "-m", "pkttype", "--pkt-type", "broadcast",
               "-j", "DROP"],
              ["OUTPUT", "-p", "udp", "--dport", str(HEARTBEAT_PORT), "-m", "addrtype", "--dst-type", "BROADCAST",
@@ -108,7 +108,7 @@ def test_filtered_broadcast_falls_back_to_unicast_to_internal_ips(fresh: Lab) ->
     try:
         # Below n, not 1: peers that fell back to unicast in an earlier test still reach it that way.
         wait_for(lambda: metric(fresh, node.name, "lbctl_speaker_live_peers") < n, 5, "broadcast cut off")
-        wait_for(lambda: _log_has(node.name, "heartbeat_unicast_fallback", mark), 3 * CENSUS_S,
+        wait_for(lambda: _log_has(fresh, node.name, "heartbeat_unicast_fallback", mark), 3 * CENSUS_S,
                  f"{node.name} to fall back to unicast")
         wait_for(lambda: metric(fresh, node.name, "lbctl_speaker_live_peers") == n, 3 * CENSUS_S,
                  f"{node.name} to hear its peers again over unicast")
