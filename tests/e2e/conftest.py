@@ -25,12 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from lbctl import assets
-from lbctl.lab import probes, processes, realcluster
+from lbctl.lab import probes, processes, realcluster, realspeakers
 from lbctl.lab.api import LabApi, wait_for
-from lbctl.lab.cluster import NAMESPACE
 from lbctl.lab.lifecycle import TOPOLOGY_FILE
 from lbctl.lab.realnode import RealNode
 from lbctl.lab.topology import BRIDGE_NS, CLIENT_NS, CP_NS, Topology
@@ -39,7 +36,6 @@ NS = "default"
 SERVICES = f"/api/v1/namespaces/{NS}/services"
 IPPOOLS = "/apis/lbctl.io/v1alpha1/ippools"
 EXCLUDE = "node.kubernetes.io/exclude-from-external-load-balancers"
-SPEAKER = b"lbctl-speaker"  # in the speaker container's command line
 
 
 def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -112,65 +108,35 @@ class Lab:
         assert res.returncode == 0, res.stderr
         return set(json.loads(res.stdout))
 
-    # --- the real nodes ---
+    # --- the real nodes (lbctl.lab.realspeakers) ---
     def node(self, name: str) -> RealNode:
-        return RealNode.load(realcluster.NODES / name)
+        return realspeakers.node(name)
 
     def speaker_pid(self, node: str) -> int | None:
-        """The pid of the speaker container's process on `node` (None when it is not running)."""
-        for pid in self.node(node).pids_in_cgroup():
-            try:
-                if SPEAKER in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    return pid
-            except OSError:
-                pass
-        return None
+        return realspeakers.pid(node)
 
     def speaker_url(self, node: str, path: str = "/metrics") -> str:
-        """The speaker's HTTP endpoint on `node` (hostNetwork: the node's address), to fetch inside its netns."""
-        return f"http://{self.topo.host(node).ip4}:{_chart_values()['speaker']['httpPort']}{path}"
+        return realspeakers.url(self.topo, node, path)
 
     def speaker_log(self, node: str) -> str:
-        """What `node`'s speaker containers printed, as the kubelet keeps it (CRI log lines, oldest first)."""
-        pod = self.speaker_pods().get(node)
-        if not pod:
-            return ""
-        logs = self.node(node).workdir / "log" / "pods" / f"{NAMESPACE}_{pod['metadata']['name']}_{pod['metadata']['uid']}"
-        files = sorted(logs.rglob("*.log"), key=lambda f: f.stat().st_mtime) if logs.is_dir() else []
-        return "".join(f.read_text(errors="replace") for f in files)
+        return realspeakers.log(self.api, node)
 
     def speaker_pods(self) -> dict[str, dict[str, Any]]:
-        pods = self.api.get(f"/api/v1/namespaces/{NAMESPACE}/pods",
-                            labelSelector="app.kubernetes.io/component=speaker")["items"]
-        return {p["spec"]["nodeName"]: p for p in pods if p["spec"].get("nodeName")}
+        return realspeakers.pods(self.api)
 
     # --- breaking things ---
     def kill_speaker(self, node: str, sig: signal.Signals) -> None:
-        """Signal `node`'s speaker and keep it down: the node's kubelet is stopped first, so nothing restarts
-        the container until restore() (a running kubelet restarts it within about a second, and the election
-        then gives its addresses back: test_real_cluster.py measures that)."""
-        self.node(node).stop_kubelet()
-        pid = self.speaker_pid(node)
-        assert pid, f"the speaker on {node} was not running"
-        os.kill(pid, sig)
+        """Signal `node`'s speaker and keep it down until restore() (realspeakers.kill)."""
+        realspeakers.kill(node, sig)
 
     def restore(self) -> None:
-        """Bring back everything a test broke: the API server, stopped kubelets (which restart the speakers they
-        find dead), unplugged links; then every speaker pod Ready."""
+        """Bring back everything a test broke: the API server, unplugged links, stopped kubelets (which restart
+        the speakers they find dead); then every speaker pod Ready."""
         if not processes.alive(processes.pid_of("kube-apiserver")):
             self.restart_apiserver()
         for h in self.topo.node_hosts:
             subprocess.run(["ip", "-n", BRIDGE_NS, "link", "set", h.port, "up"], check=True)
-        for h in realcluster.hosts(self.topo):
-            node = self.node(h.name)
-            if not processes.alive(node.pid("kubelet")):
-                node.start_kubelet()
-
-        def all_ready() -> bool:
-            pods = self.speaker_pods()
-            return all(_ready(pods.get(h.name)) and self.speaker_pid(h.name)
-                       for h in realcluster.hosts(self.topo))
-        wait_for(all_ready, 90, "every speaker pod Ready", interval=0.2)
+        realspeakers.restore(self.api, self.topo)
 
     def kill_apiserver(self) -> list[str]:
         """SIGKILL kube-apiserver; returns its argv so restart_apiserver can bring the same one back."""
@@ -187,15 +153,6 @@ class Lab:
         processes.spawn("kube-apiserver", CP_NS, argv)
         wait_for(lambda: self.api.batch([{"method": "GET", "path": "/readyz"}])[0]["status"] == 200, 60,
                  "kube-apiserver to come back", interval=0.5)
-
-
-def _chart_values() -> dict[str, Any]:
-    return yaml.safe_load((assets.chart_dir() / "values.yaml").read_text())
-
-
-def _ready(pod: dict[str, Any] | None) -> bool:
-    return bool(pod) and any(c["type"] == "Ready" and c["status"] == "True"
-                             for c in (pod or {}).get("status", {}).get("conditions") or [])
 
 
 def ingress_ips(svc: dict[str, Any]) -> list[str]:
