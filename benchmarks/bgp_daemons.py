@@ -128,9 +128,10 @@ router bgp {ROUTER_ASN}
   maximum-paths 16
 """)
         shutil.chown(self.dir, "frr", "frr")
-        for daemon in ("zebra", "bgpd", "bfdd", "staticd"):
+        for daemon in ("zebra", "bfdd", "staticd", "bgpd"):  # zebra first, as frrinit.sh does: it relays BFD
             procs.append(subprocess.Popen(["ip", "netns", "exec", RNS, f"/usr/lib/frr/{daemon}", *self._args(daemon)],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            wait_for(f"FRR router's {daemon}", lambda: (self.dir / f"{daemon}.vty").exists(), 20)
         wait_for("FRR router's vty", lambda: all((self.dir / f"{d}.vty").exists() for d in ("bgpd", "bfdd")), 20)
 
     def _args(self, daemon: str) -> list[str]:
@@ -281,7 +282,7 @@ class BirdNode:
 class FrrNode:
     name = "FRR"
     needs = FRR_CAPS
-    daemons = ("zebra", "bgpd", "bfdd")
+    daemons = ("zebra", "bfdd", "bgpd")  # zebra first, as frrinit.sh does: it relays BFD between bgpd and bfdd
 
     def __init__(self, tag: str) -> None:
         self.dir = STATE / f"node-frr-{tag}"
@@ -329,6 +330,9 @@ class FrrNode:
                      *drop_privileges(caps), f"/usr/lib/frr/{daemon}", "-f", str(self.conf), "--vty_socket",
                      str(self.dir), "-z", f"{self.dir}/zserv.api", "-i", f"{self.dir}/{daemon}.pid",
                      "-A", "127.0.0.1", "-P", "0", *extra], stdout=out, stderr=subprocess.STDOUT))
+            proc = self.procs[-1]  # without its capabilities it exits at once: errors() says why
+            wait_for(f"FRR node's {daemon}", lambda: (self.dir / f"{daemon}.vty").exists() or proc.poll() is not None,
+                     20)
 
     def apply(self, state: NodeState) -> None:
         self.write(state)
@@ -482,6 +486,8 @@ def measure(node_cls, router_cls) -> dict:
         after = kernel_routes(NNS)
         r["fib_unchanged_1000"] = after == before
         r["fib_diff"] = sorted(set(after.splitlines()) ^ set(before.splitlines()))
+        r["forwarding"] = " ".join(in_ns(NNS, "sysctl", "-n", "net.ipv4.ip_forward",
+                                         "net.ipv6.conf.all.forwarding").split())
         # 5. failover: the node daemon frozen; time until its route leaves the router's kernel table
         state = replace(state, prefixes={VIP: (None, ())}, peers=(R4,))
         node.apply(state)
@@ -573,6 +579,7 @@ def main() -> None:
         ("fewest capabilities that work (non-root)", lambda r: r["caps"]),
         ("node routing table unchanged (1 / 1,000 exported)",
          lambda r: f"{r['fib_unchanged']} / {r['fib_unchanged_1000']} (router sent it {r['router_sent']} route)"),
+        ("node's ip_forward / IPv6 forwarding while it runs (a new namespace has 0 0)", lambda r: r["forwarding"]),
         ("session resets over 5 changes", lambda r: f"{r['resets']} (still Established: {r['established_after']})"),
         *[(f"  {what}: applied in", (lambda i: lambda r: r["steps"][i][1])(i))
           for i, what in enumerate(w for w, _ in results[0]["steps"])],
