@@ -15,6 +15,7 @@ A password is checked but never appears in an error message or a repr.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -32,7 +33,8 @@ WELL_KNOWN_COMMUNITIES = {  # RFC 1997 / RFC 3765 names as MetalLB and FRR spell
     "local-as": (65535, 65283), "no-peer": (65535, 65284), "blackhole": (65535, 666),
     "graceful-shutdown": (65535, 0), "accept-own": (65535, 1),
 }
-_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
+_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?")  # a Kubernetes name fits
+SYMBOL_MAX = 64  # BIRD refuses longer symbols ("Symbol too long")
 _COMMUNITY = re.compile(r"(\d{1,10}):(\d{1,10})")
 _LARGE = re.compile(r"large:(\d{1,10}):(\d{1,10}):(\d{1,10})")
 _U16, _U32 = 0xFFFF, 0xFFFFFFFF
@@ -78,7 +80,6 @@ class Peer:
     password: str | None = field(default=None, repr=False)
     bfd: BfdProfile | None = None
     graceful_restart: bool = False
-    dual_stack: bool = False  # carry both families on this one session (MetalLB's dualStackAddressFamily)
     exports: tuple[Export, ...] = ()
 
 
@@ -176,7 +177,7 @@ def _peer(config: BgpConfig, peer: Peer) -> tuple[str, list[IPNetwork]]:
         lines.append(f'  password "{_password(peer)}";')
     if peer.bfd is not None:
         lines.append(_bfd(peer, who))
-    families = {address.version} | ({4, 6} if peer.dual_stack else set())
+    families = {address.version}  # one family per session: a dual-stack router gets a peer per family
     groups: dict[tuple[int, int | None, tuple[str, ...]], list[IPNetwork]] = {}
     seen: set[IPNetwork] = set()
     for export in peer.exports:
@@ -185,8 +186,8 @@ def _peer(config: BgpConfig, peer: Peer) -> tuple[str, list[IPNetwork]]:
             raise RenderError(f"{who}: prefix {net} is exported twice; merge its attributes upstream")
         seen.add(net)
         if net.version not in families:
-            raise RenderError(f"{who}: IPv{net.version} prefix {net} over an IPv{address.version} session "
-                              "needs dualStackAddressFamily")
+            raise RenderError(f"{who}: IPv{net.version} prefix {net} cannot go over an IPv{address.version} "
+                              "session; export it to a peer of its own family")
         if export.local_pref is not None:
             _int_range(export.local_pref, 0, _U32, f"{who}: localPref of {net}")
         key = (net.version, export.local_pref, _communities(export.communities, f"{who}: {net}"))
@@ -269,13 +270,16 @@ def _net_order(net: IPNetwork) -> tuple[int, int, int]:
 
 def _symbol(name: str) -> str:
     _check_name(name, "peer name")
-    return "peer_" + name.replace("-", "_").replace(".", "_")
+    symbol = "peer_" + name.replace("-", "_").replace(".", "_")
+    if len(symbol) > SYMBOL_MAX:  # readable head, and a digest of the whole name so long names stay distinct
+        symbol = symbol[:SYMBOL_MAX - 11] + "_" + hashlib.sha256(name.encode()).hexdigest()[:10]
+    return symbol
 
 
 def _check_name(name: object, what: str) -> None:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise RenderError(f"{what} {name!r} must be 1-63 letters, digits, '.', '-' or '_', starting and ending "
-                          "with a letter or digit")
+        raise RenderError(f"{what} {name!r} must be 1-253 letters, digits, '.', '-' or '_', starting and "
+                          "ending with a letter or digit")
 
 
 def _password(peer: Peer) -> str:

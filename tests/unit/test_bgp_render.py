@@ -123,23 +123,24 @@ def test_no_peers_is_a_valid_empty_config():
 
 
 def test_export_only_no_kernel_protocol_and_every_channel_imports_nothing():
-    text = render(BgpConfig("198.18.0.2", 64501, (TOR_A, Peer("b", "2001:db8::1", 1, dual_stack=True))))
+    text = render(BgpConfig("198.18.0.2", 64501, (TOR_A, Peer("b", "2001:db8::1", 1))))
     assert "protocol kernel" not in text
-    assert text.count("import none;") == text.count("export filter") == 3
+    assert text.count("import none;") == text.count("export filter") == 2
 
 
-def test_dual_stack_peer_carries_both_families():
-    peer = Peer("b", "198.18.0.1", 1, dual_stack=True,
-                exports=(Export("198.18.10.1/32"), Export("2001:db8:10::1/128")))
-    text = render(BgpConfig("198.18.0.2", 64501, (peer,)))
-    assert "  ipv4 {" in text and "  ipv6 {" in text
+def test_long_kubernetes_names_fit_birds_symbols_and_stay_distinct():
+    long_a, long_b = "a" * 200 + "-x", "a" * 200 + "-y"
+    text = render(BgpConfig("198.18.0.2", 1, (Peer(long_a, "198.18.0.1", 2), Peer(long_b, "198.18.0.3", 2))))
+    symbols = re.findall(r"^protocol bgp (\S+) \{", text, re.M)
+    assert len(set(symbols)) == 2 and all(len(s) <= 64 for s in symbols)
+    assert render(BgpConfig("198.18.0.2", 1, (Peer("a" * 59, "198.18.0.1", 2),))).count("peer_" + "a" * 59) == 1
 
 
 def test_password_never_in_repr():
     assert "s3cret" not in repr(TOR_A)
 
 
-HOSTILE = ["a\nprotocol kernel {", "a}", "a{", 'a"', "a;b", "a b", "", "-a", "a" * 64, "a\\b", "a#b"]
+HOSTILE = ["a\nprotocol kernel {", "a}", "a{", 'a"', "a;b", "a b", "", "-a", "a" * 254, "a\\b", "a#b", "a/b"]
 
 
 @pytest.mark.parametrize("name", HOSTILE)
@@ -183,7 +184,7 @@ def test_unrenderable_password_is_refused_without_showing_it(password):
     (Peer("a", "198.18.0.1", 2, source_address="2001:db8::2"), "differ in family"),
     (Peer("a", "198.18.0.1", 2, exports=(Export("198.18.10.1/24"),)), "host bits"),
     (Peer("a", "198.18.0.1", 2, exports=(Export("198.18.10.1/32"), Export("198.18.10.1/32", 5))), "twice"),
-    (Peer("a", "198.18.0.1", 2, exports=(Export("2001:db8::/64"),)), "dualStackAddressFamily"),
+    (Peer("a", "198.18.0.1", 2, exports=(Export("2001:db8::/64"),)), "a peer of its own family"),
     (Peer("a", "198.18.0.1", 2, exports=(Export("198.18.10.1/32", -1),)), "localPref"),
     (Peer("a", "198.18.0.1", 2, bfd=BfdProfile("p", echo_mode=True)), "echoMode"),
     (Peer("a", "198.18.0.1", 2, ebgp_multihop=True, source_address="198.18.0.2",
@@ -227,9 +228,11 @@ def _configs(draw):
     names = draw(st.lists(st.from_regex(r"[a-z0-9]{1,8}", fullmatch=True), min_size=1, max_size=4, unique=True))
     peers = []
     for i, name in enumerate(names):
+        v6 = draw(st.booleans())
         exports = draw(st.lists(_export, max_size=12, unique_by=lambda e: e.prefix))
-        peers.append(Peer(name, f"198.18.0.{i + 10}", draw(st.integers(1, 2**32 - 1)), dual_stack=True,
-                          exports=tuple(exports)))
+        peers.append(Peer(name, f"2001:db8::{i + 10:x}" if v6 else f"198.18.0.{i + 10}",
+                          draw(st.integers(1, 2**32 - 1)),
+                          exports=tuple(e for e in exports if (":" in e.prefix) == v6)))
     return BgpConfig("198.18.0.2", 64501, tuple(peers))
 
 
