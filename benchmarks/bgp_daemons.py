@@ -290,6 +290,7 @@ class FrrNode:
         shutil.chown(self.dir, "frr", "frr")
         self.conf = self.dir / "frr.conf"
         self.procs: list[subprocess.Popen] = []
+        self.canonical = True  # False: leave out the bare `neighbor X bfd` that FRR's running config shows
 
     def write(self, state: NodeState) -> None:
         # frr-reload.py diffs against FRR's own rendering of the running config: every line that FRR shows
@@ -299,7 +300,7 @@ class FrrNode:
                  f"router bgp {NODE_ASN}", f" bgp router-id {N4}", " no bgp ebgp-requires-policy",
                  " no bgp default ipv4-unicast", " no bgp network import-check", " bgp graceful-restart-disable"]
         for peer in state.peers:
-            lines += [f" neighbor {peer} remote-as {ROUTER_ASN}", f" neighbor {peer} bfd",
+            lines += [f" neighbor {peer} remote-as {ROUTER_ASN}", *([f" neighbor {peer} bfd"] * self.canonical),
                       f" neighbor {peer} bfd profile fast",
                       f" neighbor {peer} timers connect 5"]
         maps = []
@@ -511,6 +512,14 @@ def measure(node_cls, router_cls) -> dict:
                 for pid in pids:
                     os.kill(pid, signal.SIGCONT)
         r["failover_s"] = times
+        # 6. FRR only: the same config without a line FRR adds when it shows it (frr-reload.py deletes it)
+        if isinstance(node, FrrNode):
+            wait_for("Established before the non-canonical reload", lambda: router.established(N4), 30)
+            resets0 = router.resets(N4)
+            node.canonical = False
+            node.apply(state)
+            time.sleep(3)
+            r["noncanonical_resets"] = router.resets(N4) - resets0
         return r
     finally:
         for n in nodes:
@@ -583,6 +592,8 @@ def main() -> None:
         ("session resets over 5 changes", lambda r: f"{r['resets']} (still Established: {r['established_after']})"),
         *[(f"  {what}: applied in", (lambda i: lambda r: r["steps"][i][1])(i))
           for i, what in enumerate(w for w, _ in results[0]["steps"])],
+        ("resets: the same config without `neighbor X bfd` (FRR shows it, so frr-reload.py deletes BFD)",
+         lambda r: str(r.get("noncanonical_resets", "-"))),
         ("processes", lambda r: str(r["node_pids"])),
         ("RSS idle, 1 prefix", lambda r: f"{r['rss_idle_1_kib'] / 1024:.1f} MiB"),
         ("RSS idle, 1,000 /32s", lambda r: f"{r['rss_idle_1000_kib'] / 1024:.1f} MiB"),
