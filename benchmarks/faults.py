@@ -2,8 +2,8 @@
 
     python -m benchmarks.faults [-k EXPR]
 
-Runs tests/e2e/test_faults.py (a lab with nginx before the API server in every pod's namespace and the fault
-injector behind it; needs root, about 6 min) and tabulates the `FIGURE fault_<name>_<figure>` lines it prints
+Runs tests/e2e/test_faults.py (the real cluster, its pods' `kubernetes` Service pointing at the API server
+behind an HTTP front and the fault injector, lbctl.lab.realfaults; needs root, about 8 min) and tabulates the `FIGURE fault_<name>_<figure>` lines it prints
 against the targets. A resume of 999 s means the new Service was not served within the test's wait (45 s).
 """
 
