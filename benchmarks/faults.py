@@ -24,6 +24,7 @@ FAULTS = ["reset-response", "reset-watch", "cut-watch-mid-line", "stall", "trick
 METRICS = {"exits": ("daemon exits", "== 0"), "addresses_changed": ("addresses dup/moved/leaked", "== 0"),
            "resume_s": ("fault end to new Service served (s)", "<= 5"),
            "two_writers_s": ("two writers (s)", "== 0"), "arp_lost": ("ARP answers lost", "== 0")}
+SUMMARY_LINE = re.compile(r"^[a-z0-9-]+: .*; exits .*$", re.M)  # the test's line per fault: what, and why
 FIGURE_LINE = re.compile(r"^FIGURE fault_([a-z0-9_]+?)_(exits|addresses_changed|resume_s|two_writers_s|arp_lost)"
                          r"=(-?[0-9.]+) (\S+)$", re.M)
 
@@ -65,6 +66,7 @@ def main() -> None:
     figures = parse(res.stdout)
     header = ["FAULT"] + [f"{col} [{bound}]" for col, bound in METRICS.values()]
     print(table(header, rows(figures)))
+    print("", *SUMMARY_LINE.findall(res.stdout), sep="\n")
     print(f"\n{len(figures)} faults in {time.monotonic() - t0:.0f} s; tests {'passed' if not res.returncode else 'FAILED'}")
     raise SystemExit(1 if res.returncode or not figures else 0)
 
