@@ -2,8 +2,8 @@
 
     python -m benchmarks.faults [-k EXPR]
 
-Runs tests/e2e/test_faults.py (a lab with nginx before the API server in every pod's namespace and the fault
-injector behind it; needs root, about 6 min) and tabulates the `FIGURE fault_<name>_<figure>` lines it prints
+Runs tests/e2e/test_faults.py (the real cluster, its pods' `kubernetes` Service pointing at the API server
+behind an HTTP front and the fault injector, lbctl.lab.realfaults; needs root, about 8 min) and tabulates the `FIGURE fault_<name>_<figure>` lines it prints
 against the targets. A resume of 999 s means the new Service was not served within the test's wait (45 s).
 """
 
@@ -24,6 +24,7 @@ FAULTS = ["reset-response", "reset-watch", "cut-watch-mid-line", "stall", "trick
 METRICS = {"exits": ("daemon exits", "== 0"), "addresses_changed": ("addresses dup/moved/leaked", "== 0"),
            "resume_s": ("fault end to new Service served (s)", "<= 5"),
            "two_writers_s": ("two writers (s)", "== 0"), "arp_lost": ("ARP answers lost", "== 0")}
+SUMMARY_LINE = re.compile(r"^[a-z0-9-]+: .*; exits .*$", re.M)  # the test's line per fault: what, and why
 FIGURE_LINE = re.compile(r"^FIGURE fault_([a-z0-9_]+?)_(exits|addresses_changed|resume_s|two_writers_s|arp_lost)"
                          r"=(-?[0-9.]+) (\S+)$", re.M)
 
@@ -65,6 +66,7 @@ def main() -> None:
     figures = parse(res.stdout)
     header = ["FAULT"] + [f"{col} [{bound}]" for col, bound in METRICS.values()]
     print(table(header, rows(figures)))
+    print("", *SUMMARY_LINE.findall(res.stdout), sep="\n")
     print(f"\n{len(figures)} faults in {time.monotonic() - t0:.0f} s; tests {'passed' if not res.returncode else 'FAILED'}")
     raise SystemExit(1 if res.returncode or not figures else 0)
 

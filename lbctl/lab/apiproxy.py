@@ -15,6 +15,11 @@ headers) and dials the API server with TLS, verifying it against the API server'
 on (`lbctl.lab.faultproxy`), nginx's upstream is the fault injector in the control-plane namespace, which
 speaks plaintext to nginx and TLS to the API server.
 
+On the real cluster (lbctl.lab.realfaults) the pods reach the API server through the `kubernetes` Service, as
+on any cluster; with faults on, that Service's endpoint is one nginx in the control-plane namespace (`start_front`,
+the API server behind an HTTP load balancer) presenting the API server's own certificate, the fault injector
+behind it.
+
 Modes a test can switch nginx to (`reload`): `ok`; `untrusted` (a serving certificate from another CA:
 every new handshake fails verification); `plaintext` (the listener speaks HTTP: a TLS client hello gets an
 HTTP 400 back, garbage to the client). A reload closes the old workers' connections after 1 s
@@ -24,6 +29,7 @@ HTTP 400 back, garbage to the client). A reload closes the old workers' connecti
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import secrets
 import shutil
@@ -31,7 +37,8 @@ import signal
 import subprocess
 from pathlib import Path
 
-from . import processes
+from . import nodeproxy, processes
+from .faultproxy import PORT as FAULT_PORT
 from .processes import STATE
 from .topology import CP_IP4, CP_NS, Topology
 
@@ -42,6 +49,7 @@ CA = DIR / "ca.crt"  # what the pods trust (their ServiceAccount ca.crt)
 MODES = ("ok", "untrusted", "plaintext")
 # The API server's self-signed certificate names these (never the localhost name the pods dial).
 UPSTREAM_NAME = "kubernetes.default.svc"
+FRONT, FRONT_PORT = "front", 6444  # the real cluster's API server front (start_front)
 
 
 def name(host: str) -> str:
@@ -102,19 +110,21 @@ subjectAltName = IP:127.0.0.1,DNS:localhost
 """
 
 
-def config(host: str, upstream: str, mode: str = "ok") -> str:
-    """nginx.conf for one namespace. upstream: "https://IP:PORT" (the API server) or "http://IP:PORT"."""
+def config(host: str, upstream: str, mode: str = "ok", listen: str = f"{HOST}:{PORT}",
+           serving: Path = DIR / "serving") -> str:
+    """nginx.conf for one proxy. upstream: "https://IP:PORT" (the API server) or "http://IP:PORT"; serving: the
+    certificate and key (`serving`.crt/.key) it presents in mode ok."""
     if mode not in MODES:
         raise ValueError(f"nginx mode must be one of {', '.join(MODES)}")
     d = DIR / host
-    cert = "untrusted" if mode == "untrusted" else "serving"
+    cert = DIR / "untrusted" if mode == "untrusted" else serving
     ssl = "" if mode == "plaintext" else " ssl"
-    tls = "" if mode == "plaintext" else (f"    ssl_certificate {DIR / cert}.crt;\n"
-                                          f"    ssl_certificate_key {DIR / cert}.key;\n")
+    tls = "" if mode == "plaintext" else (f"    ssl_certificate {cert}.crt;\n"
+                                          f"    ssl_certificate_key {cert}.key;\n")
     verify = (f"      proxy_ssl_trusted_certificate {STATE / 'cp' / 'apiserver.crt'};\n"
               "      proxy_ssl_verify on;\n"
               f"      proxy_ssl_name {UPSTREAM_NAME};\n") if upstream.startswith("https") else ""
-    return f"""# lbctl lab: localhost proxy to the API server ({mode})
+    return f"""# lbctl lab: proxy to the API server ({mode})
 worker_processes 1;
 worker_shutdown_timeout 1s;
 pid {d / 'nginx.pid'};
@@ -125,7 +135,7 @@ http {{
   access_log {processes.LOGS / (name(host) + '.access.log')} lab;
   client_max_body_size 16m;
   server {{
-    listen {HOST}:{PORT}{ssl};
+    listen {listen}{ssl};
 {tls}    location / {{
       proxy_pass {upstream};
       proxy_http_version 1.1;
@@ -141,37 +151,53 @@ http {{
 
 
 def upstream(faults: bool) -> str:
-    from .faultproxy import PORT as FAULT_PORT  # noqa: PLC0415 - only the port
     return f"http://{CP_IP4}:{FAULT_PORT}" if faults else f"https://{CP_IP4}:6443"
 
 
 def start(topo: Topology, faults: bool) -> None:
     """Certificates, then one nginx in the control-plane namespace and one in each node namespace."""
+    make_certs()
+    for host, netns in [("cp", CP_NS)] + [(h.name, h.netns) for h in topo.node_hosts]:
+        launch(host, netns, upstream(faults))
+
+
+def start_front(serving: Path) -> None:
+    """The real cluster's API server front (lbctl.lab.realfaults): nginx in the control-plane namespace on
+    CP_IP4:FRONT_PORT with the API server's own certificate and key (`serving`.crt/.key), the fault injector
+    behind it. The `kubernetes` Service's endpoint is this listener."""
+    make_certs()  # the untrusted certificate for TLS faults
+    launch(FRONT, CP_NS, f"http://{CP_IP4}:{FAULT_PORT}", f"{CP_IP4}:{FRONT_PORT}", serving)
+
+
+def launch(host: str, netns: str, upstream: str, listen: str = f"{HOST}:{PORT}",
+           serving: Path = DIR / "serving") -> None:
+    """One nginx (a lab daemon: pidfile, killed by `lab down`); what it was started with is kept beside its
+    config so `reload` rewrites the same proxy in another mode."""
     if not shutil.which("nginx"):
         raise RuntimeError("nginx not found: the lab runs it as the pods' API proxy (Debian: apt-get install "
                            "nginx-light; tools/dev setup installs it)")
-    make_certs()
     processes.LOGS.mkdir(parents=True, exist_ok=True)  # nginx opens its logs before anything else runs
-    for host, netns in [("cp", CP_NS)] + [(h.name, h.netns) for h in topo.node_hosts]:
-        (DIR / host).mkdir(parents=True, exist_ok=True)
-        conf = DIR / host / "nginx.conf"
-        conf.write_text(config(host, upstream(faults)))
-        res = subprocess.run(["ip", "netns", "exec", netns, "nginx", "-t", "-q", "-c", str(conf), "-e",
-                              str(processes.LOGS / f"{name(host)}.log")], capture_output=True, text=True)
-        if res.returncode:
-            raise RuntimeError(f"nginx rejects {conf}: {res.stderr.strip()}")
-        processes.spawn(name(host), netns, ["nginx", "-c", str(conf), "-e", str(processes.LOGS / f"{name(host)}.log"),
-                                            "-g", "daemon off;"])
+    (DIR / host).mkdir(parents=True, exist_ok=True)
+    spec = {"upstream": upstream, "listen": listen, "serving": str(serving)}
+    (DIR / host / "spec.json").write_text(json.dumps(spec))
+    conf = DIR / host / "nginx.conf"
+    conf.write_text(_config(host))
+    nodeproxy.spawn_nginx(name(host), netns, conf)
+
+
+def _config(host: str, mode: str = "ok") -> str:
+    spec = json.loads((DIR / host / "spec.json").read_text())
+    return config(host, spec["upstream"], mode, spec["listen"], Path(spec["serving"]))
 
 
 def hosts() -> list[str]:
     return sorted(p.name for p in DIR.iterdir() if (p / "nginx.conf").exists()) if DIR.is_dir() else []
 
 
-def reload(mode: str, faults: bool = True, only: list[str] | None = None) -> None:
+def reload(mode: str, only: list[str] | None = None) -> None:
     """Rewrite every nginx's config for `mode` and SIGHUP it (a graceful reload, as an operator would)."""
     for host in only or hosts():
-        (DIR / host / "nginx.conf").write_text(config(host, upstream(faults), mode))
+        (DIR / host / "nginx.conf").write_text(_config(host, mode))
         pid = processes.pid_of(name(host))
         if not (pid and processes.alive(pid)):
             raise RuntimeError(f"{name(host)} is not running")

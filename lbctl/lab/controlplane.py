@@ -72,6 +72,7 @@ class ControlPlane:
     # kube-controller-manager and kube-scheduler too, and what real kubelets need from the API server: a client
     # CA for their certificates (node_kubeconfig), the Node authorizer, InternalIP to reach them.
     controllers: bool = False
+    apiserver_args: list[str] = field(default_factory=list)  # appended to kube-apiserver's flags (lab.realfaults)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     tokens: dict[str, str] = field(default_factory=dict)
     _argv: dict[str, list[str]] = field(default_factory=dict)
@@ -186,6 +187,7 @@ class ControlPlane:
                     "--kubelet-preferred-address-types=InternalIP"]
             if self.dual_stack:
                 args.append("--feature-gates=IPv6DualStack=true")
+            args += self.apiserver_args
             self._spawn("kube-apiserver", args)
             self._wait_ready(timeout)
             self._write_kubeconfigs(wd)

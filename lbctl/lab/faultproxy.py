@@ -28,6 +28,7 @@ import json
 import socket
 import ssl
 import struct
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,8 +36,9 @@ from typing import Any
 
 from lbctl import log
 
+from . import processes
 from .processes import STATE
-from .topology import CP_IP4
+from .topology import CP_IP4, CP_NS
 
 PORT = 6480
 CONTROL = STATE / "faultproxy.sock"
@@ -291,6 +293,18 @@ async def serve(listen: tuple[str, int], upstream: tuple[str, int], ca: Path, co
     logger.info("listening", listen=f"{listen[0]}:{listen[1]}", upstream=f"{upstream[0]}:{upstream[1]}")
     async with server, ctl:
         await asyncio.gather(server.serve_forever(), ctl.serve_forever())
+
+
+def spawn(timeout: float = 10) -> None:
+    """Start the injector as a lab daemon in the control-plane namespace; returns once its control socket is up."""
+    processes.spawn("faultproxy", CP_NS, [sys.executable, "-m", "lbctl.lab.faultproxy"])
+    deadline = time.monotonic() + timeout
+    while not CONTROL.exists():
+        if time.monotonic() > deadline or not processes.alive(processes.pid_of("faultproxy")):
+            log_file = processes.LOGS / "faultproxy.log"
+            raise RuntimeError("faultproxy did not start: "
+                               + (log_file.read_text(errors="replace")[-2000:] if log_file.exists() else "no log"))
+        time.sleep(0.05)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from lbctl import assets
 
-from . import cluster, processes, realcluster, topology
+from . import apiproxy, cluster, processes, realcluster, realfaults, topology
 from .api import LabApi
 from .controlplane import ControlPlane
 from .processes import STATE
@@ -45,13 +45,14 @@ def up(nodes: int = 3, ipv6: bool = True, speakers: bool = True, say: Say = prin
        timing: str | None = None, faults: bool = False, controllers: int = 1, real: bool = False,
        archives: list[Path] | None = None, restart_hold: int | None = None) -> tuple[Topology, list[str]]:
     """Returns the topology and warnings (e.g. no speaker yet). Cleans up everything on failure. `faults`
-    puts the fault injector (lbctl.lab.faultproxy) between every nginx and the API server; `controllers` > 1
+    puts the fault injector (lbctl.lab.faultproxy) between every nginx and the API server (real: between the
+    pods' `kubernetes` Service and the API server, lbctl.lab.realfaults); `controllers` > 1
     runs more controller replicas (the first in the control-plane namespace, the others on the nodes).
     `real`: the real cluster (lbctl.lab.realcluster): kubelets, containerd, kube-proxy and the controllers run
     the chart's image from `archives`. `restart_hold`: the chart's speaker.restartHold."""
     require_root()
-    if real and (faults or not speakers):
-        raise LabError("the real cluster has no fault injector and always runs the speakers")
+    if real and not speakers:
+        raise LabError("the real cluster always runs the speakers")
     if is_up():
         raise LabError(f"a lab is already up (state in {STATE}); run `lbctl lab down` first")
     if leftovers():
@@ -65,7 +66,13 @@ def up(nodes: int = 3, ipv6: bool = True, speakers: bool = True, say: Say = prin
         topology.build(topo)
         topo.save(TOPOLOGY_FILE)
         say(f"control plane: etcd + kube-apiserver at https://{topology.CP_IP4}:6443 in {topology.CP_NS}")
-        cp = cluster.start_control_plane(topo, controllers=real)
+        if real and faults:  # the pods' API server behind the fault injector (lbctl.lab.realfaults)
+            cp = realfaults.start_control_plane(topo)
+            realfaults.start(cp, LabApi())
+            say(f"  the pods' `kubernetes` Service: nginx on {topology.CP_IP4}:{apiproxy.FRONT_PORT}, the fault "
+                "injector, the API server")
+        else:
+            cp = cluster.start_control_plane(topo, controllers=real)
         api = LabApi()
         if real:
             return topo, _up_real(cp, api, topo, archives or [], say, timing, controllers, started, restart_hold)

@@ -59,9 +59,14 @@ def start(host: str, netns: str, upstreams: list[str]) -> None:
     processes.LOGS.mkdir(parents=True, exist_ok=True)
     conf = d / "nginx.conf"
     conf.write_text(config(host, upstreams))
-    log = str(processes.LOGS / f"{name(host)}.log")
+    spawn_nginx(name(host), netns, conf)
+
+
+def spawn_nginx(daemon: str, netns: str, conf: Path) -> None:
+    """nginx -t, then nginx as the lab daemon `daemon` (also lbctl.lab.apiproxy's)."""
+    log = str(processes.LOGS / f"{daemon}.log")
     res = subprocess.run(["ip", "netns", "exec", netns, "nginx", "-t", "-q", "-c", str(conf), "-e", log],
                          capture_output=True, text=True)
     if res.returncode:
         raise RuntimeError(f"nginx rejects {conf}: {res.stderr.strip()}")
-    processes.spawn(name(host), netns, ["nginx", "-c", str(conf), "-e", log, "-g", "daemon off;"])
+    processes.spawn(daemon, netns, ["nginx", "-c", str(conf), "-e", log, "-g", "daemon off;"])
