@@ -41,7 +41,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -540,7 +540,7 @@ def run(args: argparse.Namespace, report: Report, state: dict[str, bool]) -> Non
     only = set(args.only.split(",")) if args.only else {"arp", "blast", "failover", "footprint"}
     log("lab up")
     state["owns_lab"] = True  # from here on, whatever happens, the lab is ours to tear down
-    topo, warnings = lifecycle.up(nodes=3, say=lambda m: log(f"  {m}"), timing=args.timing, real=True,
+    topo, warnings = lifecycle.up(nodes=3, say=lambda m: log(f"  {m}"), timing=args.timing,
                                   restart_hold=0)
     if args.timing:
         log(f"speakers' heartbeat timing preset: {args.timing}")

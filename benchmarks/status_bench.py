@@ -47,7 +47,7 @@ def main() -> None:
     a = p.parse_args()
     started_here = not lifecycle.is_up()
     if started_here:
-        lifecycle.up(3, True, say=lambda line: print(f"  {line}", flush=True), real=True)
+        lifecycle.up(3, True, say=lambda line: print(f"  {line}", flush=True))
     api = LabApi()
     names = [f"{PREFIX}{i:03d}" for i in range(a.services)]
     try:

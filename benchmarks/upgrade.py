@@ -1,26 +1,22 @@
 """Rolling upgrades as a client sees them (issue 13, item 4): failed connections and the longest gap per VIP.
 
-    sudo .venv/bin/python -m benchmarks.upgrade [--roll speaker-restart|speaker-kill|helm-upgrade --tag T]
-                                                [--rounds 3] [--baseline-s 3] [--settle-s 2] [--keep]
+    sudo .venv/bin/python -m benchmarks.upgrade [--rounds 3] [--baseline-s 3] [--settle-s 2] [--control S]
+                                                [--create-every 2] [--node-events] [--keep]
 
-Brings up its own lab (3 nodes; torn down in `finally`, also on errors and SIGTERM), creates Services until
-3 VIPs are answered by 3 different nodes, and runs lbctl.lab.connprobe in the client namespace: a NEW TCP
-connection to each VIP every 10 ms (1 s timeout), each answered by the owner node's httpd with its name.
+Brings up its own real-cluster lab (3 workers, 2 controller replicas; torn down in `finally`, also on errors and
+SIGTERM), creates Services until 3 VIPs are answered by 3 different nodes, and runs lbctl.lab.connprobe in the
+client namespace: a NEW TCP connection to each VIP every 10 ms (1 s timeout), each answered by a backend pod.
 
 1. Baseline: --baseline-s of probing with nothing rolling (the same VIPs, the same prober).
-2. The roll (--rounds times in a row), with the prober running from --settle-s before it to --settle-s after. A roll is a function
-   taking the lab handle and returning, when the roll is done, one Step per node it rolled:
-   - speaker-restart (today's lab): node by node as the chart's DaemonSet (RollingUpdate, maxUnavailable 1)
-     would, i.e. SIGTERM the node's speaker, wait for it to exit (SIGKILL after the pod's 30 s grace),
-     start it again from its pod spec and wait for its readiness probe before the next node.
-   - speaker-kill: the same with SIGKILL, i.e. without the speaker's graceful handover (a crash mid-roll, or
-     a grace period cut short): the comparison that shows what the handover buys.
-   - helm-upgrade --tag T (the real-kubelet lab): `helm upgrade --reuse-values --set image.tag=T`, then wait
-     for the speaker DaemonSet's rollout in its status. Today's lab runs no DaemonSet controller, so this
-     roll times out there, saying so.
+2. The roll (--rounds in a row), with the prober running from --settle-s before it to --settle-s after:
+   `helm upgrade --reuse-values --set image.tag=T` (the same image under another tag), which rolls the speaker
+   DaemonSet node by node and the controller Deployment, while a Service is created every --create-every
+   seconds; a poll loop records each speaker step, the controller Lease's holders and the Services.
+3. Node events (--node-events): cordon + drain of one VIP's owner, then a node shut down (benchmarks.upgrade_nodes).
+--control S: instead of rolling, probe S seconds while creating Services (the control for the churn).
 
 Prints the steps, the per-VIP table (lbctl.core.connsummary) for the baseline and the roll, the failures per
-step, and `FIGURE upgrade_<roll>_<figure>=value unit` lines (target: 0 failed connections). Benchmarks report,
+step, and `FIGURE upgrade_<figure>=value unit` lines (target: 0 failed connections). Benchmarks report,
 tests assert: the exit status is non-zero only when the harness failed, never for a missed target.
 """
 
@@ -40,7 +36,7 @@ from typing import Any
 from benchmarks import upgrade_nodes
 from benchmarks.lab_bench import HarnessError, log
 from lbctl.core.connsummary import Run, TargetSummary, overall, render, summarise
-from lbctl.lab import cluster, connprobe, images, lifecycle, probes, processes, realcluster, rollout
+from lbctl.lab import cluster, connprobe, images, lifecycle, probes, realcluster, rollout
 from lbctl.lab.api import LabApi, wait_for
 from lbctl.lab.topology import CLIENT_NS, Topology
 from lbctl.tables import table
@@ -48,8 +44,6 @@ from lbctl.tables import table
 NS = "default"
 SERVICES = f"/api/v1/namespaces/{NS}/services"
 SPEAKER_DS = f"/apis/apps/v1/namespaces/{cluster.NAMESPACE}/daemonsets/{cluster.RELEASE}-speaker"
-GRACE_S = 30.0  # the pod's terminationGracePeriodSeconds (the chart leaves Kubernetes' default)
-READY_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -68,38 +62,9 @@ class Step:
     ready: float  # new instance ready
 
 
-Roll = Callable[[LabHandle], list[Step]]
 
 
 # --- rolls ----------------------------------------------------------------------------------------
-
-
-def speaker_restart_roll(lab: LabHandle, sig: signal.Signals = signal.SIGTERM) -> list[Step]:
-    """Today's lab: what the DaemonSet controller and kubelet do per node, with the lab's pod runner. With
-    SIGKILL it is a roll without the graceful handover (a crash, or a grace period cut short)."""
-    steps = []
-    for h in lab.topo.node_hosts:
-        name = f"speaker-{h.name}"
-        pid = processes.pid_of(name)
-        if not processes.alive(pid):
-            raise HarnessError(f"{name} is not running before its turn")
-        started = time.monotonic()
-        processes.kill(name, sig)
-        try:
-            wait_for(lambda: not processes.alive(pid), GRACE_S, f"{name} to exit after SIGTERM", interval=0.02)
-        except TimeoutError:
-            lab.say(f"  {name} still running after {GRACE_S:.0f} s: SIGKILL, as the kubelet would")
-            processes.kill(name, signal.SIGKILL)
-            wait_for(lambda: not processes.alive(pid), 5, f"{name} to die", interval=0.02)
-        stopped = time.monotonic()
-        cluster.restart_speaker(h.name)
-        url = cluster.speaker_ready_url(h.name)
-        wait_for(lambda: cluster.http_ok(h.netns, url, timeout=0.5), READY_TIMEOUT_S, f"{name} ready", interval=0.1)
-        ready = time.monotonic()
-        lab.say(f"  {h.name}: {sig.name} -> exited {(stopped - started) * 1000:.0f} ms, start -> ready "
-                f"{ready - stopped:.1f} s")
-        steps.append(Step(h.name, started, stopped, ready))
-    return steps
 
 
 SPEAKER_SEL = "app.kubernetes.io/component=speaker"
@@ -192,12 +157,6 @@ def _service(name: str) -> dict[str, Any]:
                      "ports": [{"name": "http", "port": 80, "targetPort": realcluster.BACKEND_PORT, "protocol": "TCP"}]}}
 
 
-ROLLS: dict[str, Callable[[argparse.Namespace], Roll]] = {
-    "speaker-restart": lambda _: speaker_restart_roll,
-    "speaker-kill": lambda _: lambda lab: speaker_restart_roll(lab, signal.SIGKILL),
-}
-
-
 # --- the lab's VIPs -------------------------------------------------------------------------------
 
 
@@ -206,14 +165,12 @@ def owner(topo: Topology, ip: str) -> str | None:
     return owners.pop() if len(owners) == 1 else None
 
 
-def vips_on_distinct_owners(lab: LabHandle, count: int, tries: int = 12, real: bool = False) -> dict[str, str]:
+def vips_on_distinct_owners(lab: LabHandle, count: int, tries: int = 12) -> dict[str, str]:
     """owner node -> VIP, creating Services upgrade-0.. until `count` nodes each answer one."""
     owners: dict[str, str] = {}
     for i in range(tries):
         name = f"upgrade-{i}"
-        lab.api.create(SERVICES, _service(name) if real else {
-            "apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": NS},
-            "spec": {"type": "LoadBalancer", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}})
+        lab.api.create(SERVICES, _service(name))
 
         def ipv4() -> str | None:
             ingress = ((lab.api.get(f"{SERVICES}/{name}").get("status") or {}).get("loadBalancer") or {}).get(
@@ -297,7 +254,7 @@ def figures(prefix: str, summaries: list[TargetSummary], vip_names: dict[str, st
 
 
 @contextmanager
-def own_lab(keep: bool, real: bool = True) -> Iterator[tuple[LabHandle, float]]:
+def own_lab(keep: bool) -> Iterator[tuple[LabHandle, float]]:
     """A lab of our own (3 nodes) and how long it took to come up; torn down on the way out unless `keep`."""
     if os.geteuid() != 0:
         raise HarnessError("needs root (network namespaces)")
@@ -308,7 +265,7 @@ def own_lab(keep: bool, real: bool = True) -> Iterator[tuple[LabHandle, float]]:
     t_up = time.monotonic()
     try:
         # Two controller replicas on the real cluster: the roll hands the leader Lease over.
-        topo, warnings = lifecycle.up(nodes=3, say=lambda m: log(f"  {m}"), real=real, controllers=2 if real else 1)
+        topo, warnings = lifecycle.up(nodes=3, say=lambda m: log(f"  {m}"), controllers=2)
         up_s = time.monotonic() - t_up
         if warnings:
             raise HarnessError(f"lab not usable: {warnings}")
@@ -320,12 +277,8 @@ def own_lab(keep: bool, real: bool = True) -> Iterator[tuple[LabHandle, float]]:
 
 
 def run(args: argparse.Namespace) -> None:
-    real = args.roll == "helm"
-    with own_lab(args.keep, real) as (lab, up_s):
-        if real:
-            measure_real(args, lab, up_s)
-        else:
-            measure(args, lab, ROLLS[args.roll](args), up_s)
+    with own_lab(args.keep) as (lab, up_s):
+        measure_real(args, lab, up_s)
 
 
 @dataclass
@@ -337,9 +290,9 @@ class Setup:
     base_sum: list[TargetSummary]
 
 
-def setup(args: argparse.Namespace, lab: LabHandle, real: bool) -> Setup:
+def setup(args: argparse.Namespace, lab: LabHandle) -> Setup:
     """VIPs owned by distinct nodes, and the baseline: the prober with nothing rolling."""
-    owners = vips_on_distinct_owners(lab, args.vips, real=real)
+    owners = vips_on_distinct_owners(lab, args.vips)
     targets = {f"{ip}:80": node for node, ip in sorted(owners.items())}
     names = {t: f"vip{k}" for k, t in enumerate(targets, start=1)}
     labels = {t: f"{names[t]} {t.rsplit(':', 1)[0]} ({node})" for t, node in targets.items()}
@@ -351,7 +304,7 @@ def setup(args: argparse.Namespace, lab: LabHandle, real: bool) -> Setup:
 
 
 def measure_real(args: argparse.Namespace, lab: LabHandle, up_s: float) -> None:
-    su = setup(args, lab, real=True)
+    su = setup(args, lab)
     targets, names, labels, base, base_sum = su.targets, su.names, su.labels, su.base, su.base_sum
     if args.control:
         return control(args, lab, targets, labels)
@@ -453,61 +406,21 @@ def services_outcome(lab: LabHandle, created: list[str], timeout: float = 30) ->
     return n, sum(1 for c in seen.values() if c > 1)
 
 
-def measure(args: argparse.Namespace, lab: LabHandle, roll: Roll, up_s: float) -> None:
-    su = setup(args, lab, real=False)
-    targets, names, labels, base, base_sum = su.targets, su.names, su.labels, su.base, su.base_sum
-
-    log(f"roll: {args.roll}, {args.rounds} time(s) in a row")
-    rolled, steps, t0, t1 = probe_around(list(targets), lambda: [s for _ in range(args.rounds) for s in roll(lab)],
-                                         args.settle_s, args.interval, args.timeout)
-    roll_sum = summarise(rolled.attempts, rolled.targets, rolled.started, rolled.stopped)
-    prefix = "upgrade_" + args.roll.replace("-", "_")
-
-    print(f"\nroll steps ({args.roll}, {args.rounds} round(s)):")
-    print(table(["NODE", "STOP->EXITED (ms)", "START->READY (s)", "FAILED", "FAILED BY VIP:KIND"],
-                failures_by_step(rolled, steps, names)))
-    failed_rows = failure_rows(rolled, steps, names)
-    if failed_rows:
-        print(f"\nfailed connections (the first {len(failed_rows)}; times in s after the step's start):")
-        print(table(["STEP", "AT", "EXITED/READY AT", "VIP", "KIND", "MS", "ANSWERED BEFORE", "ANSWERED AFTER"],
-                    failed_rows))
-    print(f"\nbaseline ({base.stopped - base.started:.1f} s, late ticks {base.late_ticks}):")
-    print(render(base_sum, labels))
-    print(f"\nduring the roll ({t1 - t0:.1f} s, probing {rolled.stopped - rolled.started:.1f} s, "
-          f"late ticks {rolled.late_ticks}):")
-    print(render(roll_sum, labels))
-    base_gap, roll_gap = overall(base_sum).longest_gap_ms, overall(roll_sum).longest_gap_ms
-    lines = [*figures(prefix, roll_sum, names),
-             f"FIGURE {prefix}_rounds={args.rounds} count",
-             f"FIGURE {prefix}_duration_s={t1 - t0:.1f} s",
-             f"FIGURE upgrade_baseline_failed_connections={overall(base_sum).failed} count",
-             f"FIGURE upgrade_baseline_longest_gap_ms={base_gap:g} ms",
-             f"FIGURE {prefix}_gap_vs_baseline={roll_gap / base_gap if base_gap else 0:.1f} x",
-             f"FIGURE upgrade_lab_up_s={up_s:.1f} s"]
-    print()
-    print("\n".join(lines), flush=True)
-    failed = overall(roll_sum).failed
-    log(f"{args.roll}: {failed} failed connection(s) of {overall(roll_sum).attempts} (target 0); longest gap "
-        f"{roll_gap:.0f} ms (baseline {base_gap:.0f} ms)")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="benchmarks.upgrade", description=__doc__.splitlines()[0])
-    p.add_argument("--roll", choices=["helm", *sorted(ROLLS)], default="helm",
-                   help="helm (default): helm upgrade on the real cluster; speaker-restart/-kill: the process lab")
     p.add_argument("--rounds", type=int, default=3, help="rolls in a row, all within one probing window")
-    p.add_argument("--roll-timeout", type=float, default=600.0, help="helm: seconds to wait for each rollout")
+    p.add_argument("--roll-timeout", type=float, default=600.0, help="seconds to wait for each rollout")
     p.add_argument("--vips", type=int, default=3, help="VIPs, each answered by a different node (<= nodes)")
     p.add_argument("--interval", type=float, default=0.01, help="seconds between connections to each VIP")
     p.add_argument("--timeout", type=float, default=1.0, help="per-connection timeout (s)")
     p.add_argument("--baseline-s", type=float, default=3.0)
     p.add_argument("--settle-s", type=float, default=2.0, help="probing before and after the roll (s)")
     p.add_argument("--create-every", type=float, default=2.0,
-                   help="helm: seconds between Services created during the roll (0: none)")
+                   help="seconds between Services created during the roll (0: none)")
     p.add_argument("--control", type=float, default=0.0,
-                   help="helm: instead of rolling, probe this many seconds while creating Services (the control)")
+                   help="instead of rolling, probe this many seconds while creating Services (the control)")
     p.add_argument("--node-events", action=argparse.BooleanOptionalAction, default=True,
-                   help="helm: after the roll, cordon+drain one VIP owner and shut another down (default on)")
+                   help="after the roll, cordon+drain one VIP owner and shut another down (default on)")
     p.add_argument("--keep", action="store_true", help="leave the lab up afterwards (for debugging)")
     args = p.parse_args(argv)
     if args.rounds < 1:

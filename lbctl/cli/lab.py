@@ -13,8 +13,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _up(args: argparse.Namespace) -> int:
-    lifecycle.up(args.nodes, args.ipv6, args.speakers, timing=args.timing, real=args.runtime == "real",
-                 restart_hold=args.restart_hold)
+    lifecycle.up(args.nodes, args.ipv6, timing=args.timing, restart_hold=args.restart_hold)
     return 0
 
 
@@ -25,8 +24,7 @@ def _down(_: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from lbctl.lab import demo
-    return demo.run(nodes=args.nodes, ipv6=args.ipv6, keep=args.keep, mode=args.failure, timing=args.timing,
-                    real=args.runtime == "real")
+    return demo.run(nodes=args.nodes, ipv6=args.ipv6, keep=args.keep, mode=args.failure, timing=args.timing)
 
 
 def _status(_: argparse.Namespace) -> int:
@@ -47,23 +45,17 @@ def _shell(args: argparse.Namespace) -> int:
 def _topology_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nodes", type=int, default=3, help="number of worker nodes (default 3)")
     p.add_argument("--ipv6", action=argparse.BooleanOptionalAction, default=True, help="dual-stack (default on)")
-    p.add_argument("--runtime", choices=["real", "process"], default="real",
-                   help="real (default): kubelets, containerd, kube-proxy and the controllers run the chart's image "
-                        "; process: the older lab whose small kubelet runs the pods as processes "
-                        "(dual-stack, fault injector), kept while tests move over")
     p.add_argument("--timing", choices=sorted(TIMING_PRESETS),
                    help="speakers' heartbeat timing preset (chart value speaker.heartbeat.timing; default: the chart's)")
-    p.add_argument("--restart-hold", type=int, metavar="SECONDS",
-                   help="chart value speaker.restartHold (default: the chart's; 0: a stopped speaker always hands "
-                        "over at once)")
 
 
 def register(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="lab_command", metavar="ACTION", required=True)
     up = sub.add_parser("up", help="build the lab: namespaces, control plane, controller, speakers")
     _topology_args(up)
-    up.add_argument("--speakers", action=argparse.BooleanOptionalAction, default=True,
-                    help="start a speaker per node (--no-speakers: to run one by hand)")
+    up.add_argument("--restart-hold", type=int, metavar="SECONDS",
+                    help="chart value speaker.restartHold (default: the chart's; 0: a stopped speaker always hands "
+                         "over at once)")
     sub.add_parser("down", help="stop every lab process and delete its namespaces (safe to repeat)")
     demo = sub.add_parser("demo", help="allocate an IP, serve traffic, break the owner node, watch failover")
     _topology_args(demo)

@@ -1,24 +1,15 @@
-"""The API server as the daemons reach it: nginx on localhost in every namespace that runs a pod.
+"""The API server as the pods meet it with faults on: an HTTP load balancer in front of it.
 
-kubespray runs nginx on each node as a localhost proxy to the API servers, so on a kubespray cluster API
-traffic goes through a proxy, and an API server upgrade looks like resets, half-sent watch streams and 502s,
-not like refused connections. The lab does the same: in the control-plane namespace (the controller's) and in
-every node namespace (the speakers'), nginx from Debian listens on 127.0.0.1:6443 and the pods' in-cluster
-config (KUBERNETES_SERVICE_HOST/PORT, ca.crt) points at it.
+On the lab's real cluster the pods reach the API server through the `kubernetes` Service. With faults on
+(lbctl.lab.realfaults) that Service's endpoint is one nginx in the control-plane namespace (`start_front`: an
+API server behind an HTTP load balancer, which kubespray supports), presenting the API server's own
+certificate (its names cover the Service), with the fault injector (lbctl.lab.faultproxy) behind it.
 
-Why HTTP and not kubespray's `stream` (TCP) proxy: the faults the lab must show include answers only an HTTP
-proxy gives (502 while the API server restarts, 429 with Retry-After and 5xx from the proxy) and a watch
-stream cut in the middle of a line, which needs a hop that sees plaintext. So nginx terminates TLS with a
-serving certificate for 127.0.0.1/localhost from the lab's own CA (the pods trust that CA), proxies over
-HTTP/1.1 with buffering off and hour-long read timeouts (watches stream through it, bearer tokens pass as
-headers) and dials the API server with TLS, verifying it against the API server's certificate. With faults
-on (`lbctl.lab.faultproxy`), nginx's upstream is the fault injector in the control-plane namespace, which
-speaks plaintext to nginx and TLS to the API server.
-
-On the real cluster (lbctl.lab.realfaults) the pods reach the API server through the `kubernetes` Service, as
-on any cluster; with faults on, that Service's endpoint is one nginx in the control-plane namespace (`start_front`,
-the API server behind an HTTP load balancer) presenting the API server's own certificate, the fault injector
-behind it.
+Why HTTP and not a TCP proxy: the faults the lab must show include answers only an HTTP proxy gives (502 while
+the API server restarts, 429 with Retry-After and 5xx from the proxy) and a watch stream cut in the middle of
+a line, which needs a hop that sees plaintext. So nginx terminates TLS, proxies over HTTP/1.1 with buffering
+off and hour-long read timeouts (watches stream through it, bearer tokens pass as headers) to the injector,
+which dials the API server with TLS.
 
 Modes a test can switch nginx to (`reload`): `ok`; `untrusted` (a serving certificate from another CA:
 every new handshake fails verification); `plaintext` (the listener speaks HTTP: a TLS client hello gets an
@@ -40,7 +31,7 @@ from pathlib import Path
 from . import nodeproxy, processes
 from .faultproxy import PORT as FAULT_PORT
 from .processes import STATE
-from .topology import CP_IP4, CP_NS, Topology
+from .topology import CP_IP4, CP_NS
 
 PORT = 6443  # kubespray's loadbalancer_apiserver_port: localhost:6443
 HOST = "127.0.0.1"
@@ -150,17 +141,6 @@ http {{
 """
 
 
-def upstream(faults: bool) -> str:
-    return f"http://{CP_IP4}:{FAULT_PORT}" if faults else f"https://{CP_IP4}:6443"
-
-
-def start(topo: Topology, faults: bool) -> None:
-    """Certificates, then one nginx in the control-plane namespace and one in each node namespace."""
-    make_certs()
-    for host, netns in [("cp", CP_NS)] + [(h.name, h.netns) for h in topo.node_hosts]:
-        launch(host, netns, upstream(faults))
-
-
 def start_front(serving: Path) -> None:
     """The real cluster's API server front (lbctl.lab.realfaults): nginx in the control-plane namespace on
     CP_IP4:FRONT_PORT with the API server's own certificate and key (`serving`.crt/.key), the fault injector
@@ -202,8 +182,3 @@ def reload(mode: str, only: list[str] | None = None) -> None:
         if not (pid and processes.alive(pid)):
             raise RuntimeError(f"{name(host)} is not running")
         os.kill(pid, signal.SIGHUP)  # the master only: it starts new workers, the old ones finish
-
-
-def kubernetes_service() -> tuple[str, int, Path]:
-    """What the pods get: KUBERNETES_SERVICE_HOST, _PORT and the CA for their ca.crt."""
-    return HOST, PORT, CA

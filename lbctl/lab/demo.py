@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
 from typing import Any
 
 from .. import tables
-from . import cluster, lifecycle, processes, probes, prober, realcluster
+from . import lifecycle, probes, prober, realcluster
 from .api import LabApi, wait_for
 from .topology import BRIDGE_NS, CLIENT_NS, Topology, sh
 
@@ -24,48 +23,41 @@ def say(line: str) -> None:
     print(f"   {line}", flush=True)
 
 
-def demo_service(ipv6: bool, real: bool = False) -> dict[str, Any]:
-    spec: dict[str, Any] = {"type": "LoadBalancer", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}
+def demo_service(ipv6: bool) -> dict[str, Any]:
+    """The backend pods behind one Service. Local: the node that owns the address serves it itself (the answer
+    names that node) and the pods see the client's own address."""
+    spec: dict[str, Any] = {"type": "LoadBalancer", "selector": {"app": realcluster.BACKEND},
+                            "externalTrafficPolicy": "Local",
+                            "ports": [{"name": "http", "port": 80, "targetPort": realcluster.BACKEND_PORT,
+                                       "protocol": "TCP"}]}
     if ipv6:
         spec["ipFamilyPolicy"] = "PreferDualStack"
-    if real:
-        # The real backend pods; Local: the node that owns the address serves it itself (the answer names that
-        # node) and the pods see the client's own address.
-        spec.update(selector={"app": realcluster.BACKEND}, externalTrafficPolicy="Local")
-        spec["ports"][0]["targetPort"] = realcluster.BACKEND_PORT
     return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "demo", "namespace": "default"}, "spec": spec}
 
 
-def run(nodes: int = 3, ipv6: bool = True, keep: bool = False, mode: str = "link", timing: str | None = None,
-        real: bool = True) -> int:
+def run(nodes: int = 3, ipv6: bool = True, keep: bool = False, mode: str = "link", timing: str | None = None) -> int:
     lifecycle.require_root()
     started_here = not lifecycle.is_up()
     try:
-        return _run(nodes, ipv6, keep, mode, started_here, timing, real)
+        return _run(nodes, ipv6, keep, mode, started_here, timing)
     finally:
         if started_here and not keep:
             step("Tearing the lab down (--keep leaves it up)")
             lifecycle.down(say=say)
 
 
-def _run(nodes: int, ipv6: bool, keep: bool, mode: str, started_here: bool, timing: str | None, real: bool) -> int:
+def _run(nodes: int, ipv6: bool, keep: bool, mode: str, started_here: bool, timing: str | None) -> int:
     if started_here:
-        step("Lab: network namespaces on one bridge, " + (
-            "a real cluster (kube-apiserver, controllers, scheduler; kubelet, containerd and kube-proxy per node) "
-            "running the chart's image" if real else "a real kube-apiserver, controller and speakers"))
-        topo, _ = lifecycle.up(nodes, ipv6, say=say, timing=timing, real=real)
+        step("Lab: network namespaces on one bridge, a real cluster (kube-apiserver, controllers, scheduler; "
+             "kubelet, containerd and kube-proxy per node) running the chart's image")
+        topo, _ = lifecycle.up(nodes, ipv6, say=say, timing=timing)
     else:
         step("Lab: already up; using it")
         topo = lifecycle.load_topology()
-    real = lifecycle.is_real()
-    if not real and not processes.pid_of(f"speaker-{topo.node_hosts[0].name}"):
-        print("lbctl lab demo: the lab has no speakers, so nothing can answer ARP; see the warnings above",
-              file=sys.stderr)
-        return 1
     api = LabApi()
 
     step("Service `demo`: type LoadBalancer, port 80")
-    api.apply(SERVICES, demo_service(topo.ipv6, real))
+    api.apply(SERVICES, demo_service(topo.ipv6))
     svc = wait_for(lambda: _with_ip(api.get(f"{SERVICES}/demo")), 30, "EXTERNAL-IP of Service demo")
     print(tables.services([svc]))
     ips = [i["ip"] for i in svc["status"]["loadBalancer"]["ingress"]]
@@ -89,7 +81,7 @@ def _run(nodes: int, ipv6: bool, keep: bool, mode: str, started_here: bool, timi
         who = topo.node_by_mac(entry.mac) if entry and entry.mac else None
         say(f"curl {probes.url_for(ip6)}  ->  {body or 'no answer'}   (NDP: {entry.mac if entry else '?'} = {who})")
 
-    return _failover(topo, ip4, owner, mode, keep, real)
+    return _failover(topo, ip4, owner, mode, keep)
 
 
 def _with_ip(svc: dict[str, Any]) -> dict[str, Any] | None:
@@ -105,7 +97,7 @@ def _arp_owner(topo: Topology, ip: str) -> str | None:
     return topo.node_by_mac(entry.mac)
 
 
-def _failover(topo: Topology, ip4: str, owner: str, mode: str, keep: bool, real: bool) -> int:
+def _failover(topo: Topology, ip4: str, owner: str, mode: str, keep: bool) -> int:
     host = topo.host(owner)
     how = (f"cutting {owner}'s link (its switch port {host.port} down)" if mode == "link"
            else f"SIGKILL to {owner}'s speaker")
@@ -115,10 +107,8 @@ def _failover(topo: Topology, ip4: str, owner: str, mode: str, keep: bool, real:
     t_break = time.monotonic()
     if mode == "link":
         sh("ip", "-n", BRIDGE_NS, "link", "set", host.port, "down")
-    elif real:
-        realcluster.kill_container(owner, b"lbctl-speaker")
     else:
-        processes.kill(f"speaker-{owner}", signal.SIGKILL)
+        realcluster.kill_container(owner, b"lbctl-speaker")
     out, err = probe.communicate(timeout=30)
     if probe.returncode:
         print(f"lbctl lab demo: prober failed: {err.strip()}", file=sys.stderr)
@@ -133,7 +123,7 @@ def _failover(topo: Topology, ip4: str, owner: str, mode: str, keep: bool, real:
         f"{result.failures} of {result.total} requests failed")
     _arp_owner(topo, ip4)
     if keep:
-        _repair(topo, owner, mode, real)
+        _repair(topo, owner, mode)
     if result.switch_s > FAILOVER_OK_S:
         print(f"lbctl lab demo: failover took {result.switch_s:.1f}s (> {FAILOVER_OK_S:.0f}s)", file=sys.stderr)
         return 1
@@ -141,14 +131,11 @@ def _failover(topo: Topology, ip4: str, owner: str, mode: str, keep: bool, real:
     return 0
 
 
-def _repair(topo: Topology, owner: str, mode: str, real: bool) -> None:
+def _repair(topo: Topology, owner: str, mode: str) -> None:
     """With --keep, leave a whole lab behind: re-plug the link or restart the speaker."""
     host = topo.host(owner)
     if mode == "link":
         sh("ip", "-n", BRIDGE_NS, "link", "set", host.port, "up")
         say(f"re-plugged {owner}'s link")
-    elif real:
-        say(f"{owner}'s kubelet restarts its speaker container")
     else:
-        cluster.restart_speaker(owner)
-        say(f"restarted {owner}'s speaker")
+        say(f"{owner}'s kubelet restarts its speaker container")

@@ -17,7 +17,6 @@ from .processes import STATE
 from .topology import Topology
 
 TOPOLOGY_FILE = STATE / "topology.json"
-RUNTIME_FILE = STATE / "runtime"  # "real" when the lab is the real cluster
 LAB_IMAGE = ("localhost/lbctl", "lab")  # what the real cluster's nodes have imported (no registry)
 Say = Callable[[str], None]
 
@@ -41,18 +40,15 @@ def leftovers() -> bool:
     return STATE.exists() or bool(topology.lab_namespaces())
 
 
-def up(nodes: int = 3, ipv6: bool = True, speakers: bool = True, say: Say = print,
-       timing: str | None = None, faults: bool = False, controllers: int = 1, real: bool = False,
-       archives: list[Path] | None = None, restart_hold: int | None = None) -> tuple[Topology, list[str]]:
-    """Returns the topology and warnings (e.g. no speaker yet). Cleans up everything on failure. `faults`
-    puts the fault injector (lbctl.lab.faultproxy) between every nginx and the API server (real: between the
-    pods' `kubernetes` Service and the API server, lbctl.lab.realfaults); `controllers` > 1
-    runs more controller replicas (the first in the control-plane namespace, the others on the nodes).
-    `real`: the real cluster (lbctl.lab.realcluster): kubelets, containerd, kube-proxy and the controllers run
-    the chart's image from `archives`. `restart_hold`: the chart's speaker.restartHold."""
+def up(nodes: int = 3, ipv6: bool = True, say: Say = print, timing: str | None = None, faults: bool = False,
+       controllers: int = 1, archives: list[Path] | None = None,
+       restart_hold: int | None = None) -> tuple[Topology, list[str]]:
+    """The real cluster (lbctl.lab.realcluster): kubelets, containerd, kube-proxy and the controllers, running the
+    chart's image from `archives` (built here when none are given). Returns the topology and warnings. Cleans
+    up everything on failure. `faults` puts the fault injector (lbctl.lab.faultproxy) between the pods'
+    `kubernetes` Service and the API server (lbctl.lab.realfaults); `controllers`: the controller's replicas;
+    `restart_hold`: the chart's speaker.restartHold."""
     require_root()
-    if real and not speakers:
-        raise LabError("the real cluster always runs the speakers")
     if is_up():
         raise LabError(f"a lab is already up (state in {STATE}); run `lbctl lab down` first")
     if leftovers():
@@ -66,42 +62,23 @@ def up(nodes: int = 3, ipv6: bool = True, speakers: bool = True, say: Say = prin
         topology.build(topo)
         topo.save(TOPOLOGY_FILE)
         say(f"control plane: etcd + kube-apiserver at https://{topology.CP_IP4}:6443 in {topology.CP_NS}")
-        if real and faults:  # the pods' API server behind the fault injector (lbctl.lab.realfaults)
-            cp = realfaults.start_control_plane(topo)
+        if faults:  # the pods' API server behind the fault injector (lbctl.lab.realfaults)
+            cp = cluster.start_control_plane(topo, realfaults.APISERVER_ARGS)
             realfaults.start(cp, LabApi())
             say(f"  the pods' `kubernetes` Service: nginx on {topology.CP_IP4}:{apiproxy.FRONT_PORT}, the fault "
                 "injector, the API server")
         else:
-            cp = cluster.start_control_plane(topo, controllers=real)
-        api = LabApi()
-        if real:
-            return topo, _up_real(cp, api, topo, archives or [], say, timing, controllers, started, restart_hold)
-        cluster.bootstrap(api, topo)
-        say(f"cluster: Nodes {', '.join(h.name for h in topo.node_hosts)}")
-        cp.install_chart(cluster.RELEASE, cluster.NAMESPACE, cluster.lab_values(topo, timing, controllers,
-                                                                                restart_hold=restart_hold))
-        pools = topology.POOL4 + (f", {topology.POOL6}" if ipv6 else "")
-        say(f"helm install {cluster.RELEASE} (chart {assets.chart_dir()}) into {cluster.NAMESPACE}: CRDs, RBAC, "
-            f"heartbeat Secret, controller Deployment, speaker DaemonSet, IPPool default ({pools})")
-        warnings = cluster.start_daemons(api, topo, speakers, faults)
-        say("API proxies: nginx on 127.0.0.1:6443 in each pod's namespace"
-            + (", the fault injector behind them" if faults else ""))
-        say("pods started from the API server's Deployment and DaemonSet, with ServiceAccount tokens")
-        for w in warnings:
-            say(f"WARNING: {w}")
-        cluster.wait_ready(topo, say=say)
+            cp = cluster.start_control_plane(topo)
+        return topo, _up_real(cp, LabApi(), topo, archives or [], say, timing, controllers, started, restart_hold)
     except BaseException:
         say("lab up failed; tearing down")
         _show_failed_logs(say)
         down(say=lambda _: None, keep_logs=True)
         raise
-    say(f"lab up in {time.monotonic() - started:.1f}s (state in {STATE})")
-    return topo, warnings
 
 
 def _up_real(cp: ControlPlane, api: LabApi, topo: Topology, archives: list[Path], say: Say, timing: str | None,
              controllers: int, started: float, restart_hold: int | None) -> list[str]:
-    RUNTIME_FILE.write_text("real\n")
     say("  kube-controller-manager and kube-scheduler beside it")
     say(f"nodes: a kubelet with its own containerd (runc, CNI bridge) and kube-proxy (iptables) in "
         f"{', '.join(h.netns for h in realcluster.hosts(topo))}; pod ranges in {realcluster.POD_NET}")
@@ -115,7 +92,7 @@ def _up_real(cp: ControlPlane, api: LabApi, topo: Topology, archives: list[Path]
     realcluster.wait_nodes_ready(api, topo)
     say(f"cluster: Nodes {', '.join(h.name for h in realcluster.hosts(topo))} Ready (cp tainted "
         f"{realcluster.CP_ROLE}:NoSchedule)")
-    values = cluster.lab_values(topo, timing, controllers, image=LAB_IMAGE, restart_hold=restart_hold)
+    values = cluster.lab_values(topo, LAB_IMAGE, timing, controllers, restart_hold)
     cp.install_chart(cluster.RELEASE, cluster.NAMESPACE, values)
     say(f"helm install {cluster.RELEASE} (chart {assets.chart_dir()}, image {':'.join(LAB_IMAGE)}) into "
         f"{cluster.NAMESPACE}")
@@ -166,10 +143,6 @@ def _keep_logs(say: Say) -> None:
         shutil.copytree(logs, saved / logs.parent.name, dirs_exist_ok=True, symlinks=True)
     if saved.exists():
         say(f"logs kept in {saved}")
-
-
-def is_real() -> bool:
-    return RUNTIME_FILE.exists() and RUNTIME_FILE.read_text().strip() == "real"
 
 
 def load_topology() -> Topology:

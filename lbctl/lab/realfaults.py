@@ -19,26 +19,14 @@ kube-controller-manager and kube-scheduler dial it directly, so a fault tests lb
 
 from __future__ import annotations
 
-from . import apiproxy, faultproxy, processes
+from . import apiproxy, faultproxy
 from .api import LabApi, wait_for
 from .controlplane import ControlPlane
-from .processes import STATE
-from .topology import CP_IP4, CP_NS, Topology
+from .topology import CP_IP4
 
 ENDPOINTS = "/api/v1/namespaces/default/endpoints"
 SLICES = "/apis/discovery.k8s.io/v1beta1/namespaces/default/endpointslices"
-APISERVER_ARGS = ["--endpoint-reconciler-type=none"]
-
-
-def start_control_plane(topo: Topology) -> ControlPlane:
-    """lbctl.lab.cluster.start_control_plane for the real cluster, with the API server leaving the `kubernetes`
-    Service's endpoints to the lab."""
-    cp = ControlPlane(host=CP_IP4, netns=CP_NS, workdir=STATE / "cp", dual_stack=topo.ipv6, controllers=True,
-                      apiserver_args=APISERVER_ARGS)
-    cp.start()
-    for name, pid in cp.pids().items():
-        processes.record(name, pid)
-    return cp
+APISERVER_ARGS = ["--endpoint-reconciler-type=none"]  # for cluster.start_control_plane
 
 
 def start(cp: ControlPlane, api: LabApi) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .. import tables
 from . import processes, probes, realcluster, topology
 from .api import LabApi
-from .lifecycle import is_real, load_topology, require_root
+from .lifecycle import load_topology, require_root
 from .realnode import RealNode
 
 
@@ -25,8 +25,7 @@ def run() -> int:
         print("Services: unavailable (kube-apiserver is not running)")
         return 1
     api = LabApi()
-    if is_real():
-        _real(api)
+    _nodes(api)
     items = api.get("/api/v1/services").get("items") or []
     lbs = [s for s in items if (s.get("spec") or {}).get("type") == "LoadBalancer"]
     if not lbs:
@@ -47,7 +46,7 @@ def run() -> int:
     return 1 if dead else 0
 
 
-def _real(api: LabApi) -> None:
+def _nodes(api: LabApi) -> None:
     """The real cluster: each host's daemons and its Node as the API server has it, then the pods."""
     nodes = {n["metadata"]["name"]: n for n in api.get("/api/v1/nodes").get("items") or []}
     rows = []

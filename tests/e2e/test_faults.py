@@ -61,7 +61,7 @@ def flab() -> Iterator[Lab]:
     if os.geteuid() != 0:
         pytest.skip("e2e tests need root: they create network namespaces")
     try:
-        topo, _ = lifecycle.up(real=True, faults=True, controllers=2, say=lambda _: None)
+        topo, _ = lifecycle.up(faults=True, controllers=2, say=lambda _: None)
         lab = Lab(topo)
         realfaults.wait_mirrored(lab.api)
         for i in range(STEADY):
