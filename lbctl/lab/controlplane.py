@@ -209,7 +209,7 @@ class ControlPlane:
             f"--root-ca-file={wd / 'apiserver.crt'}", "--use-service-account-credentials=true",
             "--leader-elect=false", "--port=0", "--bind-address=127.0.0.1",
             f"--secure-port={free_port() if on_loopback else 10257}", "-v=1",
-            # 1.20's EndpointSlice controller fills IPv6 slices from status.podIPs behind the alpha gate.
+            # As kubespray sets the alpha gate (its EndpointSlice controller wrote IPv6 slices without it too).
             *(["--feature-gates=IPv6DualStack=true"] if self.dual_stack else [])])
         self._spawn("kube-scheduler", [
             str(bins["kube-scheduler"]), f"--kubeconfig={sched_kc}", f"--authentication-kubeconfig={sched_kc}",

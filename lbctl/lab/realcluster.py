@@ -10,9 +10,10 @@ client's address with externalTrafficPolicy Local).
 
 Dual-stack (a topology with IPv6, the default), as a kubespray dual-stack cluster: every pod also gets an
 address from its host's /64 of POD_NET6 (host-local with two ranges), routed between the hosts like the IPv4
-ones, and the 1.20 components that need the alpha gate IPv6DualStack run with it: kubelet (status.podIPs, two
---node-ip addresses), kube-controller-manager (the EndpointSlice controller's IPv6 slices) and kube-proxy (one
-iptables and one ip6tables proxier, --cluster-cidr with both families).
+ones. The 1.20 components run with the alpha gate IPv6DualStack, as kubespray's kube_feature_gates sets it
+everywhere; measured, kube-proxy is the one that needs it (an ip6tables proxier beside the iptables one,
+--cluster-cidr with both families; without it no ip6tables rule for an IPv6 ClusterIP), while the kubelet
+reported both status.podIPs and the EndpointSlice controller wrote IPv6 slices without it.
 
 kubelets and kube-proxies reach the API server through nginx on the node's 127.0.0.1:6443, kubespray's
 nginx-proxy (lbctl.lab.nodeproxy); the pods reach it through the `kubernetes` Service, i.e. through

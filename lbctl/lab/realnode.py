@@ -280,8 +280,8 @@ class RealNode:
             "--healthz-bind-address=127.0.0.1", f"--pod-infra-container-image={PAUSE_IMAGE}",
             # Images are imported, never pulled: garbage collection must not delete them.
             "--image-gc-high-threshold=100", "--image-gc-low-threshold=99", "-v=1",
-            # Kubelet 1.20 takes two --node-ip addresses and reports a pod's IPv6 address in status.podIPs
-            # only behind the alpha gate.
+            # The alpha gate, as kubespray sets it on every component (measured: this kubelet reported both
+            # status.podIPs without it, and started with two --node-ip addresses).
             *(["--feature-gates=IPv6DualStack=true"] if self.ip6 else []), *self.kubelet_args,
         ]
 
