@@ -210,7 +210,9 @@ class ControlPlane:
             f"--authorization-kubeconfig={cm_kc}", f"--service-account-private-key-file={wd / 'sa.key'}",
             f"--root-ca-file={wd / 'apiserver.crt'}", "--use-service-account-credentials=true",
             "--leader-elect=false", "--port=0", "--bind-address=127.0.0.1",
-            f"--secure-port={free_port() if on_loopback else 10257}", "-v=1"])
+            f"--secure-port={free_port() if on_loopback else 10257}", "-v=1",
+            # As kubespray sets the alpha gate (its EndpointSlice controller wrote IPv6 slices without it too).
+            *(["--feature-gates=IPv6DualStack=true"] if self.dual_stack else [])])
         self._spawn("kube-scheduler", [
             str(bins["kube-scheduler"]), f"--kubeconfig={sched_kc}", f"--authentication-kubeconfig={sched_kc}",
             f"--authorization-kubeconfig={sched_kc}", "--leader-elect=false", "--port=0",

@@ -81,7 +81,7 @@ def _up_real(cp: ControlPlane, api: LabApi, topo: Topology, archives: list[Path]
              controllers: int, started: float, restart_hold: int | None) -> list[str]:
     say("  kube-controller-manager and kube-scheduler beside it")
     say(f"nodes: a kubelet with its own containerd (runc, CNI bridge) and kube-proxy (iptables) in "
-        f"{', '.join(h.netns for h in realcluster.hosts(topo))}; pod ranges in {realcluster.POD_NET}")
+        f"{', '.join(h.netns for h in realcluster.hosts(topo))}; pod ranges in {realcluster.cluster_cidrs(topo)}")
     if not archives:
         from . import images  # noqa: PLC0415 - podman and the image recipes: only the real cluster needs them
         built = images.ensure_lab_images()

@@ -8,6 +8,13 @@ forwards and routes each other host's pod range via that host, so a pod reaches 
 LoadBalancer IP's traffic reaches a pod on any node (kube-proxy masquerades it unless the Service keeps the
 client's address with externalTrafficPolicy Local).
 
+Dual-stack (a topology with IPv6, the default), as a kubespray dual-stack cluster: every pod also gets an
+address from its host's /64 of POD_NET6 (host-local with two ranges), routed between the hosts like the IPv4
+ones. The 1.20 components run with the alpha gate IPv6DualStack, as kubespray's kube_feature_gates sets it
+everywhere; measured, kube-proxy is the one that needs it (an ip6tables proxier beside the iptables one,
+--cluster-cidr with both families; without it no ip6tables rule for an IPv6 ClusterIP), while the kubelet
+reported both status.podIPs and the EndpointSlice controller wrote IPv6 slices without it.
+
 kubelets and kube-proxies reach the API server through nginx on the node's 127.0.0.1:6443, kubespray's
 nginx-proxy (lbctl.lab.nodeproxy); the pods reach it through the `kubernetes` Service, i.e. through
 kube-proxy's rules, as on any cluster.
@@ -15,6 +22,7 @@ kube-proxy's rules, as on any cluster.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import threading
@@ -30,9 +38,10 @@ from .api import LabApi
 from .controlplane import ControlPlane
 from .processes import STATE
 from .realnode import RealNode
-from .topology import NET4, Host, Topology, in_ns, sh
+from .topology import NET4, NET6, Host, Topology, in_ns, sh
 
 POD_NET = "198.18.128.0/17"
+POD_NET6 = "2001:db8:80::/56"  # a /64 per host; clear of the hosts' 2001:db8:18::/64 and the Service /112
 NODES = STATE / "nodes"
 EXCLUDE_LB = "node.kubernetes.io/exclude-from-external-load-balancers"
 CP_ROLE = "node-role.kubernetes.io/master"  # kubespray's control-plane taint and label (1.20)
@@ -40,6 +49,7 @@ CP_ROLE = "node-role.kubernetes.io/master"  # kubespray's control-plane taint an
 # rewrites it, so without a route a hostNetwork pod's connect() fails with ENETUNREACH. Nothing answers at this
 # address; anything not rewritten stays on the lab bridge, in the lab's namespaces.
 GATEWAY = f"{NET4}.1"
+GATEWAY6 = f"{NET6}:1"
 PROXY_HEALTH_PORT = 10256  # kube-proxy's health check: healthCheckNodePort answers come from here too
 Say = Callable[[str], None]
 
@@ -57,10 +67,24 @@ def pod_cidr(topo: Topology, h: Host) -> str:
     return f"198.18.{128 + hosts(topo).index(h)}.0/24"
 
 
+def pod_cidr6(topo: Topology, h: Host) -> str:
+    return str(ipaddress.ip_network(f"2001:db8:80:{hosts(topo).index(h):x}::/64"))  # canonical: the cp's is ::/64
+
+
+def pod_cidrs(topo: Topology, h: Host) -> list[str]:
+    """The host's pod ranges: IPv4, and IPv6 when the lab is dual-stack."""
+    return [pod_cidr(topo, h), *([pod_cidr6(topo, h)] if topo.ipv6 else [])]
+
+
+def cluster_cidrs(topo: Topology) -> str:
+    """kube-proxy's --cluster-cidr: one range per family the pods have."""
+    return ",".join([POD_NET, *([POD_NET6] if topo.ipv6 else [])])
+
+
 def node(cp: ControlPlane, topo: Topology, h: Host) -> RealNode:
     args = [f"--register-with-taints={CP_ROLE}=:NoSchedule"] if h.name == "cp" else []
-    return RealNode(h.name, h.netns, h.ip4, NODES / h.name, local(cp.node_kubeconfig(h.name)), pod_cidr(topo, h),
-                    args)
+    return RealNode(h.name, h.netns, h.ip4, NODES / h.name, local(cp.node_kubeconfig(h.name)), pod_cidrs(topo, h),
+                    args, h.ip6 if topo.ipv6 else "")
 
 
 def local(kubeconfig: Path) -> Path:
@@ -92,7 +116,7 @@ def start(cp: ControlPlane, topo: Topology, archives: list[Path], say: Say) -> l
             n.start()
             for archive in archives:
                 n.import_image(archive)
-            _start_kube_proxy(n, cp)
+            _start_kube_proxy(n, cp, topo)
             say(f"  {n.name}: containerd, kubelet, kube-proxy up, {len(archives)} image archive(s) imported "
                 f"({time.monotonic() - started:.1f} s)")
         except BaseException as e:  # noqa: BLE001 - reported below, with the host's name
@@ -112,16 +136,24 @@ def _pod_routes(topo: Topology) -> None:
     for h in hosts(topo):
         in_ns(h.netns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
         sh("ip", "-n", h.netns, "route", "replace", "default", "via", GATEWAY, "dev", "eth0")
+        if topo.ipv6:
+            in_ns(h.netns, "sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1")
+            sh("ip", "-n", h.netns, "-6", "route", "replace", "default", "via", GATEWAY6, "dev", "eth0")
         for other in hosts(topo):
             if other is not h:
                 sh("ip", "-n", h.netns, "route", "replace", pod_cidr(topo, other), "via", other.ip4)
+                if topo.ipv6:
+                    sh("ip", "-n", h.netns, "-6", "route", "replace", pod_cidr6(topo, other), "via", other.ip6)
 
 
-def _start_kube_proxy(n: RealNode, cp: ControlPlane) -> None:
+def _start_kube_proxy(n: RealNode, cp: ControlPlane, topo: Topology) -> None:
     kube_proxy = kubebins.require("kube-proxy")["kube-proxy"]
+    # With the gate, 1.20 runs a second (ip6tables) proxier beside the IPv4 one; each family's --cluster-cidr
+    # tells it which sources are pods (masquerade, local-traffic detection).
+    dual = ["--feature-gates=IPv6DualStack=true"] if topo.ipv6 else []
     n.run("kube-proxy", [
         str(kube_proxy), f"--kubeconfig={local(cp.kubeconfig('kube-proxy'))}", "--proxy-mode=iptables",
-        f"--hostname-override={n.name}", f"--bind-address={n.ip}", f"--cluster-cidr={POD_NET}",
+        f"--hostname-override={n.name}", f"--bind-address={n.ip}", f"--cluster-cidr={cluster_cidrs(topo)}", *dual,
         f"--healthz-bind-address={n.ip}:{PROXY_HEALTH_PORT}", "--metrics-bind-address=127.0.0.1:10249",
         # The machine's conntrack table size and timeouts are not a namespace's to change.
         "--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0s",

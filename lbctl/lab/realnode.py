@@ -89,16 +89,19 @@ class RealNode:
     ip: str  # the node's lab address: --node-ip, where the kubelet listens
     workdir: Path  # everything of this node; on tmpfs (keys, tokens)
     kubeconfig: Path  # the kubelet's credentials (ControlPlane.node_kubeconfig)
-    pod_cidr: str = "198.18.128.0/24"  # the node's CNI bridge range (host-local)
+    # The node's CNI bridge ranges (host-local), one per family: a second (IPv6) range makes the pods dual-stack.
+    pod_cidrs: list[str] = field(default_factory=lambda: ["198.18.128.0/24"])
     kubelet_args: list[str] = field(default_factory=list)  # e.g. --register-with-taints for a control plane
+    ip6: str = ""  # the node's IPv6 lab address: with it, --node-ip names both (dual-stack InternalIPs)
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, workdir: Path) -> RealNode:
         """The node a (possibly crashed) process started in `workdir`: enough to stop() it."""
         doc = json.loads((workdir / "node.json").read_text())
-        return cls(doc["name"], doc["netns"], doc["ip"], workdir, Path(doc["kubeconfig"]), doc["pod_cidr"],
-                   doc.get("kubelet_args", []))
+        cidrs = doc.get("pod_cidrs") or [doc["pod_cidr"]]  # a node started before dual-stack wrote one
+        return cls(doc["name"], doc["netns"], doc["ip"], workdir, Path(doc["kubeconfig"]), cidrs,
+                   doc.get("kubelet_args", []), doc.get("ip6", ""))
 
     @property
     def socket(self) -> Path:
@@ -123,7 +126,7 @@ class RealNode:
             self._prepare()
             self.workdir.joinpath("node.json").write_text(json.dumps({
                 "name": self.name, "netns": self.netns, "ip": self.ip, "kubeconfig": str(self.kubeconfig),
-                "pod_cidr": self.pod_cidr, "kubelet_args": self.kubelet_args}))
+                "pod_cidrs": self.pod_cidrs, "kubelet_args": self.kubelet_args, "ip6": self.ip6}))
             self._make_cgroups()
             self._start_mount_namespace(deadline)
             self.workdir.joinpath("containerd.toml").write_text(_CONTAINERD.format(
@@ -230,7 +233,7 @@ class RealNode:
         (self.workdir / "cni" / "10-lbctl.conflist").write_text(json.dumps({
             "cniVersion": "0.4.0", "name": "lbctl", "plugins": [{
                 "type": "bridge", "bridge": "cni0", "isGateway": True, "isDefaultGateway": True, "ipMasq": False, "hairpinMode": True,
-                "ipam": {"type": "host-local", "ranges": [[{"subnet": self.pod_cidr}]],
+                "ipam": {"type": "host-local", "ranges": [[{"subnet": c}] for c in self.pod_cidrs],
                          "dataDir": str(self.workdir / "ipam")}}]}, indent=1))
 
     def _make_cgroups(self) -> None:
@@ -270,12 +273,16 @@ class RealNode:
             str(kubelet), f"--kubeconfig={self.kubeconfig}", "--container-runtime=remote",
             f"--container-runtime-endpoint=unix://{self.socket}", f"--containerd={self.socket}",
             f"--root-dir={k}", f"--cert-dir={k / 'pki'}", f"--volume-plugin-dir={k / 'volume-plugins'}",
-            f"--node-ip={self.ip}", f"--address={self.ip}", f"--hostname-override={self.name}",
+            f"--node-ip={','.join(a for a in (self.ip, self.ip6) if a)}", f"--address={self.ip}",
+            f"--hostname-override={self.name}",
             "--cgroup-driver=cgroupfs", f"--cgroup-root=/{self.cgroup}", "--cgroups-per-qos=true",
             "--enforce-node-allocatable=pods", "--fail-swap-on=false", "--read-only-port=0",
             "--healthz-bind-address=127.0.0.1", f"--pod-infra-container-image={PAUSE_IMAGE}",
             # Images are imported, never pulled: garbage collection must not delete them.
-            "--image-gc-high-threshold=100", "--image-gc-low-threshold=99", "-v=1", *self.kubelet_args,
+            "--image-gc-high-threshold=100", "--image-gc-low-threshold=99", "-v=1",
+            # The alpha gate, as kubespray sets it on every component (measured: this kubelet reported both
+            # status.podIPs without it, and started with two --node-ip addresses).
+            *(["--feature-gates=IPv6DualStack=true"] if self.ip6 else []), *self.kubelet_args,
         ]
 
     def _kubelet_healthy(self) -> bool:

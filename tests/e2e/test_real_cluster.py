@@ -27,7 +27,7 @@ from lbctl.lab.cluster import NAMESPACE
 from lbctl.lab.realnode import RealNode
 from lbctl.lab.topology import Topology
 
-from .conftest import SERVICES, ingress_ips, ipv4_of
+from .conftest import SERVICES, Lab, ingress_ips, ipv4_of, ipv6_of
 from .test_partition import _ROUNDS
 
 pytestmark = pytest.mark.timeout(900)
@@ -335,3 +335,61 @@ def test_replaced_owner_speaker_keeps_its_address_no_move(real: RealLab) -> None
               f"ARP rounds, answered again by {owner} {back:.1f} s after the delete, by no other node meanwhile")
     finally:
         real.api.delete(f"{SERVICES}/held")
+
+
+def _serve_dual(real: RealLab, name: str, selector: dict[str, str], **spec: Any) -> str:
+    """A PreferDualStack LoadBalancer Service; returns its IPv6 ingress address once it has both families."""
+    real.api.create(SERVICES, {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": NS},
+                               "spec": {"type": "LoadBalancer", "ipFamilyPolicy": "PreferDualStack",
+                                        "selector": selector,
+                                        "ports": [{"port": 80, "targetPort": realcluster.BACKEND_PORT}], **spec}})
+    svc = wait_for(lambda: (s := real.api.get(f"{SERVICES}/{name}")) and len(ingress_ips(s)) >= 2 and s, 30,
+                   f"an IPv4 and an IPv6 address for Service {name}")
+    ip6 = ipv6_of(svc)
+    assert ip6, svc["status"]
+    return ip6
+
+
+def _ndp_owner(real: RealLab, ip6: str, timeout: float = 20) -> str:
+    """The one node whose MAC answers a Neighbor Solicitation for `ip6` (from the client namespace)."""
+    lab = Lab(real.topo)
+
+    def one() -> str | None:
+        owners = {real.topo.node_by_mac(m) or m for m in lab.ndp_macs(ip6)}
+        return owners.pop() if len(owners) == 1 else None
+    return wait_for(one, timeout, f"one NDP owner for {ip6}", 0.1)
+
+
+def _answer(ip6: str) -> dict[str, Any]:
+    body = wait_for(lambda: probes.curl(ip6, timeout=2), 20, f"HTTP through [{ip6}]")
+    return json.loads(body)
+
+
+def test_dual_stack_service_reaches_its_backend_over_ipv6(real: RealLab) -> None:
+    """As on a kubespray dual-stack cluster: the pods have an address of each family, the EndpointSlice controller
+    fills an IPv6 slice, and kube-proxy's ip6tables rules carry the client's IPv6 connection to the LoadBalancer
+    IP (answered over NDP by one speaker) to the selected pod."""
+    [pod] = real.pods(NS, "app=web,node=node1")
+    assert [":" in a["ip"] for a in pod["status"]["podIPs"]] == [False, True], pod["status"]["podIPs"]
+    ip6 = _serve_dual(real, "dual", {"app": "web", "node": "node1"})
+    try:
+        owner = _ndp_owner(real, ip6)
+        assert owner in {"cp", "node1", "node2", "node3"}
+        got = _answer(ip6)
+        assert (got["node"], got["pod"]) == ("node1", pod["metadata"]["name"]), got
+        print(f"real cluster: curl http://[{ip6}]/ (NDP owner {owner}) -> {got}")
+    finally:
+        real.api.delete(f"{SERVICES}/dual")
+
+
+def test_etp_local_over_ipv6_names_the_owner_node(real: RealLab) -> None:
+    """externalTrafficPolicy Local over IPv6: only a node with a Ready local pod owns the address, and its pod
+    answers with the client's own IPv6 address (no masquerade)."""
+    ip6 = _serve_dual(real, "local6", {"app": "web"}, externalTrafficPolicy="Local")
+    try:
+        owner = _ndp_owner(real, ip6)
+        assert owner in {"node1", "node2", "node3"}, "only nodes with a local endpoint may own it (not cp)"
+        got = _answer(ip6)
+        assert (got["node"], got["client"]) == (owner, real.topo.host("client").ip6), got
+    finally:
+        real.api.delete(f"{SERVICES}/local6")
