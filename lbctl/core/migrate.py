@@ -119,6 +119,22 @@ class Conversion:
                          "no passwords")
         return ref
 
+    def check_references(self) -> None:
+        """Warn about names that point nowhere among the imported objects (they may exist in the cluster)."""
+        for name, spec in self.peers.items():
+            profile = spec.get("bfdProfile")
+            if profile is not None and profile not in self.bfd_profiles:
+                self.warn(f"BGPPeer {name}: bfdProfile {profile!r} was not imported; the peer stays Invalid until a "
+                          "BFDProfile of that name exists")
+        for name, spec in self.pools.items():
+            for i, adv in enumerate((spec.get("bgp") or {}).get("advertisements") or []):
+                for peer in adv.get("peers") or []:
+                    if peer not in self.peers:
+                        self.warn(f"IPPool {name}: spec.bgp.advertisements[{i}].peers names {peer!r}, which was not "
+                                  "imported as a BGPPeer")
+        if any((spec.get("bgp") or {}).get("advertisements") for spec in self.pools.values()) and not self.peers:
+            self.warn("pools are advertised by BGP but no BGPPeer was imported: they reach no router until one exists")
+
     def ippools(self) -> list[dict[str, Any]]:
         return [{"apiVersion": API_VERSION, "kind": "IPPool", "metadata": {"name": name}, "spec": spec}
                 for name, spec in self.pools.items()]

@@ -165,6 +165,7 @@ class _Kubespray:
                 self.conv.refuse(var, "unknown variable: kubespray's metallb role does not read it, "
                                       "so there is nothing it could be mapped to")
         self._strict_arp()
+        self.conv.check_references()
         return self.conv
 
     def _guard(self, var: str, fn: Any) -> None:

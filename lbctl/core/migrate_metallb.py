@@ -164,6 +164,7 @@ class _MetalLB:
                 self.conv.refuse(obj.label, "unknown MetalLB kind: lbctl does not know what it configures")
         for ns in dict.fromkeys(o.namespace for o in self.objs):
             self._namespace([o for o in self.objs if o.namespace == ns])
+        self.conv.check_references()
         return self.conv
 
     # -- IPAddressPool + L2Advertisement (MetalLB >= 0.13)

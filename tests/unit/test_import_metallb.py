@@ -318,3 +318,17 @@ def test_peer_names_clash_across_namespaces_and_bad_bgp_input_names_the_object()
         convert_metallb([{**peer, "metadata": {"name": "tor"}, "spec": {**peer["spec"], "holdTime": "1s"}}])
     assert exc.value.where == "BGPPeer metallb-system/tor" and exc.value.doc == 0
     assert "spec.holdTime must be 0 or from 3s to 65535s" in exc.value.message
+
+
+def test_dangling_references_are_warned():
+    conv = convert_metallb([
+        {"apiVersion": "metallb.io/v1beta2", "kind": "BGPPeer", "metadata": {"name": "tor"},
+         "spec": {"myASN": 1, "peerASN": 2, "peerAddress": "198.18.0.1", "bfdProfile": "gone"}},
+        pool("p", ["198.18.1.0/28"]),
+        {"apiVersion": "metallb.io/v1beta1", "kind": "BGPAdvertisement", "metadata": {"name": "a"},
+         "spec": {"peers": ["tor", "other"]}}])
+    assert conv.pools["p"]["bgp"] == {"advertisements": [{"peers": ["tor", "other"]}]}
+    assert conv.warnings == [
+        "BGPPeer tor: bfdProfile 'gone' was not imported; the peer stays Invalid until a BFDProfile of that name "
+        "exists",
+        "IPPool p: spec.bgp.advertisements[0].peers names 'other', which was not imported as a BGPPeer"]
