@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from lbctl.core.bfdprofiles import BFDProfile, parse_bfd_profile
@@ -179,13 +179,30 @@ def test_parsers_raise_only_their_own_error_on_arbitrary_json(name, spec):
     parse_pool("p", {"addresses": ["198.18.0.0/28"], "bgp": spec, "layer2": spec})  # errors land in .error
 
 
-@settings(max_examples=200, deadline=None)
+# Selector-shaped junk: the right keys with values of any type, where a parser might index or iterate.
+EXPRESSIONS = st.lists(st.dictionaries(st.sampled_from(["key", "operator", "values"]),
+                                       JSON | st.sampled_from(["In", "Exists", "k"]) | st.lists(JSON, max_size=2),
+                                       max_size=3), max_size=2)
+SELECTORS = st.lists(JSON | st.dictionaries(st.sampled_from(["matchLabels", "matchExpressions"]),
+                                            JSON | EXPRESSIONS, max_size=2), max_size=2)
+
+
+@settings(max_examples=300, deadline=None)
 @given(spec=st.fixed_dictionaries({"myASN": JSON | st.integers(0, 2**33), "peerASN": st.integers(1, 2**32),
                                    "peerAddress": st.sampled_from(["198.18.0.1", "2001:db8::1", "x"])},
-                                  optional={k: SPECS for k in ("holdTime", "keepaliveTime", "nodeSelectors",
-                                                               "passwordSecret", "sourceAddress")}))
-def test_peer_parser_on_near_valid_specs(spec):
+                                  optional={**{k: SPECS for k in ("holdTime", "keepaliveTime", "passwordSecret",
+                                                                  "sourceAddress")}, "nodeSelectors": SELECTORS}),
+       adv=st.fixed_dictionaries({}, optional={"nodeSelectors": SELECTORS, "communities": st.lists(JSON, max_size=2),
+                                               "peers": st.lists(JSON, max_size=2)}))
+@example(spec={**PEER, "nodeSelectors": [{"matchExpressions": 5}]}, adv={"nodeSelectors": [{"matchExpressions": True}]})
+@example(spec={**PEER, "nodeSelectors": [{"matchExpressions": [{"key": "k", "operator": "In", "values": 3}]}]},
+         adv={"nodeSelectors": [{"matchLabels": {"a": 1}, "matchExpressions": [7]}]})
+def test_parsers_on_near_valid_specs(spec, adv):
     try:
         parse_peer("p", spec)
+    except BGPError:
+        pass
+    try:
+        parse_advertisements({"advertisements": [adv]})
     except BGPError:
         pass
