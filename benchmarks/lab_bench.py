@@ -1,20 +1,28 @@
-"""Data-plane benchmarks on a real `lbctl lab`: ARP latency and throughput, failover, speaker footprint.
+"""Data-plane benchmarks on the real-cluster `lbctl lab`: ARP latency and throughput, failover, speaker footprint.
 
     sudo .venv/bin/python -m benchmarks.lab_bench [--trials 10] [--only arp,blast,failover,footprint]
 
-One run brings a lab up, measures, and brings it down again (in `finally`, also on errors and ^C). Every
-figure comes with a baseline measured in the same run on the same bridge:
+One run brings the real cluster up (kubelets, containerd, kube-proxy in iptables mode, the chart's speaker
+DaemonSet in runc containers; speaker.restartHold 0, so a stopped speaker hands over at once), measures, and
+brings it down again (in `finally`, also on errors and ^C). Services select the lab's backend (`web-<node>`)
+with externalTrafficPolicy Local, so an HTTP answer names the node owning the address; the control plane is
+excluded from external load balancers and owns none. Every figure comes with a baseline measured in the same
+run on the same bridge:
 
 1. ARP reply RTT (median, p99 over --rtt-count probes) for a LoadBalancer IP answered by the speaker vs
-   a node's own address answered by its kernel; probes alternate between the two to cancel drift.
+   a node's own address answered by its kernel, and vs the floor: a minimal blocking Python responder on
+   AF_PACKET (`lab_arp respond`, the speaker's filter and codec) in the owner's namespace beside the
+   speaker; probes alternate between the three to cancel drift.
 2. ARP requests answered per second for --blast-s seconds with a window of outstanding requests, and
    the loss, for the speaker and for the kernel.
-3. Failover: --trials each of SIGKILL of the owner's speaker and of cutting the owner's link (its port
-   on the lab bridge), timed from the break to the first HTTP reply from another node, as a client
-   sending a request every 20 ms (100 ms timeout) sees it. The client's neighbour table is never
-   flushed: only the new owner's gratuitous ARP can move it, and `ip monitor neigh` tells whether a
-   trial recovered through the client's own re-resolution (neighbour timeout) instead.
-4. Speaker RSS and idle CPU with 500 announced IPs (a /23 pool added to the lab, 500 Services).
+3. Failover: --trials each of SIGKILL of the owner's speaker (its kubelet stopped first, so nothing restarts
+   it during the trial; lbctl.lab.realspeakers) and of cutting the owner's link (its port on the lab bridge),
+   timed from the break to the first HTTP reply from another node, as a client sending a request every 20 ms
+   (100 ms timeout) sees it. The client's neighbour table is never flushed: only the new owner's gratuitous
+   ARP can move it, and `ip monitor neigh` tells whether a trial recovered through the client's own
+   re-resolution (neighbour timeout) instead.
+4. Speaker RSS and idle CPU (the container's process) with 500 announced IPs (a /23 pool added to the lab,
+   500 Services), measured once kube-proxy's nat rules hold every address on every node.
 
 Every client runs inside a lab namespace (`ip netns exec lbctl-client ...`, API calls in lbctl-cp);
 nothing here dials a lab address from the root namespace. Benchmarks report, tests assert: the exit
@@ -27,6 +35,7 @@ import argparse
 import ipaddress
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -38,9 +47,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lbctl.core.heartbeat import TIMING_PRESETS
-from lbctl.lab import cluster, lifecycle, processes, probes, prober
+from lbctl.lab import lifecycle, probes, prober, realcluster, realspeakers
 from lbctl.lab.api import LabApi, wait_for
-from lbctl.lab.topology import BRIDGE_NS, CLIENT_NS, Topology
+from lbctl.lab.topology import BRIDGE_NS, CLIENT_NS, PREFIX, Topology
 
 NS = "default"
 SERVICES = f"/api/v1/namespaces/{NS}/services"
@@ -48,6 +57,7 @@ IPPOOLS = "/apis/lbctl.io/v1alpha1/ippools"
 SPEAKERSTATUSES = "/apis/lbctl.io/v1alpha1/speakerstatuses"
 POOL_ANNOTATION = "lbctl.io/address-pool"
 BIG_POOL = "198.18.2.0/23"  # 512 addresses off the nodes' /24 (announced on eth0 by pool interfaces)
+FLOOR_IP = "198.18.0.4"  # the minimal responder's address: on no interface, so only it answers
 BLAST_SPA = "198.18.0.160"  # blaster slot k asks as .160+k: unused lab addresses, their neighbour entries bother nobody
 PY = sys.executable
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -135,11 +145,7 @@ class Bench:
 
     # API (runs apicall inside lbctl-cp)
     def service(self, name: str, pool: str | None = None) -> str:
-        body = {"apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": name, "namespace": NS,
-                             "annotations": {POOL_ANNOTATION: pool} if pool else {}},
-                "spec": {"type": "LoadBalancer", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}
-        self.api.create(SERVICES, body)
+        self.api.create(SERVICES, service_body(name, pool))
         svc = wait_for(lambda: (s := self.api.get(f"{SERVICES}/{name}")) and ipv4s(s) and s, 30,
                        f"an IPv4 ingress IP on Service {name}", interval=0.2)
         return ipv4s(svc)[0]
@@ -166,29 +172,26 @@ class Bench:
         raise HarnessError(f"{ip}: no single settled owner after {timeout:.0f}s (last ARP owners: {last}, "
                            f"HTTP answered by {probes.node_answering(ip, 0.5)})")
 
-    def speaker_ready(self, node: str) -> bool:
-        h = self.topo.host(node)
-        return cluster.http_ok(h.netns, cluster.speaker_ready_url(node), timeout=0.5)
-
-    def restore_speakers(self) -> None:
-        for h in self.topo.node_hosts:
-            if not processes.alive(processes.pid_of(f"speaker-{h.name}")):
-                cluster.restart_speaker(h.name)
-        for h in self.topo.node_hosts:
-            wait_for(lambda: self.speaker_ready(h.name), 30, f"speaker-{h.name} ready", interval=0.2)
-
     def link(self, node: str, up: bool) -> None:
         port = self.topo.host(node).port
         subprocess.run(["ip", "-n", BRIDGE_NS, "link", "set", port, "up" if up else "down"], check=True,
                        capture_output=True)
 
     # --- 1. ARP RTT ---------------------------------------------------------------------------
-    def arp_rtt(self, lb_ip: str, kernel_ip: str) -> None:
+    def arp_rtt(self, lb_ip: str, kernel_ip: str, owner: str) -> None:
         a = self.args
-        log(f"ARP RTT: {a.rtt_count} probes each, alternating {lb_ip} (speaker) and {kernel_ip} (kernel)")
-        res = in_client(PY, "-m", "benchmarks.lab_arp", "rtt", "--mac", self.client.mac, "--ip", self.client.ip4,
-                        "--targets", f"{lb_ip},{kernel_ip}", "--count", str(a.rtt_count), "--gap-ms", "1",
-                        timeout=300)
+        h = self.topo.host(owner)
+        log(f"ARP RTT: {a.rtt_count} probes each, alternating {lb_ip} (speaker on {owner}), {kernel_ip} (kernel) "
+            f"and {FLOOR_IP} (minimal responder beside the speaker)")
+        with child(["ip", "netns", "exec", h.netns, PY, "-m", "benchmarks.lab_arp", "respond", "--iface", "eth0",
+                    "--mac", h.mac, "--ip", FLOOR_IP], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                   cwd=HERE) as floor:
+            ready = floor.stdout.readline() if floor.stdout else ""
+            if '"ready"' not in ready:
+                raise HarnessError(f"lab_arp respond did not start: {floor.stderr.read() if floor.stderr else ''}")
+            res = in_client(PY, "-m", "benchmarks.lab_arp", "rtt", "--mac", self.client.mac, "--ip", self.client.ip4,
+                            "--targets", f"{lb_ip},{kernel_ip},{FLOOR_IP}", "--count", str(a.rtt_count),
+                            "--gap-ms", "1", timeout=300)
         if res.returncode:
             raise HarnessError(f"lab_arp rtt failed: {res.stderr.strip()[-2000:]}")
         out = json.loads(res.stdout)
@@ -199,13 +202,16 @@ class Bench:
             us = [s / 1000 for s in samples]
             stats[ip] = (statistics.median(us), pct(us, 99), lost)
             log(f"  {ip}: median {stats[ip][0]:.1f} us, p99 {stats[ip][1]:.1f} us, lost {lost}/{a.rtt_count}")
-        (lm, lp, ll), (km, kp, kl) = stats[lb_ip], stats[kernel_ip]
+        (lm, lp, ll), (km, kp, kl), (fm, fp, fl) = stats[lb_ip], stats[kernel_ip], stats[FLOOR_IP]
         r = self.report
         r.add("ARP RTT median, speaker (LB IP)", f"{lm:.1f} us", "", None)
         r.add("ARP RTT median, kernel (node IP)", f"{km:.1f} us", "", None)
+        r.add("ARP RTT median, minimal responder (floor)", f"{fm:.1f} us", "", None)
         r.add("ARP RTT median ratio speaker/kernel", f"{lm / km:.2f}x", "<= 1.20x", lm / km <= 1.2)
-        r.add("ARP RTT p99 speaker / kernel", f"{lp:.1f} / {kp:.1f} us ({lp / kp:.2f}x)", "", None)
-        r.add("ARP RTT probes lost speaker / kernel", f"{ll} / {kl} of {a.rtt_count}", "", None)
+        r.add("ARP RTT median ratio speaker/floor", f"{lm / fm:.2f}x", "", None)
+        r.add("ARP RTT p99 speaker / kernel / floor", f"{lp:.1f} / {kp:.1f} / {fp:.1f} us "
+              f"({lp / kp:.2f}x, {lp / fp:.2f}x)", "", None)
+        r.add("ARP RTT probes lost speaker / kernel / floor", f"{ll} / {kl} / {fl} of {a.rtt_count}", "", None)
 
     # --- 2. ARP throughput --------------------------------------------------------------------
     def arp_blast(self, lb_ip: str, kernel_ip: str) -> None:
@@ -269,7 +275,7 @@ class Bench:
     def restore(self, mode: str, owner: str) -> None:
         """Put the owner back; the IP returns to it by rendezvous hashing (settle() waits for that)."""
         if mode == "kill":
-            self.restore_speakers()
+            realspeakers.restore(self.api, self.topo)
         else:
             self.link(owner, True)
 
@@ -277,6 +283,10 @@ class Bench:
         a = self.args
         pre, post = 1.5, a.failover_window
         note = ""
+        if mode == "kill":
+            # The owner's kubelet goes before the timed window (realspeakers.kill would stop it first anyway):
+            # the break is the signal alone, and nothing restarts the speaker until restore().
+            realspeakers.node(owner).stop_kubelet()
         with child(["ip", "netns", "exec", CLIENT_NS, "ip", "monitor", "neigh", "dev", "eth0"],
                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as mon, \
                 child(["ip", "netns", "exec", CLIENT_NS, PY, "-m", "lbctl.lab.prober", ip, "--interval", "0.02",
@@ -285,8 +295,7 @@ class Bench:
             time.sleep(pre)
             t_break = time.monotonic()
             if mode == "kill":
-                if not processes.kill(f"speaker-{owner}", signal.SIGKILL):
-                    raise HarnessError(f"speaker-{owner} was not running")
+                realspeakers.kill(owner, signal.SIGKILL)
             else:
                 self.link(owner, False)
             out, err = run.communicate(timeout=pre + post + 30)
@@ -339,11 +348,8 @@ class Bench:
         names = [f"bench-rss-{i:03d}" for i in range(count)]
         started = time.monotonic()
         for chunk in range(0, count, 100):
-            calls = [{"method": "APPLY", "path": SERVICES, "body": {
-                "apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": name, "namespace": NS, "annotations": {POOL_ANNOTATION: "bench-big"}},
-                "spec": {"type": "LoadBalancer", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}}
-                for name in names[chunk:chunk + 100]]
+            calls = [{"method": "APPLY", "path": SERVICES, "body": service_body(name, "bench-big")}
+                     for name in names[chunk:chunk + 100]]
             bad = [r for r in self.api.batch(calls, timeout=120) if not 200 <= r["status"] < 300]
             if bad:
                 raise HarnessError(f"creating Services: HTTP {bad[0]['status']}: {bad[0]['body']}")
@@ -355,14 +361,7 @@ class Bench:
                        and any(ipaddress.ip_address(i) in big for i in ipv4s(s)))
 
         def announced() -> set[str]:
-            items = self.api.get(SPEAKERSTATUSES).get("items") or []
-            out: list[str] = []
-            for s in items:
-                out += [x["ip"] for x in ((s.get("status") or {}).get("announced") or [])
-                        if ":" not in x["ip"] and ipaddress.ip_address(x["ip"]) in big]
-            if len(out) != len(set(out)):
-                return set()  # an IP announced twice: not settled yet
-            return set(out)
+            return announced_in(self.api, big)
 
         wait_for(lambda: assigned() >= count, a.footprint_timeout, f"{count} Services with an IP from {BIG_POOL}",
                  interval=2)
@@ -370,10 +369,10 @@ class Bench:
         wait_for(lambda: len(announced()) >= count, a.footprint_timeout, f"{count} IPs announced (SpeakerStatus)",
                  interval=2)
         log(f"  {count} IPs announced after {time.monotonic() - started:.1f}s")
-        # kube-proxy's stand-in adds each address to kube-ipvs0 one `ip` call at a time; let it finish
-        # so the idle measurement is idle.
-        wait_for(lambda: all(ipvs_count(h.netns, big) >= count for h in self.topo.node_hosts), a.footprint_timeout,
-                 "kube-ipvs0 to hold every address on every node", interval=2)
+        # kube-proxy (iptables mode) rewrites its nat table for every new Service; let it finish so the idle
+        # measurement is idle.
+        wait_for(lambda: all(nat_count(h.netns, big) >= count for h in self.topo.node_hosts), a.footprint_timeout,
+                 "kube-proxy's nat rules to hold every address on every node", interval=2)
         sample = sorted(announced())[:: max(1, count // 5)][:5]
         for ip in sample:
             owners = self.arp_owners(ip)
@@ -402,11 +401,31 @@ class Bench:
         return {n: 100.0 * (c1[n] - c0[n]) / (t1 - t0) for n in pids}
 
     def speaker_pid(self, node: str) -> int:
-        pid = processes.pid_of(f"speaker-{node}")
-        if not processes.alive(pid):
-            raise HarnessError(f"speaker-{node} is not running")
-        assert pid
+        pid = realspeakers.pid(node)
+        if not pid:
+            raise HarnessError(f"the speaker on {node} is not running")
         return pid
+
+
+def announced_in(api: LabApi, net: ipaddress.IPv4Network) -> set[str]:
+    """The IPv4 addresses of `net` the speakers report announcing (SpeakerStatus); empty while one is announced
+    twice (not settled yet)."""
+    out: list[str] = []
+    for s in api.get(SPEAKERSTATUSES).get("items") or []:
+        out += [x["ip"] for x in ((s.get("status") or {}).get("announced") or [])
+                if ":" not in x["ip"] and ipaddress.ip_address(x["ip"]) in net]
+    return set() if len(out) != len(set(out)) else set(out)
+
+
+def service_body(name: str, pool: str | None) -> dict[str, Any]:
+    """A LoadBalancer Service for the lab's backend on every worker, externalTrafficPolicy Local: the owner's own
+    backend answers, so an HTTP reply names the owner (as tests/e2e make them)."""
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": NS, "annotations": {POOL_ANNOTATION: pool} if pool else {}},
+            "spec": {"type": "LoadBalancer", "selector": {"app": realcluster.BACKEND},
+                     "externalTrafficPolicy": "Local",
+                     "ports": [{"name": "http", "port": 80, "targetPort": realcluster.BACKEND_PORT,
+                                "protocol": "TCP"}]}}
 
 
 def ipv4s(svc: dict[str, Any]) -> list[str]:
@@ -438,12 +457,12 @@ def cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
-def ipvs_count(netns: str, net: ipaddress.IPv4Network) -> int:
-    res = subprocess.run(["ip", "-n", netns, "-j", "addr", "show", "dev", "kube-ipvs0"], capture_output=True,
-                         text=True)
-    doc = json.loads(res.stdout or "[]")
-    return sum(1 for link in doc for a in link.get("addr_info", [])
-               if a.get("family") == "inet" and ipaddress.ip_address(a["local"]) in net)
+def nat_count(netns: str, net: ipaddress.IPv4Network) -> int:
+    """Addresses of `net` that kube-proxy's nat table in `netns` sends somewhere (`-d IP/32` rules)."""
+    res = subprocess.run(["ip", "netns", "exec", netns, "iptables-save", "-t", "nat"], capture_output=True,
+                         text=True, timeout=60)
+    found = {m.group(1) for m in re.finditer(r"-d (\d+\.\d+\.\d+\.\d+)/32", res.stdout)}
+    return sum(1 for ip in found if ipaddress.ip_address(ip) in net)
 
 
 def neigh_path(monitor: str, ip: str, old_mac: str) -> str:
@@ -464,8 +483,9 @@ def neigh_path(monitor: str, ip: str, old_mac: str) -> str:
 
 
 def other_lab_users() -> list[str]:
-    """Processes that bring labs up and down on their own (e2e tests, `lbctl lab ...`): between two
-    test modules there is briefly no lab at all, and starting ours then would collide with theirs."""
+    """Processes that bring labs up and down on their own (e2e tests, `lbctl lab ...`) with our lab's names
+    (LBCTL_LAB_PREFIX): between two test modules there is briefly no lab at all, and starting ours then would
+    collide with theirs. Labs under another prefix are not ours to collide with."""
     mine, pid = set(), os.getpid()
     while pid > 1:  # us and our ancestors (the shell that started us names lab_bench too)
         mine.add(pid)
@@ -482,10 +502,24 @@ def other_lab_users() -> list[str]:
         except OSError:
             continue
         cmd = " ".join(a.decode(errors="replace") for a in argv if a)
+        if lab_prefix(int(entry)) not in (PREFIX, None):
+            continue
         if ("pytest" in cmd and "e2e" in cmd) or "lbctl.cli lab" in cmd or " lab up" in cmd or " lab demo" in cmd \
                 or ("lab_bench" in cmd and "python" in cmd):
             found.append(f"pid {entry}: {cmd[:120]}")
     return found
+
+
+def lab_prefix(pid: int) -> str | None:
+    """The LBCTL_LAB_PREFIX process `pid` runs with (the default when unset), None when unreadable."""
+    try:
+        env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    except OSError:
+        return None
+    for var in env:
+        if var.startswith(b"LBCTL_LAB_PREFIX="):
+            return var.split(b"=", 1)[1].decode(errors="replace")
+    return "lbctl-"
 
 
 # --- main -------------------------------------------------------------------------------------
@@ -506,10 +540,11 @@ def run(args: argparse.Namespace, report: Report, state: dict[str, bool]) -> Non
     only = set(args.only.split(",")) if args.only else {"arp", "blast", "failover", "footprint"}
     log("lab up")
     state["owns_lab"] = True  # from here on, whatever happens, the lab is ours to tear down
-    topo, warnings = lifecycle.up(nodes=3, say=lambda m: log(f"  {m}"), timing=args.timing)
+    topo, warnings = lifecycle.up(nodes=3, say=lambda m: log(f"  {m}"), timing=args.timing, real=True,
+                                  restart_hold=0)
     if args.timing:
         log(f"speakers' heartbeat timing preset: {args.timing}")
-    if warnings or not all(processes.pid_of(f"speaker-{h.name}") for h in topo.node_hosts):
+    if warnings or not all(realspeakers.pid(h.name) for h in topo.node_hosts):
         raise HarnessError(f"lab has no speakers: {warnings}")
     b = Bench(topo, args, report)
     kernel_ip = args.kernel_ip or topo.node_hosts[0].ip4
@@ -518,7 +553,7 @@ def run(args: argparse.Namespace, report: Report, state: dict[str, bool]) -> Non
         owner = b.settle(lb_ip)
         log(f"Service bench-arp: {lb_ip}, answered by {owner}; kernel baseline {kernel_ip}")
         if "arp" in only:
-            b.arp_rtt(lb_ip, kernel_ip)
+            b.arp_rtt(lb_ip, kernel_ip, owner)
         if "blast" in only:
             b.arp_blast(lb_ip, kernel_ip)
     if "failover" in only:

@@ -1,9 +1,10 @@
-"""`lbctl status -o json` on a real lab with 500 LoadBalancer Services (target: <= 2 s).
+"""`lbctl status -o json` on the real-cluster lab with 500 LoadBalancer Services (target: <= 2 s).
 
     python -m benchmarks.status_bench [--services 500] [--runs 5]
 
-Brings a lab up unless one is running (and then takes it down again), adds a /23 pool and the Services,
-waits until every one has an IP and the speakers announce them, then times the CLI as a user runs it
+Brings the real cluster up unless a lab is running (and then takes it down again), adds a /23 pool and the
+Services (the lab's backend, externalTrafficPolicy Local, as tests/e2e make them), waits until every one has an
+IP and the speakers announce them, then times the CLI as a user runs it
 (a new process, inside lbctl-cp, admin kubeconfig) against a baseline measured in the same run:
 `kubectl get services -A -o json`, which lists only one of the kinds status reads.
 """
@@ -11,6 +12,7 @@ waits until every one has an IP and the speakers announce them, then times the C
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import statistics
 import subprocess
 import sys
@@ -20,6 +22,8 @@ from pathlib import Path
 from lbctl.lab import cluster, k8sbin, lifecycle
 from lbctl.lab.api import LabApi, wait_for
 from lbctl.lab.topology import CP_NS
+
+from .lab_bench import announced_in, service_body
 
 SERVICES = "/api/v1/namespaces/default/services"
 IPPOOLS = "/apis/lbctl.io/v1alpha1/ippools"
@@ -43,23 +47,23 @@ def main() -> None:
     a = p.parse_args()
     started_here = not lifecycle.is_up()
     if started_here:
-        lifecycle.up(3, True, say=lambda line: print(f"  {line}", flush=True))
+        lifecycle.up(3, True, say=lambda line: print(f"  {line}", flush=True), real=True)
     api = LabApi()
     names = [f"{PREFIX}{i:03d}" for i in range(a.services)]
     try:
         api.apply(IPPOOLS, {"apiVersion": "lbctl.io/v1alpha1", "kind": "IPPool", "metadata": {"name": "bench-status"},
-                            "spec": {"addresses": [POOL], "autoAssign": False}})
+                            "spec": {"addresses": [POOL], "autoAssign": False,
+                                     "layer2": {"interfaces": ["eth0"]}}})  # off the nodes' /24
         for chunk in range(0, len(names), 100):
-            api.batch([{"method": "APPLY", "path": SERVICES, "body": {
-                "apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": n, "namespace": "default", "annotations": {"lbctl.io/address-pool": "bench-status"}},
-                "spec": {"type": "LoadBalancer", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}}
-                for n in names[chunk:chunk + 100]], timeout=120)
+            api.batch([{"method": "APPLY", "path": SERVICES, "body": service_body(n, "bench-status")}
+                       for n in names[chunk:chunk + 100]], timeout=120)
 
         def assigned() -> int:
             return sum(1 for s in api.get(SERVICES).get("items") or [] if s["metadata"]["name"].startswith(PREFIX)
                        and ((s.get("status") or {}).get("loadBalancer") or {}).get("ingress"))
         wait_for(lambda: assigned() >= a.services, 300, f"{a.services} Services with an IP", interval=1)
+        wait_for(lambda: len(announced_in(api, ipaddress.ip_network(POOL))) >= a.services, 300,
+                 f"{a.services} IPs announced (SpeakerStatus)", interval=2)
         kubeconfig = str(cluster.ADMIN_KUBECONFIG)
         lbctl = str(Path(sys.executable).parent / "lbctl")
         status, base = [], []

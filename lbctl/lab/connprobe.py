@@ -5,8 +5,7 @@
 
 Each attempt connects, sends `GET <path> HTTP/1.1` with `Connection: close`, reads the answer to EOF and is
 recorded with its start time (time.monotonic: CLOCK_MONOTONIC is system-wide, so the launcher can line
-attempts up with what it did when), outcome, latency and the body's first line (the lab's backends answer with
-their node/pod name). Outcomes: ok, refused, reset, timeout, bad_answer, or the errno's name (EHOSTUNREACH..).
+attempts up with what it did when), outcome, latency and who answered (the node named in the lab backend's JSON, else the body's first line). Outcomes: ok, refused, reset, timeout, bad_answer, or the errno's name (EHOSTUNREACH..).
 
 All attempts run at once on non-blocking sockets under one selector: a target that stalls for a second never
 delays the attempts to the others. It runs for --duration seconds, or until SIGTERM/SIGINT, or until EOF on
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from lbctl.core.connsummary import Attempt, Run, decode, encode
+from lbctl.lab.prober import who
 
 MAX_ANSWER = 65536  # more than any lab backend sends; a bigger answer is cut here and judged on its head
 _NAMES = {errno.ECONNREFUSED: "refused", errno.ECONNRESET: "reset", errno.EPIPE: "reset", errno.ETIMEDOUT: "timeout"}
@@ -94,7 +94,7 @@ def classify(data: bytes) -> tuple[str, str | None]:
                 return "bad_answer", f"Content-Length {value.strip()[:20]!r}"
             if len(body) < want:
                 return "bad_answer", f"truncated: {len(body)} of {want} bytes"
-    return "ok", body.split(b"\n", 1)[0].strip()[:120].decode(errors="replace")
+    return "ok", who(body.split(b"\n", 1)[0].strip().decode(errors="replace"))[:120]
 
 
 class _Conn:

@@ -68,6 +68,11 @@ class Lab:
             return svc if len(ingress_ips(svc)) >= count else None
         return wait_for(ready, timeout, f"{count} ingress IP(s) on Service {name}")
 
+    def wait_served(self, ip: str, timeout: float = 10) -> str:
+        """The node whose backend answers HTTP on `ip`, once one does: kube-proxy programs a new address on its
+        own sync, a moment after the Service has it."""
+        return wait_for(lambda: probes.node_answering(ip), timeout, f"an HTTP answer from {ip}", interval=0.1)
+
     def delete_service(self, name: str) -> None:
         self.api.delete(f"{SERVICES}/{name}")
 

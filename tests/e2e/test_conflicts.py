@@ -177,7 +177,7 @@ def test_link_flap_the_returning_node_claims_nothing_it_does_not_own(fresh: Lab)
     # The node to unplug: it owns something, and something is owned elsewhere.
     node = next(n for n in sorted(set(owners.values())) if list(owners.values()).count(n) < len(ips))
     for ip in ips:
-        assert probes.node_answering(ip), ip  # the client has a neighbour entry for every VIP
+        fresh.wait_served(ip)  # the client has a neighbour entry for every VIP
     port = fresh.topo.host(node).port
     node_mac = fresh.topo.host(node).mac
     subprocess.run(["ip", "-n", BRIDGE_NS, "link", "set", port, "down"], check=True)
@@ -246,4 +246,4 @@ def test_sigterm_no_reply_from_the_departing_mac_after_the_successors_announceme
     figure("handover_successor_garp_ms", 1000 * (t_garp - t_term), "ms")
     assert len(asked_after) > 50
     assert not late, [(round(f.t - t_garp, 4), f.tha) for f in late[:5]]
-    wait_for(lambda: probes.node_answering(ip), 5, f"{ip} served after the handover")
+    fresh.wait_served(ip)  # by the successor

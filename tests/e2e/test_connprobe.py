@@ -23,6 +23,8 @@ def vips_on_distinct_owners(lab: Lab, count: int = 3, tries: int = 12) -> dict[s
         ip = ipv4_of(lab.service(f"cp{i}"))
         owners.setdefault(lab.wait_arp_owner(ip), ip)
         if len(owners) == count:
+            for vip in owners.values():
+                lab.wait_served(vip)  # kube-proxy has its rules: from here on every connection must succeed
             return owners
     raise AssertionError(f"{tries} Services did not land on {count} distinct owners: {owners}")
 

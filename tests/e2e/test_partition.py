@@ -72,7 +72,7 @@ def test_after_a_partition_heals_one_owner_answers_within_a_second(fresh: Lab) -
     assert "node3" in final.values() and set(final.values()) - {"node3"}, "want addresses on both sides"
     for ip in ips:
         fresh.wait_arp_owner(ip)
-        assert probes.node_answering(ip)  # the client has a neighbour entry for every address
+        fresh.wait_served(ip)  # the client has a neighbour entry for every address
     port = fresh.topo.host("node3").port
     br = ["ip", "-n", BRIDGE_NS, "link"]
     subprocess.run([*br, "add", "br1", "type", "bridge", "stp_state", "0", "forward_delay", "0"], check=True)
