@@ -12,6 +12,18 @@ Semantics follow kubespray's role (roles/kubernetes-apps/metallb): a metallb_con
 if `layer2` lists it (kubespray writes one L2Advertisement per listed pool and none for the others); the
 speaker's nodeSelector is metallb_speaker_nodeselector merged with metallb_config.speaker.nodeselector and
 its tolerations are both lists concatenated; the controller's likewise.
+
+BGP (layer3.yaml.j2 and the old ConfigMap template) is mapped as kubespray rendered it, quirks included:
+- every peer's advertisements carry no `peers:`, so each pool a peer lists goes to EVERY peer;
+- aggregation_length <= 30 adds a `<peer>-local` advertisement (/32 and /128, no-advertise) beside the
+  aggregated one; a larger aggregation_length is not rendered (MetalLB's default /32 applies);
+- `localpref` is rendered in lower case, which MetalLB ignores: not imported, with a warning;
+- several communities on one peer render duplicate `communities:` keys, of which the last survives;
+- the `well-known` Community kubespray always adds is not needed: lbctl knows those names;
+- source_address is never rendered by layer3.yaml.j2 (it is by the old ConfigMap template);
+- a peer without peer_port (and no layer3.defaults.peer_port) fails kubespray's render: refused.
+Old style: metallb_protocol bgp pools get MetalLB's default advertisement (every peer, /32), and
+metallb_peers (no names) become BGPPeers named after their address.
 """
 
 from __future__ import annotations
@@ -20,10 +32,16 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .migrate import (Conversion, InputError, check_addresses, check_bool, check_list_of_maps, check_selector_map,
-                      pool_name)
+from .bgp_fields import WELL_KNOWN
+from .migrate import (Conversion, InputError, bgp_pool_spec, check_addresses, check_bool, check_list_of_maps,
+                      check_selector_map, community, duration, legacy_selectors, object_name, pool_name)
 
-NO_BGP = "lbctl announces addresses by ARP/NDP on the local link only; it has no BGP speaker"
+_PEER_KEYS = ("peer_address", "peer_asn", "my_asn", "peer_port", "password", "router_id", "hold_time", "multihop",
+              "communities", "address_pool", "aggregation_length", "localpref", "source_address")
+_OLD_PEER_KEYS = ("peer_address", "peer_asn", "my_asn", "password", "source_address", "node_selectors")
+# kubespray's `well-known` Community (layer3.yaml.j2): its names, as lbctl writes them.
+_KUBESPRAY_WELL_KNOWN = {"no-export": "no-export", "no-advertise": "no-advertise", "local-as": "local-as",
+                         "nopeer": "no-peer"}
 
 # The role's defaults (roles/kubernetes-apps/metallb/defaults/main.yml, current and pre-v2.22) and the
 # kube-proxy defaults from roles/kubespray_defaults, used to evaluate what the user left unset.
@@ -147,6 +165,7 @@ class _Kubespray:
                 self.conv.refuse(var, "unknown variable: kubespray's metallb role does not read it, "
                                       "so there is nothing it could be mapped to")
         self._strict_arp()
+        self.conv.check_references()
         return self.conv
 
     def _guard(self, var: str, fn: Any) -> None:
@@ -206,7 +225,20 @@ class _Kubespray:
             self.conv.note(var, "not needed: empty")
             return
         for i, peer in enumerate(check_list_of_maps(peers, var)):
-            self.conv.refuse(f"{var}[{i}]", f"BGP peer {_peer(peer)}: {NO_BGP}")
+            where = f"{var}[{i}]"
+            for key in peer:
+                if key not in _OLD_PEER_KEYS:
+                    self.conv.refuse(f"{where}.{key}", "unknown key: kubespray's ConfigMap template does not read it")
+            address = str(peer.get("peer_address", ""))
+            name = object_name("peer-" + address.replace(".", "-").replace(":", "-"), "BGPPeer", where, self.conv)
+            spec = _peer_spec(peer, where)
+            if peer.get("source_address") is not None:
+                spec["sourceAddress"] = peer["source_address"]
+            if peer.get("node_selectors") is not None:
+                spec["nodeSelectors"] = legacy_selectors(peer["node_selectors"], f"{where}.node_selectors")
+            if "password" in peer:
+                spec["passwordSecret"] = self.conv.password_secret(name, peer["password"], f"{where}.password")
+            self.conv.add_peer(name, spec, where)
 
     def _placement(self) -> None:
         """nodeSelector/tolerations of both daemons, merged as kubespray's template merges them."""
@@ -282,8 +314,10 @@ class _Kubespray:
         addresses = check_addresses(ranges, range_var)
         spec = _spec(addresses, check_bool(settings["auto_assign"][1], settings["auto_assign"][0]),
                      check_bool(settings["avoid_buggy_ips"][1], settings["avoid_buggy_ips"][0]))
-        if protocol == "bgp":
-            self.conv.refuse(f"{where} (pool {raw_name})", f"{proto_var} is bgp: {NO_BGP}")
+        if protocol == "bgp":  # MetalLB's default for a pool without bgp-advertisements: /32 to every peer
+            if not self.get("metallb_peers"):
+                self.conv.warn(f"{proto_var}: bgp, but metallb_peers is empty: the pool is announced to no router")
+            self.conv.add_pool(pool_name(raw_name, where, self.conv), bgp_pool_spec(spec, [{}], layer2=False), where)
         elif protocol == "layer2":
             self.conv.add_pool(pool_name(raw_name, where, self.conv), spec, where)
         else:
@@ -308,7 +342,7 @@ class _Kubespray:
         layer2 = config.get("layer2") or []
         if not isinstance(layer2, list) or not all(isinstance(p, str) for p in layer2):
             raise InputError(f"{var}.layer2", "must be a list of pool names")
-        bgp_only = self._layer3(config.get("layer3"))
+        bgp = self._layer3(config.get("layer3"))
         pools = config.get("address_pools") or {}
         if not isinstance(pools, Mapping):
             raise InputError(f"{var}.address_pools", "must be a map of pool name -> settings")
@@ -316,6 +350,10 @@ class _Kubespray:
             if raw not in pools:
                 self.conv.refuse(f"{var}.layer2", f"names {raw!r}, which is not in {var}.address_pools; kubespray's "
                                                   "L2Advertisement for it selects no pool")
+        for raw in bgp:
+            if raw not in pools:
+                self.conv.warn(f"{var}.layer3: an address_pool names {raw!r}, which is not in {var}.address_pools; "
+                               "kubespray's BGPAdvertisement for it selects no pool")
         for raw, pool in pools.items():
             where = f"{var}.address_pools.{raw}"
             if not isinstance(pool, Mapping):
@@ -328,40 +366,116 @@ class _Kubespray:
             spec = _spec(addresses, check_bool(pool.get("auto_assign", True), f"{where}.auto_assign"),
                          check_bool(pool.get("avoid_buggy_ips", False), f"{where}.avoid_buggy_ips"))
             name = pool_name(raw, where, self.conv)
-            if raw in layer2:
-                self.conv.add_pool(name, spec, where)
-            elif raw in bgp_only:
-                self.conv.refuse(where, f"announced only over BGP ({', '.join(bgp_only[raw])}): {NO_BGP}")
+            if raw in layer2 or raw in bgp:
+                self.conv.add_pool(name, bgp_pool_spec(spec, bgp.get(raw, []), layer2=raw in layer2), where)
             else:
-                self.conv.refuse(where, f"not listed in {var}.layer2 (nor layer3): kubespray creates no "
+                self.conv.refuse(where, f"not listed in {var}.layer2 nor in a layer3 peer's address_pool: kubespray creates no "
                                         "advertisement for it, so MetalLB hands out its addresses but announces "
                                         "them nowhere, while lbctl announces every pool it serves; list it in "
                                         "layer2 if it should be announced")
 
-    def _layer3(self, layer3: Any) -> dict[str, list[str]]:
-        """Refuse every BGP setting; return pool -> the peers that advertised it."""
+    def _layer3(self, layer3: Any) -> dict[str, list[dict[str, Any]]]:
+        """BGPPeers from metallb_peers; returns pool name -> the advertisements kubespray rendered for it."""
         where = "metallb_config.layer3"
         if layer3 is None:
             return {}
         if not isinstance(layer3, Mapping):
             raise InputError(where, "must be a map (defaults, communities, metallb_peers)")
-        advertised: dict[str, list[str]] = {}
-        for key, value in layer3.items():
-            if key == "metallb_peers":
-                if not isinstance(value, Mapping):
-                    raise InputError(f"{where}.metallb_peers", "must be a map of peer name -> settings")
-                for peer, spec in value.items():
-                    spec = spec if isinstance(spec, Mapping) else {}
-                    self.conv.refuse(f"{where}.metallb_peers.{peer}", f"BGP peer {_peer(spec)}: {NO_BGP}")
-                    for pool in spec.get("address_pool") or []:
-                        advertised.setdefault(pool, []).append(f"{where}.metallb_peers.{peer}")
-            elif key == "communities":
-                self.conv.refuse(f"{where}.communities", f"BGP communities tag BGP advertisements: {NO_BGP}")
-            elif key == "defaults":
-                self.conv.refuse(f"{where}.defaults", f"BGP session defaults: {NO_BGP}")
-            else:
+        for key in layer3:
+            if key not in ("defaults", "communities", "metallb_peers"):
                 self.conv.refuse(f"{where}.{key}", "unknown key: kubespray's layer3 template does not read it")
+        defaults = layer3.get("defaults") or {}
+        if not isinstance(defaults, Mapping):
+            raise InputError(f"{where}.defaults", "must be a map (peer_port, hold_time)")
+        for key in defaults:
+            if key not in ("peer_port", "hold_time"):
+                self.conv.refuse(f"{where}.defaults.{key}", "unknown key: kubespray's layer3 template reads only "
+                                                            "peer_port and hold_time")
+        aliases = dict(_KUBESPRAY_WELL_KNOWN)
+        communities = layer3.get("communities") or {}
+        if not isinstance(communities, Mapping):
+            raise InputError(f"{where}.communities", "must be a map of name -> \"asn:value\"")
+        for name, value in communities.items():
+            aliases[str(name)] = community(value, {}, f"{where}.communities.{name}")
+        self.conv.note(f"{where} (the `well-known` Community kubespray adds)", "not needed: lbctl knows "
+                       f"{', '.join(WELL_KNOWN)} by name")
+        peers = layer3.get("metallb_peers") or {}
+        if not isinstance(peers, Mapping):
+            raise InputError(f"{where}.metallb_peers", "must be a map of peer name -> settings")
+        advertised: dict[str, list[dict[str, Any]]] = {}
+        for raw, peer in peers.items():
+            pw = f"{where}.metallb_peers.{raw}"
+            if not isinstance(peer, Mapping):
+                raise InputError(pw, "must be a map (peer_address, peer_asn, my_asn, ...)")
+            for key in peer:
+                if key not in _PEER_KEYS:
+                    self.conv.refuse(f"{pw}.{key}", "unknown key: kubespray's layer3 template does not read it")
+            if "peer_port" not in peer and "peer_port" not in defaults:
+                self.conv.refuse(pw, "no peer_port here nor in metallb_config.layer3.defaults: kubespray's "
+                                     "template fails to render, so MetalLB never had this peer; set peer_port")
+                continue
+            name = object_name(raw, "BGPPeer", pw, self.conv)
+            spec = _peer_spec(peer, pw)
+            spec["peerPort"] = peer.get("peer_port", defaults.get("peer_port"))
+            if "router_id" in peer:
+                spec["routerID"] = peer["router_id"]
+            hold = peer.get("hold_time", defaults.get("hold_time"))
+            if hold is not None:
+                spec["holdTime"] = duration(hold, f"{pw}.hold_time" if "hold_time" in peer
+                                            else f"{where}.defaults.hold_time", self.conv.warn)
+            if "multihop" in peer:
+                spec["ebgpMultiHop"] = check_bool(peer["multihop"], f"{pw}.multihop")
+            if "password" in peer:
+                spec["passwordSecret"] = self.conv.password_secret(name, peer["password"], f"{pw}.password")
+            if "source_address" in peer:
+                self.conv.note(f"{pw}.source_address", "not imported: kubespray's layer3 template never renders "
+                                                       "it, so MetalLB never used it (set sourceAddress to use it)")
+            if "localpref" in peer:
+                self.conv.warn(f"{pw}.localpref: not imported: kubespray renders it as lower-case `localpref`, "
+                               "which MetalLB ignores; set localPref in the pool's advertisement to use it")
+            self.conv.add_peer(name, spec, pw)
+            for pool, adverts in self._peer_advertisements(peer, pw, aliases).items():
+                advertised.setdefault(pool, []).extend(adverts)
+        if len(peers) > 1 and advertised:
+            self.conv.warn(f"{where}.metallb_peers: kubespray's advertisements name no peers, so every pool a peer "
+                           "lists was advertised to every peer; imported the same (advertisements without peers)")
         return advertised
+
+    def _peer_advertisements(self, peer: Mapping[str, Any], pw: str, aliases: dict[str, str]
+                             ) -> dict[str, list[dict[str, Any]]]:
+        pools = peer.get("address_pool") or []
+        if not isinstance(pools, list) or not all(isinstance(p, str) for p in pools):
+            raise InputError(f"{pw}.address_pool", "must be a list of pool names")
+        external: dict[str, Any] = {}
+        length = peer.get("aggregation_length")
+        if length is not None:
+            if not isinstance(length, int) or isinstance(length, bool) or not 0 <= length <= 128:
+                raise InputError(f"{pw}.aggregation_length", f"must be a prefix length, got {length!r}")
+            if length <= 30:
+                external["aggregationLength"] = length
+            else:
+                self.conv.note(f"{pw}.aggregation_length", f"{length}: kubespray renders only lengths up to 30; "
+                                                          "MetalLB's default /32 applies")
+        listed = peer.get("communities") or []
+        if not isinstance(listed, list):
+            raise InputError(f"{pw}.communities", "must be a list of community names or values")
+        if len(listed) > 1:
+            self.conv.warn(f"{pw}.communities: {len(listed)} communities render as duplicate `communities:` keys "
+                           f"in kubespray's template and only the last ({listed[-1]!r}) reached MetalLB; only it "
+                           "is imported (add the others to the pool's advertisement if MetalLB should have had them)")
+        if listed:
+            external["communities"] = [community(listed[-1], aliases, f"{pw}.communities[{len(listed) - 1}]")]
+        adverts = [external]
+        if length is not None and length <= 30:  # kubespray's <peer>-local advertisement
+            adverts.insert(0, {"communities": ["no-advertise"]})
+        return {pool: [dict(a) for a in adverts] for pool in pools}
+
+
+def _peer_spec(peer: Mapping[str, Any], where: str) -> dict[str, Any]:
+    for key in ("peer_address", "peer_asn", "my_asn"):
+        if key not in peer:
+            raise InputError(f"{where}.{key}", "is required (kubespray's template renders it unconditionally)")
+    return {"myASN": peer["my_asn"], "peerASN": peer["peer_asn"], "peerAddress": str(peer["peer_address"])}
 
 
 def _spec(addresses: list[str], auto_assign: bool, avoid_buggy: bool) -> dict[str, Any]:
@@ -373,6 +487,3 @@ def _spec(addresses: list[str], auto_assign: bool, avoid_buggy: bool) -> dict[st
         spec["avoidBuggyIPs"] = True
     return spec
 
-
-def _peer(spec: Mapping[str, Any]) -> str:
-    return f"{spec.get('peer_address', '?')} AS {spec.get('peer_asn', '?')}"

@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .bgp_advertisements import Advertisement, parse_advertisements
+from .bgp_fields import BGPError
 from .ranges import AddressRange, RangeError, count_buggy, parse_range
 from .selectors import SelectorError, matches, validate_selector
 
@@ -34,6 +36,12 @@ class PoolSpec:
     # Set when the spec cannot be used; the pool then hands out nothing.
     error: str | None = None
     layer2: Mapping[str, Any] = field(default_factory=dict)
+    bgp: tuple[Advertisement, ...] = ()  # spec.bgp.advertisements: announced by BGP when non-empty
+
+    @property
+    def layer2_enabled(self) -> bool:
+        """Announced by ARP/NDP unless spec.layer2.enabled is false (pools before BGP stay as they were)."""
+        return self.layer2.get("enabled", True) is not False
 
     @property
     def families(self) -> set[int]:
@@ -90,7 +98,11 @@ def parse_pool(name: str, spec: Mapping[str, Any] | None, created: str = "") -> 
         svc_sels = tuple(svc_sel) if isinstance(svc_sel, list) else ((svc_sel,) if svc_sel is not None else ())
         for i, s in enumerate(svc_sels):
             validate_selector(s, f"spec.serviceAllocation.serviceSelector[{i}]")
-    except (RangeError, SelectorError) as exc:
+        layer2 = spec.get("layer2") or {}
+        if not isinstance(layer2, Mapping) or not isinstance(layer2.get("enabled", True), bool):
+            raise SelectorError("spec.layer2.enabled must be true or false")
+        bgp = parse_advertisements(spec.get("bgp"), ranges) if spec.get("bgp") is not None else ()
+    except (RangeError, SelectorError, BGPError) as exc:
         return PoolSpec(name=name, ranges=(), created=created, error=str(exc))
     return PoolSpec(
         name=name,
@@ -102,7 +114,8 @@ def parse_pool(name: str, spec: Mapping[str, Any] | None, created: str = "") -> 
         namespace_selector=alloc.get("namespaceSelector"),
         service_selectors=svc_sels,
         created=created,
-        layer2=spec.get("layer2") or {},
+        layer2=layer2,
+        bgp=bgp,
     )
 
 

@@ -554,3 +554,155 @@ def test_speaker_works_under_the_charts_rbac(control_plane: ControlPlane, tmp_pa
     finally:
         sp.stop()
         kubectl(cp, "delete", "speakerstatuses", node, "--ignore-not-found")
+
+
+# --- BGP: values -> BGPPeer/BFDProfile/IPPool spec.bgp, the schema and the CRDs refusing bad input -----------
+
+BGP_VALUES = {
+    "pools": [{"name": "web", "addresses": ["198.18.20.0/24"], "layer2": {"enabled": False}, "bgp": {
+        "advertisements": [{"peers": ["tor1"], "aggregationLength": 24, "localPref": 100,
+                            "communities": ["65000:100", "no-export", "large:1:2:3"],
+                            "nodeSelectors": [{"matchLabels": {"rack": "a"}}]}, {}]}}],
+    "bgp": {
+        "peers": [{"name": "tor1", "myASN": 64512, "peerASN": 64513, "peerAddress": "198.18.0.1", "peerPort": 1179,
+                   "sourceAddress": "198.18.0.2", "holdTime": "9s", "keepaliveTime": "3s", "routerID": "198.18.0.10",
+                   "ebgpMultiHop": True, "passwordSecret": {"name": "tor1-password"}, "bfdProfile": "fast",
+                   "nodeSelectors": [{"matchExpressions": [{"key": "rack", "operator": "In", "values": ["a"]}]}],
+                   "enableGracefulRestart": True},
+                  {"name": "tor6", "myASN": 4200000000, "peerASN": 64513, "peerAddress": "2001:db8::1",
+                   "passwordSecret": {"name": "pw", "namespace": "other"}}],
+        "bfdProfiles": [{"name": "fast", "receiveInterval": 100, "transmitInterval": 100, "detectMultiplier": 3,
+                         "echoInterval": 50, "echoMode": False, "passiveMode": False, "minimumTtl": 254}]},
+}
+
+
+def test_bgp_values_render_as_bgppeers_bfdprofiles_and_pool_advertisements() -> None:
+    from lbctl.core.bfdprofiles import parse_bfd_profile
+    from lbctl.core.bgppeers import judge_peers
+    from lbctl.core.pools import parse_pool
+
+    docs = render(BGP_VALUES, namespace="lbctl-system")
+    tor1 = dict(BGP_VALUES["bgp"]["peers"][0], passwordSecret={"name": "tor1-password", "namespace": "lbctl-system"})
+    assert docs[("BGPPeer", "tor1")]["spec"] == {k: v for k, v in tor1.items() if k != "name"}
+    assert docs[("BGPPeer", "tor6")]["spec"]["passwordSecret"] == {"name": "pw", "namespace": "other"}
+    assert docs[("BFDProfile", "fast")]["spec"]["receiveInterval"] == 100
+    assert docs[("IPPool", "web")]["spec"] == {k: v for k, v in BGP_VALUES["pools"][0].items() if k != "name"}
+    # what the chart renders, the core accepts
+    verdicts = judge_peers([(n, d["spec"]) for (k, n), d in docs.items() if k == "BGPPeer"], ["fast"])
+    assert all(v.ready for v in verdicts.values()), verdicts
+    parse_bfd_profile("fast", docs[("BFDProfile", "fast")]["spec"])
+    assert parse_pool("web", docs[("IPPool", "web")]["spec"]).error is None
+    assert not [k for k in render({}) if k[0] in ("BGPPeer", "BFDProfile")]  # nothing by default
+
+
+def test_values_schema_bgp_checks_are_the_crds() -> None:
+    """values.schema.json's BGP definitions were derived from the CRDs: they must not drift apart."""
+    def spec(crd: str) -> dict[str, Any]:
+        doc = yaml.safe_load((assets.crd_dir() / crd).read_text())
+        return doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+
+    def checks(node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {k: checks(v) for k, v in node.items() if k in ("type", "pattern", "minimum", "maximum", "enum",
+                                                                  "required", "items")}
+            if "properties" in node:
+                out["properties"] = {k: checks(v) for k, v in node["properties"].items()}
+            return out
+        return node
+
+    defs = json.loads((assets.chart_dir() / "values.schema.json").read_text())["$defs"]
+    for crd, name in (("bgppeers.lbctl.io.yaml", "bgpPeer"), ("bfdprofiles.lbctl.io.yaml", "bfdProfile")):
+        want = checks(spec(crd))["properties"]
+        want.pop("nodeSelectors", None)
+        got = checks(defs[name])["properties"]
+        assert {k: got[k] for k in want} == want, name
+    adv = checks(spec("ippools.lbctl.io.yaml"))["properties"]["bgp"]["properties"]["advertisements"]["items"]
+    adv["properties"].pop("nodeSelectors")
+    got = checks(defs["bgpAdvertisement"])["properties"]
+    assert {k: got[k] for k in adv["properties"]} == adv["properties"]
+
+
+BGP_BAD_VALUES = [
+    ({"bgp": {"peers": [{"name": "t", "myASN": 0, "peerASN": 1, "peerAddress": "198.18.0.1"}]}},
+     ["/bgp/peers/0/myASN"]),
+    ({"bgp": {"peers": [{"name": "t", "myASN": 1, "peerASN": 4294967296, "peerAddress": "198.18.0.1"}]}},
+     ["/bgp/peers/0/peerASN"]),
+    ({"bgp": {"peers": [{"name": "t", "myASN": 1, "peerASN": 2, "peerAddress": "198.18.0.300"}]}},
+     ["/bgp/peers/0/peerAddress", "198.18.0.300"]),
+    ({"bgp": {"peers": [{"name": "t", "myASN": 1, "peerASN": 2}]}}, ["/bgp/peers/0", "peerAddress"]),
+    ({"bgp": {"peers": [{"name": "t", "myASN": 1, "peerASN": 2, "peerAddress": "198.18.0.1", "holdTime": 90}]}},
+     ["/bgp/peers/0/holdTime"]),
+    ({"bgp": {"peers": [{"name": "t", "myASN": 1, "peerASN": 2, "peerAddress": "198.18.0.1", "password": "x"}]}},
+     ["/bgp/peers/0", "password"]),
+    ({"bgp": {"peers": [{"name": "t", "myASN": 1, "peerASN": 2, "peerAddress": "198.18.0.1",
+                         "routerID": "2001:db8::1"}]}}, ["/bgp/peers/0/routerID"]),
+    ({"bgp": {"peers": [{"name": "t", "myASN": 1, "peerASN": 2, "peerAddress": "198.18.0.1"}] * 2}},
+     ['bgp.peers: the name "t" is used twice']),
+    ({"bgp": {"bfdProfiles": [{"name": "f", "detectMultiplier": 1}]}}, ["/bgp/bfdProfiles/0/detectMultiplier"]),
+    ({"bgp": {"bfdProfiles": [{"name": "f", "receiveInterval": 5}]}}, ["/bgp/bfdProfiles/0/receiveInterval"]),
+    ({"pools": [{"name": "a", "addresses": ["198.18.0.0/28"], "bgp": {"advertisements": [
+        {"aggregationLength": 33}]}}]}, ["/pools/0/bgp/advertisements/0/aggregationLength"]),
+    ({"pools": [{"name": "a", "addresses": ["198.18.0.0/28"], "bgp": {"advertisements": [
+        {"communities": ["65000"]}]}}]}, ["/pools/0/bgp/advertisements/0/communities/0", "65000"]),
+    ({"pools": [{"name": "a", "addresses": ["198.18.0.0/28"], "layer2": {"enabled": "no"}}]},
+     ["/pools/0/layer2/enabled"]),
+]
+
+
+@pytest.mark.parametrize("values,named", BGP_BAD_VALUES, ids=[n[0] for _, n in BGP_BAD_VALUES])
+def test_bad_bgp_values_fail_at_install_naming_the_value(control_plane: ControlPlane, values: dict[str, Any],
+                                                         named: list[str]) -> None:
+    test_bad_values_fail_at_install_naming_the_value(control_plane, values, named)
+
+
+BAD_BGPPEERS = [
+    ({"myASN": 0}, "spec.myASN"),
+    ({"peerASN": 4294967296}, "spec.peerASN"),
+    ({"peerAddress": "198.18.0.256"}, "spec.peerAddress"),
+    ({"peerPort": 70000}, "spec.peerPort"),
+    ({"holdTime": "ninety"}, "spec.holdTime"),
+    ({"keepaliveTime": 30}, "spec.keepaliveTime"),
+    ({"routerID": "2001:db8::1"}, "spec.routerID"),
+    ({"passwordSecret": {"name": "Bad_Name"}}, "spec.passwordSecret.name"),
+    ({"nodeSelectors": [{"matchExpressions": [{"key": "a", "operator": "Near"}]}]},  # 1.20 names no list index
+     "spec.nodeSelectors.matchExpressions.operator: Unsupported value: \"Near\""),
+]
+
+
+@pytest.mark.parametrize("bad,field", BAD_BGPPEERS, ids=[f.split(":")[0] for _, f in BAD_BGPPEERS])
+def test_api_server_refuses_a_malformed_bgppeer_at_apply_naming_the_field(control_plane: ControlPlane,
+                                                                          bad: dict[str, Any], field: str) -> None:
+    cp = control_plane
+    wait_for(lambda: kubectl(cp, "get", "bgppeers").returncode == 0, 30, "the BGPPeer CRD to be served")
+    good = {"apiVersion": "lbctl.io/v1alpha1", "kind": "BGPPeer", "metadata": {"name": "chart-bgp-probe"},
+            "spec": {"myASN": 64512, "peerASN": 64513, "peerAddress": "198.18.0.1"}}
+    try:
+        bad_doc = dict(good, spec={**good["spec"], **bad})
+        res = subprocess.run([str(k8sbin.kubectl()), "--kubeconfig", str(cp.kubeconfig()), "apply", "-f", "-"],
+                             input=json.dumps(bad_doc), capture_output=True, text=True)
+        assert res.returncode != 0, res.stdout
+        assert field in res.stderr, res.stderr
+        assert kget(cp, "bgppeers", "chart-bgp-probe") is None
+        # the same object without the bad field is accepted, with the CRD's defaults
+        res = subprocess.run([str(k8sbin.kubectl()), "--kubeconfig", str(cp.kubeconfig()), "apply", "-f", "-"],
+                             input=json.dumps(good), capture_output=True, text=True)
+        assert ok(res)
+        spec = kget(cp, "bgppeers", "chart-bgp-probe")["spec"]
+        assert spec["peerPort"] == 179 and spec["ebgpMultiHop"] is False and spec["enableGracefulRestart"] is False
+    finally:
+        kubectl(cp, "delete", "bgppeers", "chart-bgp-probe", "--ignore-not-found")
+
+
+def test_bgp_values_install_and_the_api_server_accepts_them(control_plane: ControlPlane) -> None:
+    cp, release, ns = control_plane, "chart-bgp", "chart-bgp"
+    try:
+        ok(helm(cp, "install", release, CHART, "--namespace", ns, "--create-namespace", values=BGP_VALUES))
+        assert kget(cp, "bgppeers", "tor1")["spec"]["passwordSecret"] == {"name": "tor1-password", "namespace": ns}
+        assert kget(cp, "bfdprofiles", "fast")["spec"]["minimumTtl"] == 254
+        web = kget(cp, "ippools", "web")["spec"]
+        # the CRD's defaults fill what the values left out
+        assert web["bgp"]["advertisements"][1] == {"aggregationLength": 32, "aggregationLengthV6": 128}
+        assert web["layer2"] == {"enabled": False}
+    finally:
+        helm(cp, "uninstall", release, "--namespace", ns, "--wait")
+        kubectl(cp, "delete", "namespace", ns, "--wait=false")

@@ -1,5 +1,5 @@
-"""`lbctl import` against the real API server: MetalLB objects read live, and the IPPools it prints are
-accepted by the IPPool CRD exactly as hand-written ones are."""
+"""`lbctl import` against the real API server: MetalLB objects read live, and the IPPools and BGPPeers it
+prints are accepted by their CRDs exactly as hand-written ones are."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import yaml
 DATA = Path(__file__).resolve().parents[1] / "data" / "import"
 CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 POOLS = "/apis/lbctl.io/v1alpha1/ippools"
+PEERS = "/apis/lbctl.io/v1alpha1/bgppeers"
 NS = "metallb-import"
 MLB = f"/apis/metallb.io/v1beta1/namespaces/{NS}"
 
@@ -76,9 +77,10 @@ def test_without_metallb_crds_only_the_legacy_configmap_is_read(control_plane, k
     try:
         kube.create(f"/api/v1/namespaces/{ns}/configmaps", dict(LEGACY, metadata={"name": "config", "namespace": ns}))
         out = lbctl("metallb", "--from-cluster", "--kubeconfig", kubeconfig, "-n", ns, "--as", "values")
-        assert out.returncode == 3, out.stderr  # the BGP parts of the ConfigMap are refused
-        assert [p["name"] for p in yaml.safe_load(out.stdout)["pools"]] == ["loadbalanced", "kube-service-pool"]
-        assert f"refused: ConfigMap {ns}/config: data.config: peers[0]: BGP peer 10.0.0.1" in out.stderr
+        assert out.returncode == 0, out.stderr
+        values = yaml.safe_load(out.stdout)
+        assert [p["name"] for p in values["pools"]] == ["loadbalanced", "kube-service-pool", "bgp-space"]
+        assert [p["peerAddress"] for p in values["bgp"]["peers"]] == ["10.0.0.1"]
     finally:
         kube.delete(f"/api/v1/namespaces/{ns}")
 
@@ -109,14 +111,20 @@ def test_from_cluster_to_accepted_ippools(control_plane, kube, metallb, created_
     assert out.returncode == 3, out.stderr
     refused = [line for line in out.stderr.splitlines() if line.startswith("refused: ")]
     assert refused == [
-        f"refused: BGPPeer {NS}/router: BGP peer 198.18.250.254 AS 64512: lbctl announces addresses by ARP/NDP on "
-        "the local link only; it has no BGP speaker",
-        f"refused: IPAddressPool {NS}/imp-quiet: no L2Advertisement selects it: MetalLB hands out its addresses but "
-        "announces them nowhere, while lbctl announces every pool it serves; add an L2Advertisement if it should "
-        "be announced",
+        f"refused: IPAddressPool {NS}/imp-quiet: no L2Advertisement or BGPAdvertisement selects it: MetalLB hands "
+        "out its addresses but announces them nowhere, while lbctl announces every pool it serves; add an "
+        "advertisement if it should be announced",
     ]
     assert f"note: ConfigMap {NS}/config: skipped: MetalLB >= 0.13 reads only its custom resources" in out.stderr
-    pools = [d for d in yaml.safe_load_all(out.stdout) if d]
+    peer, *pools = [d for d in yaml.safe_load_all(out.stdout) if d]
+    assert peer == {"apiVersion": "lbctl.io/v1alpha1", "kind": "BGPPeer", "metadata": {"name": "router"},
+                    "spec": {"peerAddress": "198.18.250.254", "peerASN": 64512, "myASN": 64513}}
+    try:  # the BGPPeer CRD accepts what the import prints, and fills its defaults
+        stored = kube.create(PEERS, peer)
+        assert stored["spec"] == {"peerPort": 179, "ebgpMultiHop": False, "enableGracefulRestart": False,
+                                  **peer["spec"]}
+    finally:
+        kube.delete(f"{PEERS}/router")
     assert pools == [
         {"apiVersion": "lbctl.io/v1alpha1", "kind": "IPPool", "metadata": {"name": "imp-a"},
          "spec": {"addresses": ["198.18.250.0/28"],
@@ -128,7 +136,8 @@ def test_from_cluster_to_accepted_ippools(control_plane, kube, metallb, created_
     for doc in pools:
         created_pools.append(doc["metadata"]["name"])
         stored = kube.create(POOLS, doc)
-        assert stored["spec"] == {"autoAssign": True, "avoidBuggyIPs": False, **doc["spec"]}
+        layer2 = {"layer2": {"enabled": True, **doc["spec"]["layer2"]}} if "layer2" in doc["spec"] else {}
+        assert stored["spec"] == {"autoAssign": True, "avoidBuggyIPs": False, **doc["spec"], **layer2}
 
     wrong = lbctl("metallb", "--from-cluster", "--kubeconfig", str(control_plane.kubeconfig("admin")),
                   "--context", "nope")

@@ -74,18 +74,30 @@ def test_legacy_style_every_mappable_variable(capsys):
                       "imported as IPPool 'kube-service-pool'")
 
 
-def test_legacy_bgp_is_refused_with_reasons(capsys):
-    r = lbctl_import(capsys, "kubespray", DATA / "legacy-bgp.yml")
-    assert r.code == 3
-    assert r.values == {"pools": [{"name": "l2-pool", "addresses": ["192.168.56.200-192.168.56.209"]}]}
-    why = "lbctl announces addresses by ARP/NDP on the local link only; it has no BGP speaker"
-    assert sorted(r.refused) == sorted([
-        f"refused: metallb_ip_range (pool loadbalanced): metallb_protocol is bgp: {why}",
-        f"refused: metallb_additional_address_pools.bgp_pool (pool bgp_pool): "
-        f"metallb_additional_address_pools.bgp_pool.protocol is bgp: {why}",
-        f"refused: metallb_peers[0]: BGP peer 192.0.2.1 AS 64512: {why}",
-        f"refused: metallb_peers[1]: BGP peer 192.0.2.2 AS 64513: {why}",
-    ])
+def test_legacy_bgp_maps_pools_peers_and_a_password_secret(capsys):
+    r = lbctl_import(capsys, "kubespray", DATA / "legacy-bgp.yml", "--as", "manifests")
+    assert r.code == 0 and r.refused == [], r.err
+    by_kind = {}
+    for doc in r.docs:
+        by_kind.setdefault(doc["kind"], []).append(doc)
+    assert by_kind["Secret"] == [{"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/basic-auth",
+                                  "metadata": {"name": "peer-192-0-2-2-bgp-password", "namespace": "lbctl-system"},
+                                  "stringData": {"password": "changeme"}}]
+    assert [(d["metadata"]["name"], d["spec"]) for d in by_kind["BGPPeer"]] == [
+        ("peer-192-0-2-1", {"myASN": 4200000000, "peerASN": 64512, "peerAddress": "192.0.2.1"}),
+        ("peer-192-0-2-2", {"myASN": 4200000000, "peerASN": 64513, "peerAddress": "192.0.2.2",
+                            "passwordSecret": {"name": "peer-192-0-2-2-bgp-password", "namespace": "lbctl-system"}})]
+    # MetalLB's default for a bgp pool without bgp-advertisements: every address as a /32 to every peer
+    bgp_only = {"bgp": {"advertisements": [{}]}, "layer2": {"enabled": False}}
+    assert [(d["metadata"]["name"], d["spec"]) for d in by_kind["IPPool"]] == [
+        ("loadbalanced", {"addresses": ["10.5.0.0/16"], **bgp_only}),
+        ("bgp-pool", {"addresses": ["10.6.0.0/16"], **bgp_only}),
+        ("l2-pool", {"addresses": ["192.168.56.200-192.168.56.209"]})]
+    assert r.starting("note: metallb_peers[1].password: the plain-text password became Secret "
+                      "lbctl-system/peer-192-0-2-2-bgp-password")
+    values = lbctl_import(capsys, "kubespray", DATA / "legacy-bgp.yml")
+    assert "changeme" not in values.out
+    assert values.starting("warning: Secret lbctl-system/peer-192-0-2-2-bgp-password (a BGP password) is not printed")
 
 
 def test_config_style_layer2_maps_everything(capsys):
@@ -108,21 +120,21 @@ def test_config_style_layer2_maps_everything(capsys):
     }
 
 
-def test_config_style_sample_refuses_layer3_and_unannounced_pools(capsys):
+def test_config_style_sample_maps_layer3_and_refuses_unannounced_pools(capsys):
     r = lbctl_import(capsys, "kubespray", DATA / "config-sample.yml", "--as", "ippools")
     assert r.code == 3
-    assert [d["metadata"]["name"] for d in r.docs] == ["primary"]
-    refused = "\n".join(r.refused)
-    for what in ("metallb_config.layer3.defaults: BGP session defaults",
-                 "metallb_config.layer3.communities: BGP communities",
-                 "metallb_config.layer3.metallb_peers.peer1: BGP peer 10.6.0.1 AS 64512",
-                 "metallb_config.address_pools.pool1: announced only over BGP "
-                 "(metallb_config.layer3.metallb_peers.peer1)",
-                 "metallb_config.address_pools.pool2: not listed in metallb_config.layer2 (nor layer3)"):
-        assert f"refused: {what}" in refused, what
-    assert len(r.refused) == 5
-    # chart values cannot be IPPools: say so instead of dropping them
-    assert r.starting("warning: speaker.tolerations: a chart value, not printed with --as ippools")
+    assert [(d["kind"], d["metadata"]["name"]) for d in r.docs] == [
+        ("BGPPeer", "peer1"), ("IPPool", "primary"), ("IPPool", "pool1")]
+    assert r.docs[0]["spec"] == {"myASN": 4200000000, "peerASN": 64512, "peerAddress": "10.6.0.1", "peerPort": 179,
+                                 "holdTime": "120s"}
+    assert r.docs[2]["spec"] == {"addresses": ["10.6.0.0/16"], "layer2": {"enabled": False},
+                                 "bgp": {"advertisements": [{"communities": ["1234:1"]}]}}
+    assert r.refused == [
+        "refused: metallb_config.address_pools.pool2: not listed in metallb_config.layer2 nor in a layer3 peer's "
+        "address_pool: kubespray creates no advertisement for it, so MetalLB hands out its addresses but announces "
+        "them nowhere, while lbctl announces every pool it serves; list it in layer2 if it should be announced"]
+    # chart values cannot be manifests: say so instead of dropping them
+    assert r.starting("warning: speaker.tolerations: a chart value, not printed with --as manifests")
 
 
 def test_unknown_metallb_variable_is_refused(capsys):
@@ -229,7 +241,7 @@ EVERY_VARIABLE = {
     "metallb_controller_tolerations": [{"key": "c", "operator": "Exists"}],
     "metallb_limits_cpu": "100m", "metallb_limits_mem": "100Mi",
     "metallb_ip_range": ["192.168.56.50-192.168.56.99"], "metallb_pool_name": "main", "metallb_auto_assign": False,
-    "metallb_avoid_buggy_ips": True, "metallb_protocol": "layer2", "metallb_peers": [{"peer_address": "192.0.2.1"}],
+    "metallb_avoid_buggy_ips": True, "metallb_protocol": "layer2", "metallb_peers": [{"peer_address": "192.0.2.1", "peer_asn": 64512, "my_asn": 64513}],
     "metallb_additional_address_pools": {"extra": {"ip_range": ["192.168.56.100/30"], "protocol": "layer2"}},
     "metallb_config": {"address_pools": {"cfg": {"ip_range": ["192.168.56.110/31"]}}, "layer2": ["cfg"]},
     "matallb_auto_assign": True,
@@ -253,6 +265,8 @@ MAPPED = {  # where each mapped variable must land in the chart values
     "metallb_protocol": lambda v: _pool("main")(v),
     "metallb_additional_address_pools": lambda v: _pool("extra")(v)["addresses"] == ["192.168.56.100/30"],
     "metallb_config": lambda v: _pool("cfg")(v)["addresses"] == ["192.168.56.110/31"],
+    "metallb_peers": lambda v: v["bgp"]["peers"] == [{"name": "peer-192-0-2-1", "myASN": 64513, "peerASN": 64512,
+                                                      "peerAddress": "192.0.2.1"}],
 }
 
 
@@ -271,3 +285,65 @@ def test_input_error_carries_the_variable():
     with pytest.raises(InputError) as exc:
         convert_kubespray({"metallb_additional_address_pools": {"x": {"ip_range": ["10.0.0.9-10.0.0.1"]}}})
     assert exc.value.where == "metallb_additional_address_pools.x.ip_range[0]"
+
+
+def test_layer3_maps_peers_with_kubesprays_quirks(capsys):
+    r = lbctl_import(capsys, "kubespray", DATA / "config-layer3.yml", "--as", "manifests")
+    assert r.code == 0 and r.refused == [], r.err
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in r.docs}
+    assert docs[("BGPPeer", "tor1")]["spec"] == {
+        "myASN": 64513, "peerASN": 64512, "peerAddress": "198.18.0.1", "peerPort": 179, "routerID": "198.18.0.10",
+        "holdTime": "30s", "ebgpMultiHop": True,
+        "passwordSecret": {"name": "tor1-bgp-password", "namespace": "lbctl-system"}}  # no sourceAddress: never rendered
+    assert docs[("BGPPeer", "tor2")]["spec"] == {"myASN": 64513, "peerASN": 64512, "peerAddress": "2001:db8::1",
+                                                 "peerPort": 1179, "holdTime": "90s"}  # defaults.hold_time: 90
+    assert docs[("Secret", "tor1-bgp-password")]["stringData"] == {"password": "s3cret"}
+    assert docs[("IPPool", "primary")]["spec"] == {"addresses": ["198.18.10.0/24"]}
+    # aggregation_length <= 30: the <peer>-local advertisement (/32, no-advertise) beside the aggregate; only the
+    # last of several communities survived kubespray's duplicate keys; no peers: every peer gets every pool
+    assert docs[("IPPool", "both")]["spec"] == {"addresses": ["198.18.11.0/28"], "bgp": {"advertisements": [
+        {"communities": ["no-advertise"]}, {"aggregationLength": 28, "communities": ["65000:7"]}]}}
+    assert docs[("IPPool", "v6")]["spec"] == {"addresses": ["2001:db8:1::/120"], "bgp": {"advertisements": [{}]},
+                                              "layer2": {"enabled": False}}
+    for line in ("warning: metallb_config.layer3.metallb_peers.tor1.localpref: not imported: kubespray renders it as "
+                 "lower-case `localpref`, which MetalLB ignores",
+                 "warning: metallb_config.layer3.metallb_peers.tor1.communities: 3 communities render as duplicate "
+                 "`communities:` keys",
+                 "note: metallb_config.layer3.metallb_peers.tor1.source_address: not imported: kubespray's layer3 "
+                 "template never renders it",
+                 "warning: metallb_config.layer3.defaults.hold_time: 90 has no unit",
+                 "warning: metallb_config.layer3.metallb_peers: kubespray's advertisements name no peers",
+                 "note: metallb_config.layer3 (the `well-known` Community kubespray adds): not needed"):
+        assert r.starting(line), line
+
+
+def _layer3(**peer):
+    return {"metallb_config": {"address_pools": {"p": {"ip_range": ["198.18.0.0/28"]}}, "layer3": {
+        "metallb_peers": {"tor": {"peer_address": "198.18.0.1", "peer_asn": 1, "my_asn": 2, "address_pool": ["p"],
+                                  **peer}}}}}
+
+
+def test_layer3_peer_without_peer_port_is_refused_as_kubespray_fails_to_render():
+    conv = convert_kubespray(_layer3())
+    assert [str(r) for r in conv.refusals] == [
+        "refused: metallb_config.layer3.metallb_peers.tor: no peer_port here nor in metallb_config.layer3.defaults: "
+        "kubespray's template fails to render, so MetalLB never had this peer; set peer_port",
+        "refused: metallb_config.address_pools.p: not listed in metallb_config.layer2 nor in a layer3 peer's "
+        "address_pool: kubespray creates no advertisement for it, so MetalLB hands out its addresses but announces "
+        "them nowhere, while lbctl announces every pool it serves; list it in layer2 if it should be announced"]
+    assert conv.peers == {}
+
+
+def test_layer3_aggregation_above_30_is_not_rendered_and_bad_values_name_the_variable():
+    conv = convert_kubespray(_layer3(peer_port=179, aggregation_length=31, communities=["65000:1"]))
+    assert conv.pools["p"]["bgp"] == {"advertisements": [{"communities": ["65000:1"]}]}
+    with pytest.raises(InputError) as exc:
+        convert_kubespray(_layer3(peer_port=179, communities=[3900007]))  # YAML's reading of unquoted 65000:7
+    assert exc.value.where == "metallb_config.layer3.metallb_peers.tor.communities[0]"
+    assert "quote the community" in exc.value.message
+    with pytest.raises(InputError) as exc:
+        convert_kubespray(_layer3(peer_port=179, peer_asn=0))
+    assert exc.value.where == "metallb_config.layer3.metallb_peers.tor" and "spec.peerASN" in exc.value.message
+    with pytest.raises(InputError) as exc:
+        convert_kubespray(_layer3(peer_port=179, communities=["nope"]))
+    assert "'nope' is neither a Community name defined here nor a community value" in str(exc.value)

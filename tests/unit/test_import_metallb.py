@@ -9,11 +9,13 @@ import yaml
 
 from lbctl import assets
 
+from lbctl.core.migrate import InputError
 from lbctl.core.migrate_metallb import convert_metallb
+from lbctl.core.bfdprofiles import parse_bfd_profile
+from lbctl.core.bgppeers import parse_peer
 from lbctl.core.pools import parse_pool
 from tests.unit.importing import DATA, lbctl_import
 
-NO_BGP = "lbctl announces addresses by ARP/NDP on the local link only; it has no BGP speaker"
 
 
 def pool(name, addresses, labels=None, ns="metallb-system", **spec):
@@ -60,27 +62,37 @@ def test_imported_pools_pass_the_crd_pattern_and_the_controller_checks(capsys):
     pattern = re.compile(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
                          ["properties"]["addresses"]["items"]["pattern"])
     docs = []
-    for f in ("metallb-crs.yaml", "metallb-configmap.yaml"):
+    for f in ("metallb-crs.yaml", "metallb-configmap.yaml", "metallb-bgp.yaml", "metallb-bgp-v1beta1.yaml",
+              "metallb-configmap-bgp.yaml"):
         docs += lbctl_import(capsys, "metallb", DATA / f).docs
-    for f in ("seed-addons.yml", "legacy-full.yml", "config-layer2.yml"):
+    for f in ("seed-addons.yml", "legacy-full.yml", "config-layer2.yml", "legacy-bgp.yml", "config-sample.yml",
+              "config-layer3.yml"):
         docs += lbctl_import(capsys, "kubespray", DATA / f, "--as", "ippools").docs
-    assert len(docs) == 10
+    kinds = [d["kind"] for d in docs]
+    assert kinds.count("IPPool") == 23 and kinds.count("BGPPeer") == 10 and kinds.count("BFDProfile") == 3
     for doc in docs:
-        assert all(pattern.match(a) for a in doc["spec"]["addresses"]), doc
-        assert parse_pool(doc["metadata"]["name"], doc["spec"]).error is None, doc
+        if doc["kind"] == "IPPool":
+            assert all(pattern.match(a) for a in doc["spec"]["addresses"]), doc
+            assert parse_pool(doc["metadata"]["name"], doc["spec"]).error is None, doc
+        elif doc["kind"] == "BGPPeer":
+            parse_peer(doc["metadata"]["name"], doc["spec"])
+        elif doc["kind"] == "BFDProfile":
+            parse_bfd_profile(doc["metadata"]["name"], doc["spec"])
 
 
-def test_bgp_kinds_are_refused(capsys):
+def test_bgp_kinds_map_one_to_one(capsys):
     r = lbctl_import(capsys, "metallb", DATA / "metallb-bgp.yaml")
-    assert r.code == 3 and r.docs == []
-    assert sorted(r.refused) == sorted([
-        f"refused: BGPAdvertisement metallb-system/external: advertises pools over BGP: {NO_BGP}",
-        f"refused: BGPPeer metallb-system/peer1: BGP peer 10.6.0.1 AS 64512: {NO_BGP}",
-        f"refused: Community metallb-system/vpn-only: BGP communities tag BGP advertisements: {NO_BGP}",
-        f"refused: BFDProfile metallb-system/fast: BFD profiles tune BGP sessions: {NO_BGP}",
-        f"refused: IPAddressPool metallb-system/bgp-pool: announced only over BGP "
-        f"(BGPAdvertisement metallb-system/external): {NO_BGP}",
-    ])
+    assert r.code == 0, r.err
+    assert r.docs == [
+        {"apiVersion": "lbctl.io/v1alpha1", "kind": "BFDProfile", "metadata": {"name": "fast"},
+         "spec": {"receiveInterval": 100, "transmitInterval": 100}},
+        {"apiVersion": "lbctl.io/v1alpha1", "kind": "BGPPeer", "metadata": {"name": "peer1"},
+         "spec": {"myASN": 4200000000, "peerASN": 64512, "peerAddress": "10.6.0.1"}},
+        {"apiVersion": "lbctl.io/v1alpha1", "kind": "IPPool", "metadata": {"name": "bgp-pool"},
+         "spec": {"addresses": ["10.6.0.0/24"], "bgp": {"advertisements": [{"communities": ["1234:1"]}]},
+                  "layer2": {"enabled": False}}},
+    ]
+    assert r.starting("note: Community metallb-system/vpn-only: not needed as an object: its names are expanded")
 
 
 def test_two_node_selectors_are_refused(capsys):
@@ -95,17 +107,16 @@ def test_two_node_selectors_are_refused(capsys):
 
 def test_legacy_configmap(capsys):
     r = lbctl_import(capsys, "metallb", DATA / "metallb-configmap.yaml", "--as", "values")
-    assert r.code == 3
+    assert r.code == 0, r.err
     assert r.values == {"pools": [
         {"name": "loadbalanced", "addresses": ["192.168.56.50-192.168.56.99"]},
         {"name": "kube-service-pool", "addresses": ["192.168.56.100-192.168.56.109"], "autoAssign": False,
-         "avoidBuggyIPs": True}]}
+         "avoidBuggyIPs": True},
+        {"name": "bgp-space", "addresses": ["198.51.100.0/24"],
+         "bgp": {"advertisements": [{"communities": ["65535:65282"]}]}, "layer2": {"enabled": False}}],
+        "bgp": {"peers": [{"name": "peer-10-0-0-1", "peerAddress": "10.0.0.1", "peerASN": 64501, "myASN": 64500}]}}
     where = "ConfigMap metallb-system/config: data.config"
-    assert r.refused == [
-        f"refused: {where}: peers[0]: BGP peer 10.0.0.1 AS 64501: {NO_BGP}",
-        f"refused: {where}: bgp-communities: BGP communities tag BGP advertisements: {NO_BGP}",
-        f"refused: {where}: address-pools[2] (pool bgp-space): protocol bgp: {NO_BGP}",
-    ]
+    assert r.refused == []
     assert r.starting(f"warning: {where}: address-pools[1]: pool 'kube_service_pool' is imported as IPPool "
                       "'kube-service-pool'")
 
@@ -117,18 +128,27 @@ def test_legacy_config_given_bare_and_address_pool_kind():
          "spec": {"protocol": "layer2", "addresses": ["192.168.56.16/28"], "autoAssign": False}},
         {"apiVersion": "metallb.io/v1beta1", "kind": "AddressPool", "metadata": {"name": "c"},
          "spec": {"protocol": "bgp", "addresses": ["192.168.56.32/28"]}},
+        {"apiVersion": "metallb.io/v1beta1", "kind": "AddressPool", "metadata": {"name": "d"},
+         "spec": {"protocol": "bgp", "addresses": ["192.168.56.48/28"], "bgpAdvertisements": [
+             {"aggregationLength": 28, "localPref": 50, "communities": ["tag"]}]}},
+        {"apiVersion": "metallb.io/v1beta1", "kind": "Community", "metadata": {"name": "tags"},
+         "spec": {"communities": [{"name": "tag", "value": "large:1:2:3"}]}},
     ])
+    bgp_only = {"layer2": {"enabled": False}}
     assert conv.pools == {"a": {"addresses": ["192.168.56.0/28"]},
-                          "b": {"addresses": ["192.168.56.16/28"], "autoAssign": False}}
-    assert refusals(conv) == [f"refused: AddressPool metallb-system/c (pool c): protocol bgp: {NO_BGP}"]
+                          "b": {"addresses": ["192.168.56.16/28"], "autoAssign": False},
+                          "c": {"addresses": ["192.168.56.32/28"], "bgp": {"advertisements": [{}]}, **bgp_only},
+                          "d": {"addresses": ["192.168.56.48/28"], **bgp_only, "bgp": {"advertisements": [
+                              {"aggregationLength": 28, "localPref": 50, "communities": ["large:1:2:3"]}]}}}
+    assert refusals(conv) == []
 
 
 def test_pool_without_l2advertisement_is_refused():
     conv = convert_metallb([pool("quiet", ["192.168.56.50/31"])])
     assert conv.pools == {}
-    assert refusals(conv) == ["refused: IPAddressPool metallb-system/quiet: no L2Advertisement selects it: MetalLB "
-                              "hands out its addresses but announces them nowhere, while lbctl announces every pool "
-                              "it serves; add an L2Advertisement if it should be announced"]
+    assert refusals(conv) == ["refused: IPAddressPool metallb-system/quiet: no L2Advertisement or BGPAdvertisement "
+                              "selects it: MetalLB hands out its addresses but announces them nowhere, while lbctl "
+                              "announces every pool it serves; add an advertisement if it should be announced"]
 
 
 def test_l2advertisement_without_pools_selects_every_pool():
@@ -225,3 +245,90 @@ def test_malformed_objects_exit_2_naming_file_and_key(capsys, tmp_path, doc, whe
 def test_needs_input(capsys):
     r = lbctl_import(capsys, "metallb")
     assert r.code == 2 and r.lines == ["error: give FILEs or --from-cluster"]
+
+
+def test_bgp_objects_of_both_api_versions(capsys):
+    r = lbctl_import(capsys, "metallb", DATA / "metallb-bgp-v1beta1.yaml")
+    assert r.code == 3
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in r.docs}
+    assert sorted(docs) == [("BFDProfile", "fast"), ("BGPPeer", "new-peer"), ("BGPPeer", "old-peer"),
+                            ("IPPool", "v6"), ("IPPool", "web"), ("Secret", "old-peer-bgp-password")]
+    assert docs[("BGPPeer", "old-peer")]["spec"] == {  # v1beta1, every field
+        "myASN": 64513, "peerASN": 64512, "peerAddress": "198.18.0.1", "peerPort": 1179, "sourceAddress": "198.18.0.2",
+        "holdTime": "9s", "keepaliveTime": "3s", "routerID": "198.18.0.10", "bfdProfile": "fast", "ebgpMultiHop": True,
+        "nodeSelectors": [{"matchLabels": {"rack": "a"}}],
+        "passwordSecret": {"name": "old-peer-bgp-password", "namespace": "lbctl-system"}}
+    assert docs[("BGPPeer", "new-peer")]["spec"] == {  # v1beta2
+        "myASN": 64513, "peerASN": 64514, "peerAddress": "2001:db8::1", "enableGracefulRestart": True,
+        "bfdProfile": "fast", "passwordSecret": {"name": "tor-pw", "namespace": "lbctl-system"}}
+    assert docs[("BFDProfile", "fast")]["spec"] == {"receiveInterval": 100, "transmitInterval": 100,
+                                                    "detectMultiplier": 3, "echoInterval": 50, "echoMode": True,
+                                                    "passiveMode": False, "minimumTtl": 250}
+    assert docs[("IPPool", "web")]["spec"] == {"addresses": ["198.18.20.0/24"], "bgp": {"advertisements": [
+        {"aggregationLength": 24, "localPref": 100, "communities": ["large:64513:1:2", "no-export", "65000:1"],
+         "peers": ["old-peer"], "nodeSelectors": [{"matchLabels": {"rack": "a"}}]}]}}  # and layer 2 (web-l2)
+    assert docs[("IPPool", "v6")]["spec"] == {"addresses": ["2001:db8:2::/120"], "layer2": {"enabled": False},
+                                              "bgp": {"advertisements": [{"aggregationLengthV6": 120}]}}
+    assert r.refused == [
+        "refused: BGPPeer metallb-system/new-peer: spec.connectTime: lbctl does not set the TCP connect retry timer "
+        "(the daemon's default applies); the peer is imported without it",
+        "refused: BGPPeer metallb-system/dyn: spec.dynamicASN: lbctl's BGPPeer needs the peer's ASN (peerASN); "
+        "MetalLB learned it from the OPEN message; the peer is not imported",
+        "refused: BGPPeer metallb-system/unnumbered: spec.interface: unnumbered BGP (a session over an interface's "
+        "IPv6 link-local address) has no lbctl equivalent; give the router's address as peerAddress; the peer is not "
+        "imported",
+        "refused: BGPPeer metallb-system/in-vrf: spec.vrf: lbctl's sessions run in the node's default VRF only; the "
+        "peer is not imported",
+        "refused: BGPAdvertisement metallb-system/svc: spec.serviceSelectors: lbctl advertises every Service of a "
+        "pool and cannot limit advertisements by Service labels; pools that rely on this advertisement are not "
+        "imported",
+        "refused: IPAddressPool metallb-system/svc-only: every BGPAdvertisement that selects it (BGPAdvertisement "
+        "metallb-system/svc) was refused (see above)",
+    ]
+    assert r.starting("warning: BGPPeer metallb-system/new-peer: spec.passwordSecret: copy Secret "
+                      "metallb-system/tor-pw (key password) to namespace lbctl-system")
+
+
+def test_legacy_configmap_bgp(capsys):
+    r = lbctl_import(capsys, "metallb", DATA / "metallb-configmap-bgp.yaml", "--as", "values")
+    assert r.code == 0, r.err
+    assert r.values == {
+        "pools": [{"name": "bgp-agg", "addresses": ["198.18.30.0/24"], "layer2": {"enabled": False},
+                   "bgp": {"advertisements": [  # edge: 65000:7 unquoted, rebuilt as Go's YAML read it
+                       {"aggregationLength": 24, "localPref": 120, "communities": ["65000:7", "no-export"]}, {}]}}],
+        "bgp": {"peers": [{"name": "peer-198-18-0-1", "peerAddress": "198.18.0.1", "peerASN": 64512, "myASN": 64513,
+                           "peerPort": 1179, "holdTime": "30s", "routerID": "198.18.0.10",
+                           "sourceAddress": "198.18.0.2", "bfdProfile": "slow", "ebgpMultiHop": True,
+                           "nodeSelectors": [{"matchLabels": {"rack": "a"}, "matchExpressions": [
+                               {"key": "role", "operator": "NotIn", "values": ["cp"]}]}],
+                           "passwordSecret": {"name": "peer-198-18-0-1-bgp-password", "namespace": "lbctl-system"}}],
+                "bfdProfiles": [{"name": "slow", "receiveInterval": 1000, "transmitInterval": 1000,
+                                 "detectMultiplier": 5, "echoMode": False, "passiveMode": True, "minimumTtl": 250}]}}
+    assert "s3cret" not in r.out
+
+
+def test_peer_names_clash_across_namespaces_and_bad_bgp_input_names_the_object():
+    peer = {"apiVersion": "metallb.io/v1beta2", "kind": "BGPPeer",
+            "spec": {"myASN": 1, "peerASN": 2, "peerAddress": "198.18.0.1"}}
+    conv = convert_metallb([{**peer, "metadata": {"name": "tor", "namespace": "a"}},
+                            {**peer, "metadata": {"name": "tor", "namespace": "b"}}])
+    assert refusals(conv) == ["refused: BGPPeer b/tor: a BGPPeer named 'tor' already comes from BGPPeer a/tor; "
+                              "BGPPeer names are cluster-wide"]
+    with pytest.raises(InputError) as exc:
+        convert_metallb([{**peer, "metadata": {"name": "tor"}, "spec": {**peer["spec"], "holdTime": "1s"}}])
+    assert exc.value.where == "BGPPeer metallb-system/tor" and exc.value.doc == 0
+    assert "spec.holdTime must be 0 or from 3s to 65535s" in exc.value.message
+
+
+def test_dangling_references_are_warned():
+    conv = convert_metallb([
+        {"apiVersion": "metallb.io/v1beta2", "kind": "BGPPeer", "metadata": {"name": "tor"},
+         "spec": {"myASN": 1, "peerASN": 2, "peerAddress": "198.18.0.1", "bfdProfile": "gone"}},
+        pool("p", ["198.18.1.0/28"]),
+        {"apiVersion": "metallb.io/v1beta1", "kind": "BGPAdvertisement", "metadata": {"name": "a"},
+         "spec": {"peers": ["tor", "other"]}}])
+    assert conv.pools["p"]["bgp"] == {"advertisements": [{"peers": ["tor", "other"]}]}
+    assert conv.warnings == [
+        "BGPPeer tor: bfdProfile 'gone' was not imported; the peer stays Invalid until a BFDProfile of that name "
+        "exists",
+        "IPPool p: spec.bgp.advertisements[0].peers names 'other', which was not imported as a BGPPeer"]
