@@ -187,6 +187,8 @@ class ClusterModel:
             return f"IPPool {pool.name} is invalid: {pool.error}"
         if pool.name in self.unready_pools:
             return f"IPPool {pool.name} is not Ready: {self.unready_pools[pool.name]}"
+        if not pool.layer2_enabled:
+            return f"IPPool {pool.name} is announced by BGP only (spec.layer2.enabled: false)"
         return None
 
     def withheld(self, lb_class: str | None) -> dict[str, tuple[str, tuple[ServiceRef, ...]]]:

@@ -133,3 +133,13 @@ def test_static_config() -> None:
     for bad in ([], {"ips": {"nope": {}}}, {"nodes": [3]}, {"ips": []}):
         with pytest.raises(StaticConfigError):
             static_intents(bad)
+
+
+def test_a_bgp_only_pool_is_not_announced_by_arp_or_ndp() -> None:
+    """spec.layer2.enabled false (a pool announced by BGP alone): no node answers ARP/NDP for its addresses."""
+    m = model()
+    m.apply("IPPool", "MODIFIED", pool("q", ["2001:db8::/64"], {"enabled": False}))
+    assert "2001:db8::5" not in m.intents(None)
+    assert m.withheld(None)["2001:db8::5"][0] == "IPPool q is announced by BGP only (spec.layer2.enabled: false)"
+    m.apply("IPPool", "MODIFIED", pool("q", ["2001:db8::/64"], {"enabled": True}))
+    assert "2001:db8::5" in m.intents(None)
