@@ -347,3 +347,14 @@ def test_layer3_aggregation_above_30_is_not_rendered_and_bad_values_name_the_var
     with pytest.raises(InputError) as exc:
         convert_kubespray(_layer3(peer_port=179, communities=["nope"]))
     assert "'nope' is neither a Community name defined here nor a community value" in str(exc.value)
+
+
+def test_bgp_import_says_the_speakers_do_not_announce_by_bgp_yet(capsys):
+    """Until the speakers run BGP sessions, an imported BGP-only pool would silently go unannounced: say so."""
+    r = lbctl_import(capsys, "kubespray", DATA / "config-layer3.yml", "--as", "manifests")
+    [line] = [ln for ln in r.starting("warning: ") if "do not announce by BGP yet" in ln]
+    bgp_only = sorted(d["metadata"]["name"] for d in r.docs
+                      if d["kind"] == "IPPool" and d["spec"].get("layer2", {}).get("enabled") is False)
+    assert bgp_only and f"IPPools {', '.join(bgp_only)} (layer2.enabled: false) stay unannounced" in line
+    plain = lbctl_import(capsys, "kubespray", DATA / "seed-addons.yml")
+    assert not [ln for ln in plain.starting("warning: ") if "BGP" in ln]
