@@ -26,7 +26,7 @@ from lbctl.lab.api import wait_for
 from lbctl.lab.cluster import NAMESPACE
 from lbctl.lab.topology import CLIENT_NS
 
-from .conftest import Lab, _ready
+from .conftest import Lab
 
 PODS = f"/api/v1/namespaces/{NAMESPACE}/pods"
 COMPONENT = "app.kubernetes.io/component=speaker"
@@ -87,6 +87,10 @@ class SpeakerDaemonSet:
             return 0.0
         self.api.call("PUT", self.path, {**ds, "spec": self.chart_spec})
         return rollout.wait(self.api, "DaemonSet", self.name, timeout=300)
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions") or [])
 
 
 def _container(pod_spec: dict[str, Any]) -> dict[str, Any]:
