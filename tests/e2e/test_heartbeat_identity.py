@@ -35,6 +35,8 @@ from .speakers import (OwnerWatch, SpeakerDaemonSet, add_heartbeat_key, faked_cl
                        secret_value, with_keys)
 from .test_conflicts import metric
 
+pytestmark = pytest.mark.timeout(900)  # 12 speaker replacements, then the chart's roll back: ~4.5 min on a quiet machine
+
 NODES = ["node1", "node2", "node3"]  # eligible: the election ranks these
 SPEAKERS = ["cp", *NODES]  # every node runs one
 ROUND_S = 0.05  # the OwnerWatch round
