@@ -20,6 +20,8 @@ from .conftest import SERVICES, Lab, ipv4_of
 def test_big_service_keeps_the_data_plane_up(fresh: Lab) -> None:
     ip = ipv4_of(fresh.service("steady"))
     owner = fresh.wait_arp_owner(ip)
+    # CI once counted 3 failed probes, all before the first answer: kube-proxy had not yet synced the new VIP.
+    assert fresh.wait_served(ip) == owner
     pids = {h.name: fresh.speaker_pid(h.name) for h in fresh.topo.node_hosts}
     run = probes.prober(ip, interval=0.05, duration=8)
     time.sleep(1.0)

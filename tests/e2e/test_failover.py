@@ -16,9 +16,11 @@ RESETS = ("ConnectionResetError", "RemoteDisconnected", "BrokenPipeError")  # pr
 
 
 def owner_of(lab: Lab, ip: str) -> str:
-    """The node answering ARP for `ip` (exactly one), once the client has talked to it."""
+    """The node answering ARP for `ip` (exactly one), once the client has talked to it and kube-proxy serves
+    `ip` there: a probe sent before kube-proxy's sync would count as a failover loss."""
     owner = lab.wait_arp_owner(ip)
     assert lab.arp_owners(ip) == {owner}
+    assert lab.wait_served(ip) == owner
     return owner
 
 
