@@ -86,13 +86,13 @@ def observe(prev: Observation | None, record: LeaseRecord | None, now: float) ->
 class Resume:
     """What a leader that gave up hands to the process it re-executes as (same PID, so never both at once).
 
-    Its Lease, if still exactly as it last wrote it (same resourceVersion: nobody renewed or took it since, and
-    no late write of its own landed), may be taken back without waiting for it to expire, once no write of the
-    old process can still reach the server: `quiet_at` (monotonic; -inf when none was left without an answer)
+    Its Lease, if it still names it as holder (nobody took it since; a late renewal of its own may have landed),
+    may be taken back without waiting for it to expire, once no write of the old process can still reach the
+    server: `quiet_at` (monotonic; -inf when none was left without an answer)
     plus the same margin (lease_duration - renew_deadline) every other replica leaves after the fence."""
 
     identity: str
-    resource_version: str
+    resource_version: str  # the version it last wrote itself: for the log (a late renewal may have followed it)
     quiet_at: float
 
     def encode(self) -> str:
@@ -125,8 +125,11 @@ def decide(record: LeaseRecord | None, seen: Observation | None, now: float, ide
            timing: Timing, resume: Resume | None = None) -> Decision:
     if record is None:
         return Decision(Action.CREATE, timing.retry_period)
-    if resume is not None and record.holder == resume.identity and record.resource_version == resume.resource_version:
-        # Our own record, untouched since we gave up: back at once, unless a write of ours may still be on its way.
+    if resume is not None and record.holder == resume.identity:
+        # Our own record: back at once, unless a write of ours may still be on its way. Its resourceVersion may
+        # have moved on: a renewal of ours whose answer was lost (an attempt timed out during an API server
+        # restart) landed anyway. Only a process with our identity writes us as holder, and the old one is gone
+        # (re-executed, same PID); anyone else who took it would be the holder instead.
         left = resume.quiet_at + (timing.lease_duration - timing.renew_deadline) - now
         if left <= 0:
             return Decision(Action.RENEW if record.holder == identity else Action.ACQUIRE, timing.retry_period)

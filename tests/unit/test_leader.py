@@ -160,12 +160,22 @@ def test_own_record_is_taken_back_only_after_our_writes_left_on_the_wire_can_no_
     assert at(lease("a", rv="7"), seen=100.0, now=104.0, me="a", resume=back).action is Action.RENEW
 
 
-def test_own_identity_but_a_changed_record_waits_for_expiry_like_anyone_elses() -> None:
-    # rv 8: written since we gave up (a late renewal of ours landing, or another process with our identity).
+def test_own_record_renewed_by_a_late_write_of_ours_is_taken_back_too() -> None:
+    # rv 8: our last renewal reached the server but its answer did not reach us (the attempt timed out while
+    # the API server restarted; CI saw the new Service served 10.9 s after such a restart). Only processes
+    # with our identity write it as holder, and the old one is gone (same PID, re-executed): it is ours.
     back = Resume("a", "7", quiet_at=float("-inf"))
-    assert at(lease("a", rv="8"), seen=100.0, now=100.0, me="a", resume=back).action is Action.WAIT
-    assert at(lease("a", rv="8"), seen=100.0, now=112.0, me="a", resume=back).action is Action.ACQUIRE
+    assert at(lease("a", rv="8"), seen=100.0, now=100.0, me="a", resume=back).action is Action.RENEW
+    # ...still only once no write of the old process can land
+    later = Resume("a", "7", quiet_at=100.0)
+    assert at(lease("a", rv="8"), seen=100.0, now=101.0, me="a", resume=later).action is Action.WAIT
+    assert at(lease("a", rv="8"), seen=100.0, now=104.0, me="a", resume=later).action is Action.RENEW
+
+
+def test_someone_elses_record_after_we_gave_up_is_waited_for() -> None:
+    back = Resume("a", "7", quiet_at=float("-inf"))
     assert at(lease("b", rv="7"), seen=100.0, now=100.0, me="a", resume=back).action is Action.WAIT
+    assert at(lease("b", rv="8"), seen=100.0, now=112.0, me="a", resume=back).action is Action.ACQUIRE
     assert at(lease("", rv="9"), seen=100.0, now=100.0, me="a", resume=back).action is Action.ACQUIRE
 
 
