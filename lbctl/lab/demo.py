@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from .. import tables
 from . import lifecycle, probes, prober, realcluster, realspeakers, router
 from .api import LabApi, wait_for
-from .topology import BRIDGE_NS, CLIENT_NS, ROUTER_NS, Topology, in_ns, sh
+from .topology import BRIDGE_NS, CLIENT_NS, ROUTER_NS, Host, Topology, in_ns, sh
 
 SERVICES = "/api/v1/namespaces/default/services"
 FAILOVER_OK_S = 3.0  # the target is ~1 s; fail the demo only when clearly broken
@@ -111,13 +113,8 @@ def _failover(topo: Topology, ip4: str, owner: str, mode: str, keep: bool) -> in
     how = (f"cutting {owner}'s link (its switch port {host.port} down)" if mode == "link"
            else f"SIGKILL to {owner}'s speaker")
     step(f"Failover: {how}, while the client sends a request every 20 ms")
-    probe = probes.prober(ip4, interval=0.02, duration=5.0)
-    time.sleep(1.0)
-    t_break = time.monotonic()
-    if mode == "link":
-        sh("ip", "-n", BRIDGE_NS, "link", "set", host.port, "down")
-    else:
-        realcluster.kill_container(owner, b"lbctl-speaker")
+    probe, t_break = _break_while_probing(ip4, host, mode,
+                                          lambda: realcluster.kill_container(owner, b"lbctl-speaker"))
     out, err = probe.communicate(timeout=30)
     if probe.returncode:
         print(f"lbctl lab demo: prober failed: {err.strip()}", file=sys.stderr)
@@ -138,6 +135,20 @@ def _failover(topo: Topology, ip4: str, owner: str, mode: str, keep: bool) -> in
         return 1
     step(f"OK: {ip4} moved from {owner} to {result.after} in {result.switch_s:.2f} s")
     return 0
+
+
+def _break_while_probing(ip4: str, host: Host, mode: str,
+                         kill: Callable[[], object]) -> tuple[subprocess.Popen[str], float]:
+    """Start the client's prober (a request every 20 ms for 5 s); after 1 s cut `host`'s link (mode "link") or
+    call `kill`. Returns the prober and when the break happened."""
+    probe = probes.prober(ip4, interval=0.02, duration=5.0)
+    time.sleep(1.0)
+    t_break = time.monotonic()
+    if mode == "link":
+        sh("ip", "-n", BRIDGE_NS, "link", "set", host.port, "down")
+    else:
+        kill()
+    return probe, t_break
 
 
 def _repair(topo: Topology, owner: str, mode: str) -> None:
@@ -189,17 +200,14 @@ def _bgp_failover(topo: Topology, ip4: str, nodes: int, mode: str, keep: bool) -
     how = (f"cutting {victim}'s link (its switch port {host.port} down)" if mode == "link"
            else f"SIGKILL to {victim}'s speaker and its BGP daemon")
     step(f"A node goes: {how}, while the client opens a connection every 20 ms")
-    probe = probes.prober(ip4, interval=0.02, duration=5.0)
-    time.sleep(1.0)
-    t_break = time.monotonic()
-    if mode == "link":
-        sh("ip", "-n", BRIDGE_NS, "link", "set", host.port, "down")
-    else:
+
+    def kill() -> None:
         realspeakers.kill(victim, signal.SIGKILL)  # its kubelet stopped first: nothing restarts it
         try:
             realcluster.kill_container(victim, b"bird")
         except realcluster.ClusterError as e:
             say(f"({e})")
+    probe, t_break = _break_while_probing(ip4, host, mode, kill)
     try:
         hops, _ = router.wait_next_hops(f"{ip4}/32", nodes - 1, timeout=FAILOVER_OK_S + 2)
     except TimeoutError as e:
