@@ -42,7 +42,7 @@ VTY_GROUP = "frrvty"  # Debian's frr package creates it
 # FRR 8.4 keeps a crash log dir per process at this fixed path (no option moves it); a daemon running as root
 # without CAP_DAC_OVERRIDE cannot remove its own there (the dir is frr's), so stop() does.
 FRR_TMP = Path("/var/tmp/frr")
-MAXIMUM_PATHS = 64  # FRR's build limit on Debian; above the lab's 29 nodes + control plane
+MAXIMUM_PATHS = 64  # more than the lab can have (29 nodes and the control plane); Debian's FRR 8.4 accepts it
 _ADJ = re.compile(r"%ADJCHANGE: neighbor (\S+?)(?:\(\S*\))? in vrf \S+ (Up|Down)")
 _NOTIFICATION = re.compile(r"%NOTIFICATION: sent to neighbor (\S+) \d+/\d+ \(([^)]*)\)")
 
