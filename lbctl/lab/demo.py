@@ -169,9 +169,9 @@ def _bgp(topo: Topology, ip4: str, ip6: str | None, mode: str, keep: bool) -> in
     try:
         router.wait_next_hops(f"{ip4}/32", nodes, timeout=30)
     except TimeoutError as e:
-        print(f"lbctl lab demo: {e}\n{_sessions(topo)}", file=sys.stderr)
+        print(f"lbctl lab demo: {e}\n{router.sessions_table(topo)}", file=sys.stderr)
         return 1
-    print(_sessions(topo))
+    print(router.sessions_table(topo))
     for line in in_ns(ROUTER_NS, "ip", "route", "show", ip4).stdout.rstrip().splitlines():
         say(f"router# {line.strip()}")
     if ip6:
@@ -186,12 +186,6 @@ def _bgp(topo: Topology, ip4: str, ip6: str | None, mode: str, keep: bool) -> in
     if ip6:
         say(f"curl {probes.url_for(ip6)}  ->  {probes.node_answering(ip6, timeout=2) or 'no answer'}")
     return _bgp_failover(topo, ip4, nodes, mode, keep)
-
-
-def _sessions(topo: Topology) -> str:
-    rows = [[s.peer, router.node_of(topo, s.peer) or "?", s.state, f"{s.uptime_s:.0f}s", str(s.prefixes_received),
-             str(s.resets)] for s in sorted(router.sessions().values(), key=lambda s: (s.family, s.peer))]
-    return tables.table(["PEER", "NODE", "STATE", "UP", "PREFIXES", "RESETS"], rows)
 
 
 def _bgp_failover(topo: Topology, ip4: str, nodes: int, mode: str, keep: bool) -> int:

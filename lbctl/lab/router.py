@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import tables
 from . import processes
 from .processes import LOGS, STATE
 from .topology import ROUTER_IP4, ROUTER_IP6, ROUTER_NS, Topology, in_ns
@@ -183,6 +184,19 @@ def sessions() -> dict[str, Session]:
             out[peer] = Session(peer, family, p.get("state", "?"), p.get("peerUptimeMsec", 0) / 1000,
                                 int(p.get("pfxRcd", 0)), downs.get(peer, 0), int(p.get("remoteAs", 0)))
     return out
+
+
+def sessions_table(topo: Topology) -> str:
+    """The router's sessions, one row per neighbour with the node it is."""
+    rows = [[s.peer, node_of(topo, s.peer) or "?", s.state, f"{s.uptime_s:.0f}s", str(s.prefixes_received),
+             str(s.resets)] for s in sorted(sessions().values(), key=lambda s: (s.family, s.peer))]
+    return tables.table(["PEER", "NODE", "STATE", "UP", "PREFIXES", "RESETS"], rows)
+
+
+def hops_table(topo: Topology, addresses: list[str]) -> str:
+    """Each address's route on the router: the nodes it goes to (ECMP), or none."""
+    rows = [[a, ", ".join(sorted(node_of(topo, h) or h for h in next_hops(a))) or "no route"] for a in addresses]
+    return tables.table(["IP", "ROUTER'S NEXT HOPS"], rows)
 
 
 def resets() -> dict[str, int]:

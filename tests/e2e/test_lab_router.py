@@ -172,6 +172,8 @@ def test_sessions_established_with_a_next_hop_per_node(birds: RouterLab) -> None
     assert birds.hop_nodes(f"{VIP6}/128") == ["node1", "node2"]  # via each node's link-local address
     route = in_ns(ROUTER_NS, "ip", "route", "show", VIP4).stdout
     assert "proto bgp" in route and route.count("nexthop via") == 2, route
+    assert router.sessions_table(birds.topo).count("Established") == 4  # what `lbctl lab status` shows
+    assert "node1, node2" in router.hops_table(birds.topo, [f"{VIP4}/32"])
 
 
 def test_client_reaches_a_vip_only_by_learned_routes(birds: RouterLab) -> None:
