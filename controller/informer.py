@@ -55,7 +55,9 @@ async def _watch(kube: Kube, kind: str, path: str, health: WatchHealth, on_list:
     missing = False
     async for event, obj in kube.informer(path):
         if event == "ERROR" and optional and isinstance(obj, ApiError) and obj.status == 404:
-            # the kind's CRD is not installed (`helm upgrade` does not add CRDs): not a failing watch
+            # the kind's CRD is not installed (`helm upgrade` does not add CRDs): the server answers, so the
+            # watch is not failing
+            health.recovered(kind)
             if not missing:
                 logger.warning("kind_not_served", kind=kind, path=path, retrying=True)
             missing = True

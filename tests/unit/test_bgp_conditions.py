@@ -158,3 +158,34 @@ def test_writer_writes_once_then_nothing_and_ignores_its_own_stale_echo():
                          for n, o in items.items()])
     asyncio.run(w2.flush())
     assert len(kube.patches) == 3 and len(events.emitted) == 1
+
+
+class MissingCrdKube:
+    """An API server without the BGPPeer CRD: every list answers 404 (then the informer would retry)."""
+
+    def __init__(self, answers: list[tuple[str, Any]]) -> None:
+        self.answers = answers
+
+    async def informer(self, path: str, **params: Any):
+        for answer in self.answers:
+            yield answer
+
+
+def test_a_kind_not_served_is_not_a_failing_watch():
+    """`helm upgrade` adds no CRDs: without bgppeers the controller must stay healthy (layer 2 goes on), and
+    start judging once the CRD appears."""
+    from controller.informer import watch_bgp
+    from lbctl.kube.client import ApiError
+    from lbctl.kube.watch_health import WatchHealth
+
+    writer, health = BgpStatusWriter(None, FakeEvents(), Metrics()), WatchHealth()  # type: ignore[arg-type]
+    missing = ApiError(404, "NotFound", "the server could not find the requested resource")
+    kube = MissingCrdKube([("ERROR", missing), ("ERROR", missing)])
+    asyncio.run(watch_bgp(kube, "BGPPeer", writer, health))  # type: ignore[arg-type]
+    assert health.worst() == 0 and not health.failing_since
+    # a server error, then the server answers "no such kind": it is answering, so the watch is not failing
+    kube = MissingCrdKube([("ERROR", ApiError(500, "InternalError", "etcd")), ("ERROR", missing)])
+    asyncio.run(watch_bgp(kube, "BGPPeer", writer, health))  # type: ignore[arg-type]
+    assert not health.failing_since
+    asyncio.run(watch_bgp(MissingCrdKube([("SYNC", [_item("p", GOOD)])]), "BGPPeer", writer, health))  # type: ignore[arg-type]
+    assert "p" in writer.objects["BGPPeer"]
