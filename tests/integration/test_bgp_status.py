@@ -56,8 +56,9 @@ def _valid(kube: SyncKube, coll: str, name: str, generation: int = 1) -> dict[st
     return cond if cond and cond.get("observedGeneration") == generation else None
 
 
-def _events(kube: SyncKube, name: str) -> list[dict[str, Any]]:
-    return kube.get("/api/v1/namespaces/default/events", fieldSelector=f"involvedObject.name={name}")["items"]
+def _events(kube: SyncKube, name: str, kind: str = "BGPPeer") -> list[dict[str, Any]]:
+    return kube.get("/api/v1/namespaces/default/events",
+                    fieldSelector=f"involvedObject.name={name},involvedObject.kind={kind}")["items"]
 
 
 def _writes(ctl: ControllerProcess, kind: str) -> float:
@@ -87,12 +88,16 @@ INVALID = {  # accepted by the schema; the condition names the field and the val
     "it-bgp-fam": ({"sourceAddress": "2001:db8::7"}, ["spec.sourceAddress", "2001:db8::7"]),
     "it-bgp-nobfd": ({"bfdProfile": "it-bgp-missing"}, ["spec.bfdProfile", "'it-bgp-missing'"]),
     "it-bgp-echo": ({"bfdProfile": "it-bgp-echo"}, ["BFDProfile 'it-bgp-echo' is invalid", "spec.echoMode"]),
+    # unknown fields are kept (not pruned) so that they are named: MetalLB's plain-text password, a typo
+    "it-bgp-pw": ({"password": "secret"}, ["spec.password is not a field", "passwordSecret"]),
+    "it-bgp-typo": ({"holdtime": "30s"}, ["spec.holdtime is not a field", "holdTime"]),
 }
 
 
 def test_what_the_schema_cannot_say_lands_on_the_condition(kube: SyncKube, controller: ControllerProcess,
                                                            made: list[str]) -> None:
     _create(kube, made, PROFILES, _profile("it-bgp-echo", echoMode=True))
+    _create(kube, made, PROFILES, _profile("it-bgp-typo", receiveIntervall=100))
     for i, (name, (spec, _)) in enumerate(INVALID.items()):
         _create(kube, made, PEERS, _peer(name, **{**GOOD, "peerAddress": f"198.18.7.{10 + i}", **spec}))
     _create(kube, made, PEERS, _peer("it-bgp-good", **GOOD, passwordSecret={"name": "tor-pw"}))
@@ -105,13 +110,14 @@ def test_what_the_schema_cannot_say_lands_on_the_condition(kube: SyncKube, contr
     assert twin["status"] == "False" and "duplicates BGPPeer it-bgp-good" in twin["message"]
     echo = wait_for(lambda: _valid(kube, PROFILES, "it-bgp-echo"), 20, what="the BFDProfile's Valid condition")
     assert echo["status"] == "False" and "spec.echoMode" in echo["message"]
+    typo = wait_for(lambda: _valid(kube, PROFILES, "it-bgp-typo"), 20, what="the BFDProfile's Valid condition")
+    assert typo["status"] == "False" and typo["message"].startswith("spec.receiveIntervall is not a field")
     for name, (_, named) in INVALID.items():
         cond = wait_for(lambda: _valid(kube, PEERS, name), 20, what=f"{name}'s Valid condition")
         assert cond["status"] == "False" and cond["reason"] == "Invalid", cond
         assert all(n in cond["message"] for n in named), (named, cond["message"])
         ev = wait_for(lambda: [e for e in _events(kube, name) if e["reason"] == "Invalid"], 20, what=f"{name}'s Event")
         assert ev[0]["type"] == "Warning" and ev[0]["message"] == cond["message"]
-        assert ev[0]["involvedObject"]["kind"] == "BGPPeer"
     assert kube.get(f"{PEERS}/it-bgp-good")["status"]["observedGeneration"] == 1
 
     # the missing profile appears: that peer turns Valid (a Normal Event), its generation unchanged
