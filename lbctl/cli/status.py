@@ -1,8 +1,8 @@
 """`lbctl status`: pools, LoadBalancer Services with their announcing node and state, and the speakers; with
 BGP (a SpeakerStatus has `status.bgp`), every node's sessions and which nodes advertise each address to which peers.
 
-Four LISTs (Services, IPPools, SpeakerStatuses, speaker Leases), then pure classification in
-lbctl.core.status; nothing is fetched per object, so 500 Services cost the same four calls.
+Five LISTs (Services, IPPools, SpeakerStatuses, speaker Leases, BGPPeers), then pure classification in
+lbctl.core.status; nothing is fetched per object, so 500 Services cost the same five calls.
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ def build(snap: Snapshot, now: dt.datetime, lb_class: str | None = None) -> dict
     bgp = bgp_view.read_bgp(snap.speakers)
     svcs = core.services(snap.services, speakers, lb_class, bgp_view.advertisers(bgp, alive))
     pools = sorted(snap.pools, key=lambda p: p["metadata"]["name"])
-    reasons = core.attention(svcs, speakers, pools, bgp_view.attention(bgp, alive))
+    reasons = core.attention(svcs, speakers, pools,
+                             bgp_view.invalid_peers(snap.bgppeers) + bgp_view.attention(bgp, alive))
     extra: dict[str, Any] = {}
     if bgp:  # only then: the layer-2 document stays as it was
         extra["bgpSessions"] = [session_doc(s, s.node in alive, now) for s in bgp_view.sessions(bgp)]
@@ -145,7 +146,7 @@ def _render_bgp(doc: Mapping[str, Any]) -> list[str]:
 
 async def read(args: argparse.Namespace) -> Snapshot:
     async with connect(args) as kube:
-        return await take(kube, "services", "pools", "speakers", "leases")
+        return await take(kube, "services", "pools", "speakers", "leases", "bgppeers")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -114,6 +114,18 @@ def attention(bgp: Mapping[str, NodeBgp], alive: Iterable[str]) -> list[str]:
             for s in sessions(bgp) if s.node in live and not s.up]
 
 
+def invalid_peers(peers: Iterable[Mapping[str, Any]]) -> list[str]:
+    """A line per BGPPeer whose Valid condition (written by the controller) is False."""
+    out = []
+    for p in peers:
+        conds = (p.get("status") or {}).get("conditions") if isinstance(p.get("status"), Mapping) else None
+        cond = next((c for c in conds if isinstance(c, Mapping) and c.get("type") == "Valid"), None) \
+            if isinstance(conds, list) else None
+        if cond and cond.get("status") == "False":
+            out.append(f"BGPPeer {(p.get('metadata') or {}).get('name')}: Invalid ({cond.get('message')})")
+    return sorted(out)
+
+
 @dataclass(frozen=True)
 class NodeAnswer:
     """Whether one node advertises one address by BGP, and why not (to some or every peer)."""

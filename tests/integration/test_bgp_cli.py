@@ -12,6 +12,9 @@ from lbctl.kube.client import Kube
 from lbctl.lab.controlplane import RELEASE, SA_NS
 from lbctl.speaker.lease import LeaseRenewer
 from tests.integration.test_cli import LEASES, SPEAKERS, lbctl
+from tests.wait import wait_for
+
+PEERS = "/apis/lbctl.io/v1alpha1/bgppeers"
 
 
 def _status(kube: Any, node: str, bgp: dict[str, Any]) -> None:
@@ -31,7 +34,13 @@ def test_status_and_explain_show_bgp(lab, control_plane, kube):
     down = {"peer": "tor1", "address": "198.18.0.1", "state": "Active", "since": None, "prefixesSent": 0,
             "lastError": "Connection refused"}
     speaker_sa = control_plane.service_account_kubeconfig(SA_NS, f"{RELEASE}-speaker")
+    peers = [f"{lab.ns}-tor1", f"{lab.ns}-tor1b"]  # the second duplicates the first: Invalid
     try:
+        for name in peers:
+            kube.create(PEERS, {"apiVersion": "lbctl.io/v1alpha1", "kind": "BGPPeer", "metadata": {"name": name},
+                                "spec": {"myASN": 64512, "peerASN": 64513, "peerAddress": "198.18.0.1"}})
+        wait_for(lambda: (kube.get(f"{PEERS}/{peers[1]}").get("status") or {}).get("conditions"), 20,
+                 what="the controller's Valid condition on the duplicate peer")
         _status(kube, n1, {"sessions": [up], "advertised": [{"ip": ip, "peers": ["tor1"]}], "skipped": {}})
         _status(kube, n2, {"sessions": [down], "advertised": [], "skipped": {}})
         _status(kube, n3, {"sessions": [], "advertised": [], "skipped": {"tor1": "its nodeSelectors do not select "
@@ -48,6 +57,8 @@ def test_status_and_explain_show_bgp(lab, control_plane, kube):
         out = lbctl(control_plane, "status")
         assert out.returncode == 1, out.stderr  # the session down needs attention
         assert f"BGP session {n2} -> tor1 (198.18.0.1): Active (Connection refused)" in out.stderr
+        assert f"BGPPeer {peers[1]}: Invalid (duplicates BGPPeer {peers[0]} " in out.stderr
+        assert f"BGPPeer {peers[0]}:" not in out.stderr
         table = out.stdout
         assert f"{lab.ns}/web" in table and f"{ip}   Announced   {n1}" in table
         assert f"{n2}   tor1       198.18.0.1   Active        -       0               Connection refused" in table
@@ -67,6 +78,8 @@ def test_status_and_explain_show_bgp(lab, control_plane, kube):
         assert f"      {n3}: does not advertise it; peer tor1 skipped: its nodeSelectors do not select this node" \
             in why.stdout
     finally:
+        for name in peers:
+            kube.delete(f"{PEERS}/{name}")
         for node in (n1, n2, n3):
             kube.delete(f"{SPEAKERS}/{node}")
             kube.delete(f"{LEASES}/lbctl-speaker-{node}")

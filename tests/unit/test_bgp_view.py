@@ -93,6 +93,17 @@ def test_status_shows_sessions_and_who_advertises_to_whom():
     assert "shop/web   198.18.20.1   Announced   n1,n2   (BGP)" in text
 
 
+def test_invalid_bgppeers_need_attention():
+    def peer(name: str, valid: str | None) -> dict[str, Any]:
+        conds = [{"type": "Valid", "status": valid, "message": "spec.holdTime must be 0 or from 3s"}] if valid else []
+        return {"metadata": {"name": name}, "spec": {}, "status": {"conditions": conds}}
+    snap = Snapshot(services=[], pools=[], speakers=[], leases=[],
+                    bgppeers=[peer("b", "False"), peer("a", "True"), peer("c", None), {"metadata": {"name": "d"}}])
+    doc = status.build(snap, NOW)
+    assert doc["attention"] == ["BGPPeer b: Invalid (spec.holdTime must be 0 or from 3s)"]
+    assert status.exit_code(doc) == 1
+
+
 def test_layer2_output_is_unchanged_without_bgp():
     snap = Snapshot(services=[_svc()], pools=[_pool(None)], speakers=[_speaker("n1", None, [VIP])],
                     leases=[_lease("n1")])
