@@ -81,6 +81,19 @@ def test_kubectl_apply_refuses_what_the_schema_can_say(control_plane: ControlPla
     assert not kube.exists(f"{PEERS}/it-bgp-refused")
 
 
+@pytest.mark.parametrize("bad,field", [
+    ({"detectMultiplier": 1}, "spec.detectMultiplier"),
+    ({"receiveInterval": 5}, "spec.receiveInterval"),
+    ({"echoMode": "yes"}, "spec.echoMode"),
+])
+def test_kubectl_apply_refuses_a_malformed_bfdprofile(control_plane: ControlPlane, kube: SyncKube,
+                                                      bad: dict[str, Any], field: str) -> None:
+    res = subprocess.run([str(k8sbin.kubectl()), "--kubeconfig", str(control_plane.kubeconfig()), "apply", "-f", "-"],
+                         input=json.dumps(_profile("it-bgp-refused", **bad)), capture_output=True, text=True)
+    assert res.returncode != 0 and field in res.stderr, res.stderr
+    assert not kube.exists(f"{PROFILES}/it-bgp-refused")
+
+
 INVALID = {  # accepted by the schema; the condition names the field and the value
     "it-bgp-keep": ({"holdTime": "9s", "keepaliveTime": "10s"}, ["spec.keepaliveTime (10s)", "spec.holdTime (9s)"]),
     "it-bgp-hold": ({"holdTime": "2s"}, ["spec.holdTime", "'2s'"]),
