@@ -46,6 +46,7 @@ class BgpStatusWriter:
     # ----- inputs (watch handlers; cheap, never block) --------------------------------------------------------
     def listed(self, kind: str, items: list[Any]) -> None:
         fresh: dict[str, Obj] = {}
+        self._versions = {k: v for k, v in self._versions.items() if k[0] != kind}
         for obj in items:
             if isinstance(obj, Mapping) and (name := _name(obj)):
                 fresh[name] = _obj(obj)
