@@ -13,7 +13,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _up(args: argparse.Namespace) -> int:
-    lifecycle.up(args.nodes, args.ipv6, timing=args.timing, restart_hold=args.restart_hold)
+    lifecycle.up(args.nodes, args.ipv6, timing=args.timing, restart_hold=args.restart_hold, bgp=args.bgp)
     return 0
 
 
@@ -24,7 +24,8 @@ def _down(_: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from lbctl.lab import demo
-    return demo.run(nodes=args.nodes, ipv6=args.ipv6, keep=args.keep, mode=args.failure, timing=args.timing)
+    return demo.run(nodes=args.nodes, ipv6=args.ipv6, keep=args.keep, mode=args.failure, timing=args.timing,
+                    bgp=args.bgp)
 
 
 def _status(_: argparse.Namespace) -> int:
@@ -47,6 +48,9 @@ def _topology_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ipv6", action=argparse.BooleanOptionalAction, default=True, help="dual-stack (default on)")
     p.add_argument("--timing", choices=sorted(TIMING_PRESETS),
                    help="speakers' heartbeat timing preset (chart value speaker.heartbeat.timing; default: the chart's)")
+    p.add_argument("--bgp", action="store_true",
+                   help="BGP mode: an FRR router (the top-of-rack) on the bridge peering with every node, the client "
+                        "behind it on its own subnet, the pool announced by BGP only (docs/bgp.md)")
 
 
 def register(p: argparse.ArgumentParser) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import processes
+from . import processes, router
 from .controlplane import ControlPlane
 from .processes import STATE
 from .topology import CP_IP4, CP_NS, POOL4, POOL6, Topology
@@ -26,10 +26,14 @@ def start_control_plane(topo: Topology, apiserver_args: list[str] | None = None)
 def lab_values(topo: Topology, image: tuple[str, str], timing: str | None = None, controllers: int = 1,
                restart_hold: int | None = None) -> dict[str, Any]:
     """The lab's values for the chart: the seed's pool renumbered, JSON logs, and the speakers' heartbeat
-    timing preset, the controller's replicas and the image (repository, tag) when asked for. Nothing else
-    differs from a user's install."""
-    values: dict[str, Any] = {"pools": [{"name": "default", "addresses": [POOL4] + ([POOL6] if topo.ipv6 else [])}],
-                              "logFormat": "json"}
+    timing preset, the controller's replicas and the image (repository, tag) when asked for; in BGP mode the
+    peers to the lab's router and a pool announced by BGP only (lbctl.lab.router). Nothing else differs from a
+    user's install."""
+    pool: dict[str, Any] = {"name": "default", "addresses": [POOL4] + ([POOL6] if topo.ipv6 else [])}
+    values: dict[str, Any] = {"pools": [pool], "logFormat": "json"}
+    if topo.bgp:
+        pool.update(router.pool_values(topo))
+        values["bgp"] = router.chart_values(topo)
     values["image"] = {"repository": image[0], "tag": image[1]}
     if restart_hold is not None:
         values.setdefault("speaker", {})["restartHold"] = restart_hold

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from lbctl import assets
 
-from . import apiproxy, cluster, processes, realcluster, realfaults, topology
+from . import apiproxy, cluster, processes, realcluster, realfaults, router, topology
 from .api import LabApi
 from .controlplane import ControlPlane
 from .processes import STATE
@@ -42,25 +42,30 @@ def leftovers() -> bool:
 
 def up(nodes: int = 3, ipv6: bool = True, say: Say = print, timing: str | None = None, faults: bool = False,
        controllers: int = 1, archives: list[Path] | None = None,
-       restart_hold: int | None = None) -> tuple[Topology, list[str]]:
+       restart_hold: int | None = None, bgp: bool = False) -> tuple[Topology, list[str]]:
     """The real cluster (lbctl.lab.realcluster): kubelets, containerd, kube-proxy and the controllers, running the
     chart's image from `archives` (built here when none are given). Returns the topology and warnings. Cleans
     up everything on failure. `faults` puts the fault injector (lbctl.lab.faultproxy) between the pods'
     `kubernetes` Service and the API server (lbctl.lab.realfaults); `controllers`: the controller's replicas;
-    `restart_hold`: the chart's speaker.restartHold."""
+    `restart_hold`: the chart's speaker.restartHold; `bgp`: the router (lbctl.lab.router) on the bridge, the
+    client behind it, and the chart's BGP peers to it (kept in the topology file, so `down` finds it all)."""
     require_root()
     if is_up():
         raise LabError(f"a lab is already up (state in {STATE}); run `lbctl lab down` first")
     if leftovers():
         say("cleaning up a stale lab first")
         down(say=lambda _: None)
-    topo = Topology.plan(nodes, ipv6)
+    topo = Topology.plan(nodes, ipv6, bgp)
     started = time.monotonic()
     try:
         STATE.mkdir(mode=0o700, parents=True)
         say(f"network: bridge in {topology.BRIDGE_NS}, {nodes} nodes, IPv6 {'on' if topo.ipv6 else 'off'}")
         topology.build(topo)
         topo.save(TOPOLOGY_FILE)
+        if bgp:
+            took = router.start(topo)
+            say(f"router: FRR (zebra, bfdd, bgpd) AS {router.ROUTER_ASN} at {topology.ROUTER_IP4} in "
+                f"{topology.ROUTER_NS}, up in {took:.2f} s; the client behind it at {topo.host('client').ip4}")
         say(f"control plane: etcd + kube-apiserver at https://{topology.CP_IP4}:6443 in {topology.CP_NS}")
         if faults:  # the pods' API server behind the fault injector (lbctl.lab.realfaults)
             cp = cluster.start_control_plane(topo, realfaults.APISERVER_ARGS)
@@ -121,6 +126,8 @@ def down(say: Say = print, keep_logs: bool = False) -> None:
     nodes = realcluster.stop_all()  # before kill_all: containers, cgroups and mount namespaces go in order
     if nodes:
         say(f"stopped {nodes} real nodes (kubelet, containers, containerd)")
+    if router.stop():  # before kill_all: it also removes the daemons' crash log dirs outside the lab
+        say("stopped the router (FRR)")
     killed = processes.kill_all()
     if killed:
         say(f"stopped {killed} processes")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .. import tables
-from . import processes, probes, realcluster, topology
+from . import processes, probes, realcluster, router, topology
 from .api import LabApi
 from .lifecycle import load_topology, require_root
 from .realnode import RealNode
+from .topology import Topology
 
 
 def run() -> int:
@@ -34,6 +37,9 @@ def run() -> int:
         print(tables.services(lbs))
         topo = load_topology()
         print()
+        if topo.bgp:  # the client is behind the router: the router's routes are what reach a Service
+            _router_view(topo, lbs)
+            return 1 if any(not processes.alive(p) for p in pids.values()) else 0
         rows = []
         for svc in lbs:
             for ing in ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []:
@@ -44,6 +50,14 @@ def run() -> int:
             print(tables.table(["IP", "ANSWERS ARP"], rows))
     dead = [n for n, p in pids.items() if not processes.alive(p)]
     return 1 if dead else 0
+
+
+def _router_view(topo: Topology, lbs: list[dict[str, Any]]) -> None:
+    ips = [i["ip"] for svc in lbs for i in ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+           if i.get("ip")]
+    print(router.sessions_table(topo))
+    print()
+    print(router.hops_table(topo, [f"{ip}/{128 if ':' in ip else 32}" for ip in ips]))
 
 
 def _nodes(api: LabApi) -> None:

@@ -18,9 +18,15 @@ PREFIX = os.environ.get("LBCTL_LAB_PREFIX", "lbctl-")
 BRIDGE_NS = f"{PREFIX}br"
 CP_NS = f"{PREFIX}cp"
 CLIENT_NS = f"{PREFIX}client"
-_OURS = re.compile(re.escape(PREFIX) + r"(br|cp|client|node\d+)")
+ROUTER_NS = f"{PREFIX}router"
+_OURS = re.compile(re.escape(PREFIX) + r"(br|cp|client|router|node\d+)")
 NET4, NET6 = "198.18.0", "2001:db8:18:"
 CP_IP4 = f"{NET4}.11"
+# BGP mode (lbctl.lab.router): the top-of-rack router at .1 on the bridge (every node's default gateway
+# already), and the client alone on its own subnet behind it, so it reaches a Service only by learned routes.
+ROUTER_IP4, ROUTER_IP6 = f"{NET4}.1", f"{NET6}:1"
+CLIENT_NET4, CLIENT_NET6 = "198.18.64", "2001:db8:64:"
+ROUTER_CLIENT_IP4, ROUTER_CLIENT_IP6 = f"{CLIENT_NET4}.1", f"{CLIENT_NET6}:1"
 POOL4 = f"{NET4}.50-{NET4}.99"
 POOL6 = f"{NET6}:50-{NET6}:99"
 IPVS_DEV = "kube-ipvs0"  # kube-proxy IPVS mode's dummy that holds every Service IP
@@ -34,7 +40,7 @@ class Host:
     ip4: str
     ip6: str
     mac: str
-    port: str  # veth end in the bridge namespace
+    port: str  # veth end in the bridge namespace (BGP mode: the client's is in the router's namespace)
 
 
 @dataclass
@@ -42,9 +48,10 @@ class Topology:
     nodes: int = 3
     ipv6: bool = True
     hosts: list[Host] = field(default_factory=list)
+    bgp: bool = False  # a router on the bridge, the client behind it (lbctl.lab.router)
 
     @classmethod
-    def plan(cls, nodes: int = 3, ipv6: bool = True) -> Topology:
+    def plan(cls, nodes: int = 3, ipv6: bool = True, bgp: bool = False) -> Topology:
         if not 1 <= nodes <= MAX_NODES:
             raise ValueError(f"--nodes must be between 1 and {MAX_NODES}")
         # Fixed, readable MACs: the last byte is the host's last address octet in decimal digits.
@@ -52,8 +59,13 @@ class Topology:
         for k in range(1, nodes + 1):
             hosts.append(Host(f"node{k}", f"{PREFIX}node{k}", f"{NET4}.{20 + k}", f"{NET6}:{20 + k}",
                               f"02:18:00:00:00:{20 + k:02d}", f"v-node{k}"))
-        hosts.append(Host("client", CLIENT_NS, f"{NET4}.100", f"{NET6}:100", "02:18:00:00:01:00", "v-client"))
-        return cls(nodes, ipv6, hosts)
+        if bgp:
+            hosts.append(Host("router", ROUTER_NS, ROUTER_IP4, ROUTER_IP6, "02:18:00:00:00:01", "v-router"))
+            hosts.append(Host("client", CLIENT_NS, f"{CLIENT_NET4}.100", f"{CLIENT_NET6}:100", "02:18:00:00:01:00",
+                              "v-client"))
+        else:
+            hosts.append(Host("client", CLIENT_NS, f"{NET4}.100", f"{NET6}:100", "02:18:00:00:01:00", "v-client"))
+        return cls(nodes, ipv6, hosts, bgp)
 
     @property
     def node_hosts(self) -> list[Host]:
@@ -72,7 +84,12 @@ class Topology:
     @classmethod
     def load(cls, path: Path) -> Topology:
         doc = json.loads(path.read_text())
-        return cls(doc["nodes"], doc["ipv6"], [Host(**h) for h in doc["hosts"]])
+        return cls(doc["nodes"], doc["ipv6"], [Host(**h) for h in doc["hosts"]], doc.get("bgp", False))
+
+    @property
+    def bridged(self) -> list[Host]:
+        """The hosts with a port on the bridge: all but a client behind the router."""
+        return [h for h in self.hosts if not (self.bgp and h.name == "client")]
 
 
 def sh(*argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -102,7 +119,7 @@ def build(topo: Topology) -> None:
     # No snooping: NDP's solicited-node multicast must flood like ARP broadcasts (no MLD querier here).
     sh(*br, "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0", "mcast_snooping", "0")
     sh(*br, "link", "set", "br0", "up")
-    for h in topo.hosts:
+    for h in topo.bridged:
         sh("ip", "netns", "add", h.netns)
         # Created inside the bridge namespace, peer moved straight into the host's: never in the root ns.
         sh(*br, "link", "add", h.port, "type", "veth", "peer", "name", "eth0", "netns", h.netns)
@@ -110,6 +127,30 @@ def build(topo: Topology) -> None:
         _configure_host(topo, h)
     for h in topo.node_hosts:
         _configure_node(h)
+    if topo.bgp:
+        _client_behind_router(topo)
+
+
+def _client_behind_router(topo: Topology) -> None:
+    """The client's own subnet on a veth pair to the router, its default route via the router: no layer 2
+    path to the nodes, so only what the router learned by BGP reaches a Service."""
+    router, client = topo.host("router"), topo.host("client")
+    sh("ip", "netns", "add", client.netns)
+    sh("ip", "-n", router.netns, "link", "add", client.port, "type", "veth", "peer", "name", "eth0",
+       "netns", client.netns)
+    _configure_host(topo, client)
+    r = ["ip", "-n", router.netns]
+    sh(*r, "addr", "add", f"{ROUTER_CLIENT_IP4}/24", "dev", client.port)
+    if topo.ipv6:
+        sh(*r, "addr", "add", f"{ROUTER_CLIENT_IP6}/64", "dev", client.port, "nodad")
+    sh(*r, "link", "set", client.port, "up")
+    sh("ip", "-n", client.netns, "route", "add", "default", "via", ROUTER_CLIENT_IP4)
+    if topo.ipv6:
+        sh("ip", "-n", client.netns, "-6", "route", "add", "default", "via", ROUTER_CLIENT_IP6)
+    # A router forwards; a layer 4 hash spreads one client's connections over every ECMP next hop (the
+    # default layer 3 hash would send every connection from one client to one node).
+    in_ns(router.netns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv4.fib_multipath_hash_policy=1",
+          *(["net.ipv6.conf.all.forwarding=1", "net.ipv6.fib_multipath_hash_policy=1"] if topo.ipv6 else []))
 
 
 def _configure_host(topo: Topology, h: Host) -> None:
