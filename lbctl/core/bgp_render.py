@@ -1,8 +1,13 @@
 """BIRD 2 configuration for the speaker's BGP sidecar: frozen dataclasses in, bird.conf text out.
 
 Pure and deterministic: the same input gives the same bytes (peers, prefixes and communities are sorted), so
-the speaker can compare renders and only call `birdc configure` when something changed. BIRD reconfigures a
-protocol in place when only its export filter changed, so a pool change never resets a session.
+the speaker can compare renders and only call `birdc configure` when something changed.
+
+Each peer has a table of its own, filled by a static protocol of its own whose routes carry that peer's
+attributes (localPref, communities), and its BGP channel exports that whole table. A change is then a change of
+static routes, which BIRD reconfigures route by route: one new Service costs each peer one update and no session
+reset. (An export filter listing the prefixes would change with every Service, and BIRD re-exports everything
+through a changed filter: 301 updates for one new prefix among 300, tests/integration/test_bgp_incremental.py.)
 
 The node exports only. Every BGP channel has `import none` (nothing a peer sends enters any table) and no
 `kernel` protocol is rendered, so BIRD never writes the node's routing table. Exported prefixes live in BIRD's
@@ -36,6 +41,7 @@ WELL_KNOWN_COMMUNITIES = {  # RFC 1997 / RFC 3765 names as MetalLB and FRR spell
 }
 _NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?")  # a Kubernetes name fits
 SYMBOL_MAX = 64  # BIRD refuses longer symbols ("Symbol too long")
+SUFFIX = 2  # a peer's table and static protocol are its symbol + "_t" / "_s"
 _COMMUNITY = re.compile(r"(\d{1,10}):(\d{1,10})")
 _LARGE = re.compile(r"large:(\d{1,10}):(\d{1,10}):(\d{1,10})")
 _U16, _U32 = 0xFFFF, 0xFFFFFFFF
@@ -116,10 +122,6 @@ def render(config: BgpConfig) -> str:
         symbols[symbol] = peer.name
     peers = sorted(config.peers, key=lambda p: _symbol(p.name))
     rendered = [_peer(config, peer) for peer in peers]
-    statics = {4: set(), 6: set()}  # type: dict[int, set[IPNetwork]]
-    for peer, (_, nets) in zip(peers, rendered):
-        for net in nets:
-            statics[net.version].add(net)
     out = [
         "# Rendered by lbctl: the node's BGP speaker exports only. Do not edit: the speaker rewrites it.",
         f"router id {router_id};",
@@ -127,22 +129,15 @@ def render(config: BgpConfig) -> str:
         "",
         "# Interfaces and their addresses: needed to reach directly connected peers. Read-only.",
         "protocol device lbctl_device {}",
-        "",
-        "# The prefixes to export, in BIRD's own tables only: no kernel protocol, so nothing reaches the FIB.",
     ]
-    for family, name in ((4, "lbctl_v4"), (6, "lbctl_v6")):
-        out.append(f"protocol static {name} {{")
-        out.append(f"  ipv{family};")
-        out.extend(f"  route {net} blackhole;" for net in sorted(statics[family]))
-        out.append("}")
     if any(p.bfd for p in peers):
         out += ["", "# Session parameters come from each BGP protocol's bfd block.", "protocol bfd lbctl_bfd {}"]
-    for text, _ in rendered:
+    for text in rendered:
         out += ["", text]
     return "\n".join(out) + "\n"
 
 
-def _peer(config: BgpConfig, peer: Peer) -> tuple[str, list[IPNetwork]]:
+def _peer(config: BgpConfig, peer: Peer) -> str:
     who = f"peer {peer.name!r}"
     address = _address(peer.address, who, "peerAddress")
     _int_range(peer.asn, 1, _U32, f"{who}: peerASN")
@@ -178,40 +173,39 @@ def _peer(config: BgpConfig, peer: Peer) -> tuple[str, list[IPNetwork]]:
         lines.append(f'  password "{_password(peer)}";')
     if peer.bfd is not None:
         lines.append(_bfd(peer, who))
-    families = {address.version}  # one family per session: a dual-stack router gets a peer per family
-    groups: dict[tuple[int, int | None, tuple[str, ...]], list[IPNetwork]] = {}
+    family = address.version  # one family per session: a dual-stack router gets a peer per family
+    routes: list[tuple[IPNetwork, str]] = []
     seen: set[IPNetwork] = set()
     for export in peer.exports:
         net = _network(export.prefix, who)
         if net in seen:
             raise RenderError(f"{who}: prefix {net} is exported twice; merge its attributes upstream")
         seen.add(net)
-        if net.version not in families:
-            raise RenderError(f"{who}: IPv{net.version} prefix {net} cannot go over an IPv{address.version} "
+        if net.version != family:
+            raise RenderError(f"{who}: IPv{net.version} prefix {net} cannot go over an IPv{family} "
                               "session; export it to a peer of its own family")
+        attrs: tuple[str, ...] = ()
         if export.local_pref is not None:
             _int_range(export.local_pref, 0, _U32, f"{who}: localPref of {net}")
-        key = (net.version, export.local_pref, _communities(export.communities, f"{who}: {net}"))
-        groups.setdefault(key, []).append(net)
-    for family in sorted(families):
-        lines.append(f"  ipv{family} {{")
-        lines.append("    import none;  # export only: nothing a peer sends enters BIRD, let alone the node")
-        lines.append("    export filter {")
-        for (fam, local_pref, communities), nets in sorted(groups.items(), key=_group_order):
-            if fam != family:
-                continue
-            lines.append(f"      if net ~ [ {', '.join(str(n) for n in sorted(nets))} ] then {{")
-            if local_pref is not None:
-                lines.append(f"        bgp_local_pref = {local_pref};")
-            lines.extend(f"        {statement}" for statement in communities)
-            lines.append("        accept;")
-            lines.append("      }")
-        lines.append("      reject;")
-        lines.append("    };")
-        lines.append("    next hop self on;")
-        lines.append("  };")
-    lines.append("}")
-    return "\n".join(lines), sorted(seen, key=_net_order)
+            attrs = (f"bgp_local_pref = {export.local_pref};",)
+        attrs += _communities(export.communities, f"{who}: {net}")
+        routes.append((net, f"  route {net} blackhole" + (f" {{ {' '.join(attrs)} }};" if attrs else ";")))
+    symbol = _symbol(peer.name)
+    lines += [f"  ipv{family} {{",
+              f"    table {symbol}_t;",
+              "    import none;  # export only: nothing a peer sends enters BIRD, let alone the node",
+              "    export all;  # its own table holds exactly what goes to this peer",
+              "    next hop self on;",
+              "  };",
+              "}"]
+    head = [f"# Peer {peer.name}: what goes to it, with its attributes, in a table of its own.",
+            f"ipv{family} table {symbol}_t;",
+            f"protocol static {symbol}_s {{",
+            f"  ipv{family} {{ table {symbol}_t; }};",
+            *(text for _, text in sorted(routes, key=lambda r: _net_order(r[0]))),
+            "}",
+            ""]
+    return "\n".join(head + lines)
 
 
 def _bfd(peer: Peer, who: str) -> str:
@@ -260,11 +254,6 @@ def _communities(values: tuple[str, ...], who: str) -> tuple[str, ...]:
             + tuple(f"bgp_large_community.add(({a}, {b}, {c}));" for a, b, c in sorted(large)))
 
 
-def _group_order(item: tuple[tuple[int, int | None, tuple[str, ...]], list[IPNetwork]]) -> tuple:
-    (family, local_pref, communities), _ = item
-    return family, -1 if local_pref is None else local_pref, communities
-
-
 def _net_order(net: IPNetwork) -> tuple[int, int, int]:
     return net.version, int(net.network_address), net.prefixlen
 
@@ -272,8 +261,8 @@ def _net_order(net: IPNetwork) -> tuple[int, int, int]:
 def _symbol(name: str) -> str:
     _check_name(name, "peer name")
     symbol = "peer_" + name.replace("-", "_").replace(".", "_")
-    if len(symbol) > SYMBOL_MAX:  # readable head, and a digest of the whole name so long names stay distinct
-        symbol = symbol[:SYMBOL_MAX - 11] + "_" + hashlib.sha256(name.encode()).hexdigest()[:10]
+    if len(symbol) > SYMBOL_MAX - SUFFIX:  # readable head, and a digest of the whole name so long names stay distinct
+        symbol = symbol[:SYMBOL_MAX - SUFFIX - 11] + "_" + hashlib.sha256(name.encode()).hexdigest()[:10]
     return symbol
 
 

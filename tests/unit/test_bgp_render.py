@@ -24,23 +24,21 @@ log stderr { info, remote, warning, error, auth, fatal, bug };
 
 # Interfaces and their addresses: needed to reach directly connected peers. Read-only.
 protocol device lbctl_device {}
-
-# The prefixes to export, in BIRD's own tables only: no kernel protocol, so nothing reaches the FIB.
 """
 
 GOLDEN_V4 = HEADER.replace("{router_id}", "198.18.0.2") + """\
-protocol static lbctl_v4 {
-  ipv4;
-  route 198.18.10.1/32 blackhole;
-  route 198.18.10.2/32 blackhole;
-  route 198.18.10.3/32 blackhole;
-}
-protocol static lbctl_v6 {
-  ipv6;
-}
 
 # Session parameters come from each BGP protocol's bfd block.
 protocol bfd lbctl_bfd {}
+
+# Peer tor-a: what goes to it, with its attributes, in a table of its own.
+ipv4 table peer_tor_a_t;
+protocol static peer_tor_a_s {
+  ipv4 { table peer_tor_a_t; };
+  route 198.18.10.1/32 blackhole { bgp_local_pref = 200; bgp_community.add((65000, 1)); bgp_community.add((65535, 65281)); bgp_large_community.add((64500, 1, 2)); };
+  route 198.18.10.2/32 blackhole { bgp_local_pref = 200; bgp_community.add((65000, 1)); bgp_community.add((65535, 65281)); bgp_large_community.add((64500, 1, 2)); };
+  route 198.18.10.3/32 blackhole;
+}
 
 protocol bgp peer_tor_a {
   local 198.18.0.2 port 1790 as 64501;
@@ -55,32 +53,21 @@ protocol bgp peer_tor_a {
   password "s3cret";
   bfd { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; passive off; };
   ipv4 {
+    table peer_tor_a_t;
     import none;  # export only: nothing a peer sends enters BIRD, let alone the node
-    export filter {
-      if net ~ [ 198.18.10.3/32 ] then {
-        accept;
-      }
-      if net ~ [ 198.18.10.1/32, 198.18.10.2/32 ] then {
-        bgp_local_pref = 200;
-        bgp_community.add((65000, 1));
-        bgp_community.add((65535, 65281));
-        bgp_large_community.add((64500, 1, 2));
-        accept;
-      }
-      reject;
-    };
+    export all;  # its own table holds exactly what goes to this peer
     next hop self on;
   };
 }
 """
 
 GOLDEN_V6_MULTIHOP = HEADER.replace("{router_id}", "198.18.0.3") + """\
-protocol static lbctl_v4 {
-  ipv4;
-}
-protocol static lbctl_v6 {
-  ipv6;
-  route 2001:db8:10::/64 blackhole;
+
+# Peer spine.1: what goes to it, with its attributes, in a table of its own.
+ipv6 table peer_spine_1_t;
+protocol static peer_spine_1_s {
+  ipv6 { table peer_spine_1_t; };
+  route 2001:db8:10::/64 blackhole { bgp_local_pref = 50; };
 }
 
 protocol bgp peer_spine_1 {
@@ -93,14 +80,9 @@ protocol bgp peer_spine_1 {
   error wait time 1, 30;
   graceful restart on;
   ipv6 {
+    table peer_spine_1_t;
     import none;  # export only: nothing a peer sends enters BIRD, let alone the node
-    export filter {
-      if net ~ [ 2001:db8:10::/64 ] then {
-        bgp_local_pref = 50;
-        accept;
-      }
-      reject;
-    };
+    export all;  # its own table holds exactly what goes to this peer
     next hop self on;
   };
 }
@@ -125,15 +107,19 @@ def test_no_peers_is_a_valid_empty_config():
 def test_export_only_no_kernel_protocol_and_every_channel_imports_nothing():
     text = render(BgpConfig("198.18.0.2", 64501, (TOR_A, Peer("b", "2001:db8::1", 1))))
     assert "protocol kernel" not in text
-    assert text.count("import none;") == text.count("export filter") == 2
+    assert text.count("import none;") == text.count("protocol bgp ") == 2
+    # each channel exports only its peer's own table, which only its peer's static protocol fills
+    assert text.count("export all;") == 2 and "master4" not in text and "master6" not in text
 
 
 def test_long_kubernetes_names_fit_birds_symbols_and_stay_distinct():
     long_a, long_b = "a" * 200 + "-x", "a" * 200 + "-y"
     text = render(BgpConfig("198.18.0.2", 1, (Peer(long_a, "198.18.0.1", 2), Peer(long_b, "198.18.0.3", 2))))
-    symbols = re.findall(r"^protocol bgp (\S+) \{", text, re.M)
-    assert len(set(symbols)) == 2 and all(len(s) <= 64 for s in symbols)
-    assert render(BgpConfig("198.18.0.2", 1, (Peer("a" * 59, "198.18.0.1", 2),))).count("peer_" + "a" * 59) == 1
+    symbols = re.findall(r"^ipv\d table (\S+);$", text, re.M) + re.findall(r"^protocol \w+ (\S+) \{", text, re.M)
+    assert len(symbols) == 7 and len(set(symbols)) == 7 and all(len(s) <= 64 for s in symbols), symbols
+    # up to 57 characters a name is kept whole: its table and static protocol add 2 to BIRD's 64
+    assert render(BgpConfig("198.18.0.2", 1, (Peer("a" * 57, "198.18.0.1", 2),))).count(
+        f"protocol bgp peer_{'a' * 57} {{") == 1
 
 
 def test_password_never_in_repr():
@@ -252,6 +238,8 @@ def test_rendering_is_deterministic_and_exports_each_prefix_once_per_peer(config
     blocks = _peer_blocks(text)
     assert len(blocks) == len(config.peers)
     for peer in config.peers:
-        block = blocks["peer_" + peer.name]
-        rendered = [n for m in re.finditer(r"if net ~ \[ (.*?) \]", block) for n in m[1].split(", ")]
+        assert f"table peer_{peer.name}_t;" in blocks["peer_" + peer.name]
+        static = re.search(rf"^protocol static peer_{peer.name}_s {{\n(.*?)^}}$", text, re.M | re.S)
+        assert static, text
+        rendered = re.findall(r"^  route (\S+) blackhole", static[1], re.M)
         assert sorted(rendered) == sorted(str(ipaddress.ip_network(e.prefix)) for e in peer.exports)
