@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -42,6 +43,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,7 @@ NS = "default"
 SERVICES = f"/api/v1/namespaces/{NS}/services"
 BGPPEERS = "/apis/lbctl.io/v1alpha1/bgppeers"
 BFD_TARGET_P50_S, BFD_TARGET_MAX_S = 0.5, 1.0
+_STAMP = re.compile(r"\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)\]\s*(.*)")
 
 
 # --- the router's view ----------------------------------------------------------------------------
@@ -167,6 +170,7 @@ class Bench:
             victim = self.nodes[n % len(self.nodes)]
             hop = self.ip4(victim)
             self.all_hops(ip, 90)
+            seen = len(router.notifications_sent().get(hop, []))
             if mode == "crash":
                 realspeakers.node(victim).stop_kubelet()  # outside the timed window: nothing restarts the pod
                 pids = pod_pids(victim)
@@ -187,9 +191,9 @@ class Bench:
                 log(f"  trial {n + 1}: {e}")
                 took = float("inf")
             rest = sorted(router.node_of(self.topo, h) or h for h in hops(ip))
-            why = router.notifications_sent().get(hop, [])
+            why = router.notifications_sent().get(hop, [])[seen:]  # this trial's: the router's reason
             log(f"  {label} trial {n + 1}: {victim} gone from the router's route in {took * 1000:7.0f} ms; "
-                f"left {', '.join(rest) or 'none'}" + (f" (router's last notification: {why[-1]})" if why else ""))
+                f"left {', '.join(rest) or 'none'}" + (f" (router sent: {why[0]})" if why else " (router sent no notification)"))
             out.append(took)
             t_back = time.monotonic()
             if mode == "crash":
@@ -251,32 +255,66 @@ class Bench:
                     realspeakers.restore(self.api, self.topo)
                     back = max(wait_hop(ip, hop, True, t1, 60) for ip in vips)
                     return gone, back
-                run, (gone, back), _, _ = probe_around(targets, sigterm, a.settle_s, 0.01, 1.0)
+                with route_changes() as changes:
+                    run, (gone, back), _, _ = probe_around(targets, sigterm, a.settle_s, 0.01, 1.0)
                 s = summarise(run.attempts, run.targets, run.started, run.stopped)
                 log(f"  SIGTERM {node}: withdrawn from all 3 routes in {gone * 1000:.0f} ms, back {back:.1f} s after "
                     f"the kubelet start; {overall(s).failed} failed of {overall(s).attempts}")
                 print(render(s, labels))
                 total, attempts = total + overall(s).failed, attempts + overall(s).attempts
-                self.show_failures(run)
+                self.show_failures(run, changes)
             r.add("graceful: speaker SIGTERM on each node, failed connections", f"{total} of {attempts}", "0",
                   total == 0)
         if "roll" in a.only:
             tag = images.LBCTL_NEXT_TAG.rsplit(":", 1)[1]
             log(f"graceful: helm upgrade to image tag {tag} (the speaker DaemonSet rolls, sidecar included)")
-            run, watch, t0, t1 = probe_around(
-                targets, lambda: helm_roll([tag], 600, create_every_s=0)(LabHandle(self.topo, self.api)),
-                a.settle_s, 0.01, 1.0)
+            with route_changes() as changes:
+                run, watch, t0, t1 = probe_around(
+                    targets, lambda: helm_roll([tag], 600, create_every_s=0)(LabHandle(self.topo, self.api)),
+                    a.settle_s, 0.01, 1.0)
             s = summarise(run.attempts, run.targets, run.started, run.stopped)
             print(render(s, labels))
-            self.show_failures(run)
+            self.show_failures(run, changes)
             r.add(f"graceful: helm roll ({len(watch.speaker_steps)} nodes, {t1 - t0:.0f} s), failed connections",
                   f"{overall(s).failed} of {overall(s).attempts}", "0", overall(s).failed == 0)
             r.add("graceful: helm roll, longest gap (one VIP)", f"{overall(s).longest_gap_ms:.0f} ms "
                   f"(baseline {overall(base_sum).longest_gap_ms:.0f} ms)", "", None)
 
-    def show_failures(self, run: Run) -> None:
+    def show_failures(self, run: Run, changes: list[tuple[float, str]]) -> None:
+        """Each failed connection with the nearest change of its VIP's route on the router: a failure at a
+        change is the router moving flows between next hops; one far from any is the data path's own."""
         for at in [x for x in run.attempts if not x.ok][:10]:
-            log(f"    failed: {at.target} {at.outcome} at +{at.t - run.started:.3f} s ({at.ms:.0f} ms)")
+            ip = at.target.rsplit(":", 1)[0]
+            near = min(((t - at.t, what) for t, what in changes if _concerns(what, ip)),
+                       key=lambda c: abs(c[0]), default=None)
+            log(f"    failed: {at.target} {at.outcome} at +{at.t - run.started:.3f} s ({at.ms:.0f} ms); "
+                + (f"nearest route change {near[0] * 1000:+.0f} ms: {near[1]}" if near else "no route change"))
+
+
+def _concerns(change: str, ip: str) -> bool:
+    """A route line naming `ip` (added, replaced, "Deleted"), or a nexthop object's change (zebra moves ECMP
+    routes between nexthop groups: such a line names no route)."""
+    return ip in change.split() or change.startswith(("id ", "Deleted id "))
+
+
+@contextmanager
+def route_changes() -> Iterator[list[tuple[float, str]]]:
+    """The router's kernel route and nexthop changes while inside, as (time.monotonic(), first line): `ip -ts monitor
+    route` stamps them with the wall clock, mapped here by the offset between the two clocks."""
+    out: list[tuple[float, str]] = []
+    offset = time.time() - time.monotonic()
+    mon = subprocess.Popen(["ip", "-n", ROUTER_NS, "-ts", "monitor", "route", "nexthop"], stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, text=True)
+    try:
+        yield out
+    finally:
+        mon.terminate()
+        text, _ = mon.communicate(timeout=10)
+        for line in text.splitlines():
+            m = _STAMP.match(line)
+            if m:
+                when = datetime.fromisoformat(m.group(1)).timestamp() - offset
+                out.append((when, m.group(2).strip()))
 
 
 def figures(report: Report, bfd: dict[str, list[float]], hold: dict[str, list[float]], hold_s: int) -> None:
@@ -341,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hold", type=int, default=9, help="the baseline's holdTime in s (BGP's default: 90)")
     p.add_argument("--only", default="crash,link,graceful,roll", help="subset of crash,link,graceful,roll")
     p.add_argument("--no-baseline", action="store_true", help="skip the runs without BFD")
-    p.add_argument("--baseline-s", type=float, default=3.0)
+    p.add_argument("--baseline-s", type=float, default=30.0,
+                   help="the graceful baseline's probing (30 s: 9,000 connections, to see the data path's own rate)")
     p.add_argument("--settle-s", type=float, default=2.0)
     p.add_argument("--keep", action="store_true", help="leave the lab up afterwards (for debugging)")
     args = p.parse_args(argv)
