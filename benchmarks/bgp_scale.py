@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import ipaddress
 import json
 import os
@@ -196,6 +197,14 @@ async def _creator(kubeconfig: str) -> None:
             t0 = time.monotonic()
             status, _ = await kube.send("POST", SERVICES, body=body)
             print(json.dumps({"t0": t0, "t1": time.monotonic(), "status": status}), flush=True)
+            t_ip = None
+            while status < 300 and time.monotonic() - t0 < 30:  # the controller's part: the address in status
+                got, text = await kube.send("GET", f"{SERVICES}/{body['metadata']['name']}")
+                if got == 200 and ((json.loads(text).get("status") or {}).get("loadBalancer") or {}).get("ingress"):
+                    t_ip = time.monotonic()
+                    break
+                await asyncio.sleep(0.005)
+            print(json.dumps({"t_ip": t_ip}), flush=True)
 
 
 class Creator:
@@ -216,6 +225,14 @@ class Creator:
             raise HarnessError(f"creating {body['metadata']['name']}: HTTP {out['status']}")
         return out["t0"], out["t1"]
 
+    def addressed(self) -> float | None:
+        """When the last created Service had its address in status (the creator polls it), None: not in 30 s."""
+        assert self.proc.stdout
+        line = self.proc.stdout.readline()
+        if not line:
+            raise HarnessError("the creator process ended")
+        return json.loads(line)["t_ip"]
+
     def close(self) -> None:
         if self.proc.stdin:
             self.proc.stdin.close()
@@ -234,6 +251,7 @@ class Bench:
         self.topo, self.args, self.report = topo, args, report
         self.api = LabApi()
         self.nodes = [h.name for h in topo.node_hosts]
+        self.phases: tuple[list[float], list[float]] = ([], [])
 
     def footprint(self, when: str) -> dict[str, float]:
         pids = {n: pod_pids(n) for n in self.nodes}
@@ -245,6 +263,7 @@ class Bench:
         time.sleep(self.args.idle_s)
         c1, t1 = {k: cpu_seconds(p) for k, p in flat.items()}, time.monotonic()
         cpu = {k: 100 * (c1[k] - c0[k]) / (t1 - t0) for k in flat}
+        configures = max(sum(1 for t, _, _ in rows if t0 <= t <= t1) for rows in self.configure_log().values())
         rss = {k: rss_kib(p) / 1024 for k, p in flat.items()}
         out = {}
         for w in ("speaker", "bgpd", "bird"):
@@ -254,7 +273,9 @@ class Bench:
         out["pod_cpu"] = max(sum(cpu[(n, w)] for w in ("speaker", "bgpd", "bird")) for n in self.nodes)
         log(f"  footprint {when} (max over nodes): speaker {out['speaker_rss']:.1f} MiB {out['speaker_cpu']:.2f} %, "
             f"wrapper {out['bgpd_rss']:.1f} MiB {out['bgpd_cpu']:.2f} %, BIRD {out['bird_rss']:.1f} MiB "
-            f"{out['bird_cpu']:.2f} %; pod {out['pod_rss']:.1f} MiB {out['pod_cpu']:.2f} % over {self.args.idle_s:g} s")
+            f"{out['bird_cpu']:.2f} %; pod {out['pod_rss']:.1f} MiB {out['pod_cpu']:.2f} % over {self.args.idle_s:g} s; "
+            f"BIRD configures in the window (max over nodes): {configures}")
+        out["configures"] = configures
         return out
 
     def baseline(self) -> tuple[float, float, float]:
@@ -327,11 +348,12 @@ class Bench:
         a = self.args
         log(f"single: {a.trials} Services, one at a time, each with a requested IPv4 address in {TRIAL4}")
         creator = Creator()
-        out = []
+        out, starts, ips = [], [], []
         try:
             for k in range(a.trials):
                 ip = str(TRIAL4[k + 1])
                 t0, _ = creator.create(service(f"bgp-one-{k:03d}", [ip], dual=False))
+                starts.append(t0)
                 while True:
                     hops = router.next_hops(f"{ip}/32")
                     if len(hops) == 3:
@@ -340,11 +362,52 @@ class Bench:
                     if time.monotonic() - t0 > 30:
                         raise HarnessError(f"{ip}: {len(hops)} next hops 30 s after its Service was created")
                     time.sleep(0.005)
+                t_ip = creator.addressed()
+                ips.append(t_ip - t0 if t_ip else float("inf"))
         finally:
             creator.close()
         ms = [x * 1000 for x in out]
         log(f"  Service created -> route with 3 next hops: p50 {statistics.median(ms):.0f} ms, p99 {pct(ms, 99):.0f} ms, "
             f"max {max(ms):.0f} ms")
+        # Where the time goes: the controller (address in status), the last speaker's BIRD configure taking
+        # the new address (its log), and the router.
+        cfg = self.configured_after(starts)
+        ip_ms, cfg_ms = [x * 1000 for x in ips], [x * 1000 for x in cfg]
+        self.phases = (ip_ms, cfg_ms)
+        log(f"  of which: address in status p50 {statistics.median(ip_ms):.0f} / p99 {pct(ip_ms, 99):.0f} ms; "
+            f"every speaker's BIRD configured with it p50 {statistics.median(cfg_ms):.0f} / p99 {pct(cfg_ms, 99):.0f} ms")
+        return out
+
+    def configure_log(self) -> dict[str, list[tuple[float, int, float]]]:
+        """Per node, the speaker's `bgp_configured` lines: (time.monotonic(), addresses advertised, took_ms)."""
+        offset = time.time() - time.monotonic()
+        out: dict[str, list[tuple[float, int, float]]] = {}
+        for node in self.nodes:
+            rows = out.setdefault(node, [])
+            for line in realspeakers.log(self.api, node).splitlines():
+                _, _, doc = line.partition(" F ")
+                if '"bgp_configured"' not in doc:
+                    continue
+                try:
+                    e = json.loads(doc)
+                    when = dt.datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp() - offset
+                except (ValueError, KeyError):
+                    continue
+                rows.append((when, int(e.get("advertised", 0)), float(e.get("took_ms", 0))))
+        return out
+
+    def configured_after(self, starts: list[float]) -> list[float]:
+        """For each trial start: seconds until every node's speaker had configured BIRD with one address more
+        than it advertised before that start."""
+        logs = self.configure_log()
+        out = []
+        for t0 in starts:
+            worst = 0.0
+            for rows in logs.values():
+                before = max((n for t, n, _ in rows if t < t0), default=0)
+                t = next((t for t, n, _ in rows if t >= t0 and n > before), None)
+                worst = max(worst, t - t0 if t is not None else float("inf"))
+            out.append(worst)
         return out
 
 
@@ -365,6 +428,8 @@ def run(args: argparse.Namespace, report: Report) -> None:
         after = b.footprint(f"with {n} Services")
         restarts = {how: b.restart(how) for how in ("process", "pod")}
         single = b.single()
+        time.sleep(args.settle_s)
+        late = b.footprint(f"with {n + args.trials} Services, after the trials")
         r.add(f"baseline: plain BIRD x3, {n}+{n} static prefixes -> router", f"{base_took:.2f} s", "", None)
         r.add(f"bulk: {n} Services created -> {2 * n} prefixes x 3 hops", f"{bulk:.1f} s", "", None)
         for how, (took, from_last, fewest) in restarts.items():
@@ -377,11 +442,17 @@ def run(args: argparse.Namespace, report: Report) -> None:
         r.add(f"one Service -> route with 3 hops, p50 ({len(ms)} trials)", f"{statistics.median(ms):.0f} ms", "", None)
         r.add("one Service -> route with 3 hops, p99", f"{pct(ms, 99):.0f} ms", "<= 300 ms", pct(ms, 99) <= 300)
         r.add("one Service -> route with 3 hops, max", f"{max(ms):.0f} ms", "", None)
-        for when, f in (("few Services", before), (f"{n} Services", after)):
+        ip_ms, cfg_ms = b.phases
+        r.add("  of which: address in status, p50 / p99", f"{statistics.median(ip_ms):.0f} / {pct(ip_ms, 99):.0f} ms",
+              "", None)
+        r.add("  of which: every speaker's BIRD configured, p50 / p99",
+              f"{statistics.median(cfg_ms):.0f} / {pct(cfg_ms, 99):.0f} ms", "", None)
+        for when, f in (("few Services", before), (f"{n} Services", after),
+                        (f"{n + args.trials} Services, later", late)):
             r.add(f"RSS speaker / wrapper / BIRD, {when}", f"{f['speaker_rss']:.1f} / {f['bgpd_rss']:.1f} / "
                   f"{f['bird_rss']:.1f} MiB (pod {f['pod_rss']:.1f})", "", None)
             r.add(f"idle CPU speaker / wrapper / BIRD, {when}", f"{f['speaker_cpu']:.2f} / {f['bgpd_cpu']:.2f} / "
-                  f"{f['bird_cpu']:.2f} % (pod {f['pod_cpu']:.2f})", "", None)
+                  f"{f['bird_cpu']:.2f} % (pod {f['pod_cpu']:.2f}); {f['configures']:.0f} BIRD configures", "", None)
         r.add(f"baseline BIRD, {n}+{n} prefixes: RSS / idle CPU", f"{base_rss:.1f} MiB / {base_cpu:.2f} %", "", None)
         r.add(f"BIRD RSS ratio sidecar/baseline at {n} Services", f"{after['bird_rss'] / base_rss:.2f}x", "", None)
         r.add(f"pod RSS ratio (speaker+wrapper+BIRD)/baseline BIRD", f"{after['pod_rss'] / base_rss:.2f}x", "", None)
