@@ -243,6 +243,38 @@ class Creator:
             self.proc.wait(5)
 
 
+# --- the speaker's own work per wake, without the lab ---------------------------------------------
+
+
+def render_cost_ms(services: int, repeat: int = 5) -> float:
+    """Median ms of one BgpSpeaker.desired() (plan, render of bird.conf and withdraw.conf) plus the status's
+    advertised list, for `services` dual-stack addresses and the lab's two peers with BFD: what the speaker
+    redoes on every informer event that wakes it (speaker/bgp.py), on this machine, nothing else running."""
+    from lbctl.core.announce import IpIntent  # noqa: PLC0415 - the pure part only
+    from lbctl.core.bgp_announce import advertised  # noqa: PLC0415
+    from lbctl.core.election import NodeInfo  # noqa: PLC0415
+    from lbctl.core.pools import parse_pool  # noqa: PLC0415
+    from speaker.bgp import BgpSpeaker  # noqa: PLC0415
+    from speaker.metrics import Metrics  # noqa: PLC0415
+    pool = parse_pool(POOL, {"addresses": [str(POOL4), str(POOL6)], "layer2": {"enabled": False},
+                             "bgp": {"advertisements": [{"peers": ["router", "router-v6"]}]}}, "")
+    node = NodeInfo("node1", {}, addresses=(f"{NET6}:21", f"{NET4}.21"))
+    intents = {ip: IpIntent(ip, pool=POOL) for i in range(services) for ip in (str(POOL4[i + 1]), str(POOL6[i + 1]))}
+    sp = BgpSpeaker("node1", "/nonexistent", lambda: (intents, {POOL: pool}, {"node1": node}), Metrics(),
+                    lambda: None)
+    sp.take("BGPPeer", "SYNC", [{"metadata": {"name": name, "uid": name}, "spec": {
+        "myASN": router.NODE_ASN, "peerASN": router.ROUTER_ASN, "peerAddress": address, "bfdProfile": "lab"}}
+        for name, address in (("router", ROUTER_IP4), ("router-v6", ROUTER_IP6))])
+    sp.take("BFDProfile", "SYNC", [{"metadata": {"name": "lab"}, "spec": {"receiveInterval": 100}}])
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        got, anns, _, _ = sp.desired()
+        advertised(got.config, anns)
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
 # --- the benchmark ---------------------------------------------------------------------------------
 
 
@@ -414,6 +446,11 @@ class Bench:
 def run(args: argparse.Namespace, report: Report) -> None:
     started = time.monotonic()
     r = report
+    small, big = render_cost_ms(10), render_cost_ms(args.services)
+    log(f"the speaker's plan + render + status per wake: {big:.0f} ms at {args.services} dual-stack Services, "
+        f"{small:.1f} ms at 10")
+    r.add(f"speaker's plan+render+status per wake, {args.services} Services (10: baseline)",
+          f"{big:.0f} ms ({small:.1f} ms, {big / small:.0f}x)", "", None)
     with own_lab(args.keep) as topo:
         r.add("lab up (BGP mode)", f"{time.monotonic() - started:.1f} s", "", None)
         b = Bench(topo, args, report)
