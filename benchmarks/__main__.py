@@ -7,13 +7,14 @@ import sys
 
 ALL = ["codec", "controller", "controller_scale", "election", "simulation", "speaker_scale", "speaker_churn",
        "arp_among_peers", "status", "fuzz", "lab", "allocation_model", "random_run", "faults",
-       "upgrade", "bgp_daemons", "bgp_speaker",
+       "upgrade", "bgp_daemons", "bgp_speaker", "bgp_failover", "bgp_scale",
        "reliability"]  # reliability: the figures table; speaker_scale ~7 min,
-# random_run ~10 min, upgrade ~6 min (the real cluster: a helm roll, then node events), bgp_daemons ~2 min
+# random_run ~10 min, upgrade ~6 min (the real cluster: a helm roll, then node events), bgp_daemons ~2 min,
+# bgp_failover ~8 min and bgp_scale ~5 min (the real cluster in BGP mode)
 
 MODULES = {name: f"benchmarks.{name}" for name in (
     "reliability", "simulation", "speaker_scale", "speaker_churn", "controller_scale", "arp_among_peers",
-    "allocation_model", "random_run", "faults", "upgrade", "bgp_daemons", "bgp_speaker")}
+    "allocation_model", "random_run", "faults", "upgrade", "bgp_daemons", "bgp_speaker", "bgp_failover", "bgp_scale")}
 # the others are benchmarks.<name>_bench
 
 
