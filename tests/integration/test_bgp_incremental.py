@@ -9,9 +9,7 @@ listing every prefix made BIRD re-export the whole table on each change (1,001 u
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,15 +18,11 @@ from pathlib import Path
 import pytest
 
 from lbctl.core.bgp_render import BgpConfig, Export, Peer, render
+from tests.bird import BIRD, BIRDC, NEEDS_BIRD_AND_ROOT, PREFIX
 from tests.procs import terminate
 from tests.wait import wait_for
 
-BIRD, BIRDC = shutil.which("bird") or "/usr/sbin/bird", shutil.which("birdc") or "/usr/sbin/birdc"
-pytestmark = [pytest.mark.skipif(not (Path(BIRD).exists() and Path(BIRDC).exists()),
-                                 reason="BIRD 2 (Debian bird2) is not installed"),
-              pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")]
-
-PREFIX = os.environ.get("LBCTL_LAB_PREFIX", "lbctl-")
+pytestmark = NEEDS_BIRD_AND_ROOT
 ROUTER_NS, NODE_NS = f"{PREFIX}bir", f"{PREFIX}bin"
 COUNT = 300
 ROUTER_CONF = """router id 198.18.2.1;

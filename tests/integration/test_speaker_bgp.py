@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,15 +25,11 @@ from lbctl.kube.client import ApiError
 from lbctl.lab.controlplane import ControlPlane, free_port
 from lbctl.kube.sync import SyncKube
 from tests import httpget
+from tests.bird import BIRD, BIRDC, NEEDS_BIRD_AND_ROOT, PREFIX
 from tests.procs import terminate
 from tests.wait import wait_for
 
-BIRD, BIRDC = shutil.which("bird") or "/usr/sbin/bird", shutil.which("birdc") or "/usr/sbin/birdc"
-pytestmark = [pytest.mark.skipif(not (Path(BIRD).exists() and Path(BIRDC).exists()),
-                                 reason="BIRD 2 (Debian bird2) is not installed"),
-              pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")]
-
-PREFIX = os.environ.get("LBCTL_LAB_PREFIX", "lbctl-")
+pytestmark = NEEDS_BIRD_AND_ROOT
 ROUTER_NS, NODE_NS = f"{PREFIX}bgr", f"{PREFIX}bgn"
 RELEASE, NS = "bgpt", "bgpt-system"  # a release of its own with bgp.enabled (the session's has BGP off)
 NODE, PEER, POOL, SVC = "bgpt-node1", "bgpt-tor", "bgpt-pool", "bgpt-web"
