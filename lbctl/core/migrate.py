@@ -153,7 +153,7 @@ class Conversion:
         bgp = {key: [{"name": name, **spec} for name, spec in items.items()]
                for key, items in (("peers", self.peers), ("bfdProfiles", self.bfd_profiles)) if items}
         if bgp:
-            merged["bgp"] = bgp
+            merged["bgp"] = {"enabled": True, **bgp} if self.peers else bgp  # peers: the speakers run BIRD
         return {k: merged[k] for k in sorted(merged, key=lambda k: (_VALUE_ORDER + (k,)).index(k))}
 
 

@@ -349,12 +349,16 @@ def test_layer3_aggregation_above_30_is_not_rendered_and_bad_values_name_the_var
     assert "'nope' is neither a Community name defined here nor a community value" in str(exc.value)
 
 
-def test_bgp_import_says_the_speakers_do_not_announce_by_bgp_yet(capsys):
-    """Until the speakers run BGP sessions, an imported BGP-only pool would silently go unannounced: say so."""
+def test_bgp_import_says_how_to_switch_bgp_on(capsys):
+    """Manifests alone do not start the speakers' BGP sidecar: an imported BGP-only pool would silently go
+    unannounced without bgp.enabled, so say so; values switch it on themselves."""
     r = lbctl_import(capsys, "kubespray", DATA / "config-layer3.yml", "--as", "manifests")
-    [line] = [ln for ln in r.starting("warning: ") if "do not announce by BGP yet" in ln]
+    [line] = [ln for ln in r.starting("warning: ") if "bgp.enabled=true" in ln]
     bgp_only = sorted(d["metadata"]["name"] for d in r.docs
                       if d["kind"] == "IPPool" and d["spec"].get("layer2", {}).get("enabled") is False)
     assert bgp_only and f"IPPools {', '.join(bgp_only)} (layer2.enabled: false) stay unannounced" in line
+    values = lbctl_import(capsys, "kubespray", DATA / "config-layer3.yml", "--as", "values")
+    assert values.docs[0]["bgp"]["enabled"] is True and values.docs[0]["bgp"]["peers"]
+    assert not [ln for ln in values.starting("warning: ") if "bgp.enabled" in ln]
     plain = lbctl_import(capsys, "kubespray", DATA / "seed-addons.yml")
     assert not [ln for ln in plain.starting("warning: ") if "BGP" in ln]

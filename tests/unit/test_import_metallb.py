@@ -114,7 +114,7 @@ def test_legacy_configmap(capsys):
          "avoidBuggyIPs": True},
         {"name": "bgp-space", "addresses": ["198.51.100.0/24"],
          "bgp": {"advertisements": [{"communities": ["65535:65282"]}]}, "layer2": {"enabled": False}}],
-        "bgp": {"peers": [{"name": "peer-10-0-0-1", "peerAddress": "10.0.0.1", "peerASN": 64501, "myASN": 64500}]}}
+        "bgp": {"enabled": True, "peers": [{"name": "peer-10-0-0-1", "peerAddress": "10.0.0.1", "peerASN": 64501, "myASN": 64500}]}}
     where = "ConfigMap metallb-system/config: data.config"
     assert r.refused == []
     assert r.starting(f"warning: {where}: address-pools[1]: pool 'kube_service_pool' is imported as IPPool "
@@ -296,7 +296,7 @@ def test_legacy_configmap_bgp(capsys):
         "pools": [{"name": "bgp-agg", "addresses": ["198.18.30.0/24"], "layer2": {"enabled": False},
                    "bgp": {"advertisements": [  # edge: 65000:7 unquoted, rebuilt as Go's YAML read it
                        {"aggregationLength": 24, "localPref": 120, "communities": ["65000:7", "no-export"]}, {}]}}],
-        "bgp": {"peers": [{"name": "peer-198-18-0-1", "peerAddress": "198.18.0.1", "peerASN": 64512, "myASN": 64513,
+        "bgp": {"enabled": True, "peers": [{"name": "peer-198-18-0-1", "peerAddress": "198.18.0.1", "peerASN": 64512, "myASN": 64513,
                            "peerPort": 1179, "holdTime": "30s", "routerID": "198.18.0.10",
                            "sourceAddress": "198.18.0.2", "bfdProfile": "slow", "ebgpMultiHop": True,
                            "nodeSelectors": [{"matchLabels": {"rack": "a"}, "matchExpressions": [
