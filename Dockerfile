@@ -37,6 +37,16 @@ RUN set -eu; \
     cd / && /opt/lbctl/bin/python -c 'import lbctl.assets, lbctl.controller.main, lbctl.speaker.main'
 
 FROM ${BASE}
+# BIRD 2 for the BGP sidecar (speaker/bgpd.py; docs/bgp.md says why BIRD): Debian's bird2, unless the base
+# already has it (the lab's offline base image, built with --network none, brings it in). BIRD's own service
+# files are not used: the sidecar starts it in the foreground. An image that cannot get it still builds for
+# layer 2 and says so here; its BGP sidecar then stops with "bird: not found".
+RUN set -eu; \
+    if ! command -v bird >/dev/null; then \
+        if apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends bird2; then \
+            rm -rf /var/lib/apt/lists/* /etc/bird; \
+        else echo "WARNING: bird2 could not be installed: BGP mode will not work with this image" >&2; fi; \
+    fi
 COPY --from=build /opt/lbctl /opt/lbctl
 ENV PATH=/opt/lbctl/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONDONTWRITEBYTECODE=1 \

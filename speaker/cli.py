@@ -49,6 +49,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--garp-count", type=int, default=3, help="gratuitous ARP/NA bursts after taking over an IP")
     p.add_argument("--garp-refresh", type=float, default=0.0,
                    help="re-announce owned IPs every this many seconds (0 = off)")
+    p.add_argument("--bgp", action="store_true", default=os.environ.get("LBCTL_BGP", "") in ("1", "true"),
+                   help="also advertise pools with BGP advertisements by BGP, through the BIRD sidecar "
+                        "(lbctl-bgpd) sharing --bgp-run-dir (default: $LBCTL_BGP)")
+    p.add_argument("--bgp-run-dir", default=os.environ.get("LBCTL_BGP_RUN_DIR", "/run/lbctl-bgp"),
+                   help="directory shared with the BGP sidecar: its control socket and the rendered configs")
     p.add_argument("--static-config", metavar="FILE",
                    help="TEST/DEBUG ONLY: read IPs and nodes from this JSON file instead of Kubernetes "
                         "(no watches, no status, no events); SIGHUP reloads it")

@@ -25,6 +25,7 @@ from lbctl.kube.client import Kube
 from lbctl.kube.events import EventRecorder
 
 from .announcer import Announcer, can_open_raw
+from .bgp import BgpSpeaker
 from .cli import parse_args, read_keys
 from .heartbeats import Heartbeats
 from .interfaces import InterfaceTable
@@ -83,6 +84,7 @@ class Speaker:
         self._resync = True  # the election has not taken in the source's changes: give it every IP next time
         self._holding = False  # the isolation guard held our claims at the last reconcile
         self._garps_published = -1  # announcer.garps when the status was last built
+        self.bgp: BgpSpeaker | None = None  # --bgp: drives the BIRD sidecar
 
     def ready(self) -> bool:
         return self.warm and self.source is not None and self.source.synced
@@ -259,7 +261,8 @@ class Speaker:
         self._garps_published = self.announcer.garps
         if self.status:
             self.status.update(status_body(self.node, list(self.announcer.current.values()), self._live,
-                                           list(self.conflicts.active.values())))
+                                           list(self.conflicts.active.values()),
+                                           self.bgp.status if self.bgp else None))
 
     # --- another MAC claims an address we announce -----------------------------------------------
 
@@ -360,14 +363,24 @@ async def run(args: argparse.Namespace, keys: Keyring) -> None:
         state = KubeState(kube, args.lb_class, sp.dirty.set)
         sp.source = state
         recorder = EventRecorder(kube, "lbctl-speaker", args.node_name)
+        # In a pod the service account's namespace is the release's, where the chart grants the Lease.
+        own_ns = args.lease_namespace or (cfg.namespace if cfg.in_cluster else "lbctl-system")
+        if args.bgp:
+            state.index.model.bgp = True  # before any event: BGP-only pools are not withheld, and get BGP intents
+            sp.bgp = BgpSpeaker(args.node_name, args.bgp_run_dir,
+                                lambda: (state.index.bgp, state.model.pools, state.model.nodes), metrics,
+                                sp._publish, kube, own_ns, recorder, lambda: state.synced)
+            bgp = sp.bgp
+            state.on_change = lambda: (sp.dirty.set(), bgp.wake())
+            tasks += bgp.tasks()
+            logger.info("bgp_mode", run_dir=args.bgp_run_dir)
         sp.events = TakeoverEvents(recorder, args.node_name)
         sp.withheld = WithheldReporter(recorder, args.node_name)
         sp.conflict_events = ConflictEvents(recorder, args.node_name)
         sp.status = StatusWriter(kube, args.node_name)
         tasks += state.tasks()
         tasks.append(asyncio.create_task(sp.status.run(), name="status"))
-        # In a pod the service account's namespace is the release's, where the chart grants the Lease.
-        lease_ns = args.lease_namespace or (cfg.namespace if cfg.in_cluster else "lbctl-system")
+        lease_ns = own_ns
         lease = LeaseRenewer(kube, args.node_name, lease_ns)
         tasks.append(asyncio.create_task(lease.run(), name="lease"))
         census = PeerCensus(kube, args.node_name, lease_ns, lambda: sp.heartbeats.live(time.monotonic()),
@@ -394,6 +407,8 @@ async def run(args: argparse.Namespace, keys: Keyring) -> None:
         logger.error("task_ended", task=name, error=repr(exc), exc_info=exc)
     stopper.cancel()
     try:
+        if sp.bgp:  # first: the routers move traffic to the other nodes while we still serve it
+            await sp.bgp.leave()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -409,7 +424,8 @@ async def run(args: argparse.Namespace, keys: Keyring) -> None:
         sp.announcer.close()
         sp.heartbeats.close()
         if sp.status:
-            sp.status.update(status_body(args.node_name, [], []))
+            sp.status.update(status_body(args.node_name, [], [], (),
+                                         {"sessions": [], "advertised": [], "skipped": {}} if sp.bgp else None))
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(sp.status.flush(), 2)
         if lease:

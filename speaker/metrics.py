@@ -66,3 +66,15 @@ class Metrics:
         self.loop_lag = Histogram("lbctl_speaker_loop_lag_seconds",
                                   "How late the event loop ran a timer it was asked to run (sampled every "
                                   "0.1 s): time spent in callbacks between", buckets=LAG_BUCKETS, registry=r)
+        # BGP mode (speaker/bgp.py): per BGPPeer name, from the sidecar's session table.
+        self.bgp_up = Gauge("lbctl_bgp_session_up", "1 while the BGP session to this peer is Established",
+                            ["peer"], registry=r)
+        self.bgp_prefixes = Gauge("lbctl_bgp_prefixes_advertised", "Prefixes this node exports to the peer",
+                                  ["peer"], registry=r)
+        self.bgp_flaps = Counter("lbctl_bgp_session_flaps", "Established sessions that went down or restarted",
+                                 ["peer"], registry=r)
+        self.bgp_configures = Counter("lbctl_bgp_configures", "Changed configs applied to the BGP daemon",
+                                      registry=r)
+        self.bgp_config_errors = Counter("lbctl_bgp_config_errors",
+                                         "Configs not applied: not renderable or refused by the daemon "
+                                         "(the running config stays)", registry=r)

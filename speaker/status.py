@@ -27,11 +27,12 @@ MIN_GAP = 1.0
 
 
 def status_body(node: str, announcements: Iterable[Announcement], live: Iterable[str],
-                conflicts: Iterable[Conflict] = ()) -> dict[str, Any]:
+                conflicts: Iterable[Conflict] = (), bgp: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`bgp` (BGP mode only): {"sessions": [...], "advertised": [...], "skipped": {...}} (speaker/bgp.py)."""
     anns = sorted(announcements, key=lambda a: (a.ip, a.interface))
     peers = sorted(live)
     wall, mono = time.time(), time.monotonic()  # conflicts keep monotonic times; the object wants wall clock
-    return {
+    body = {
         "node": node,
         "announcedCount": len({a.ip for a in anns}),
         "announced": [{"ip": a.ip, "interface": a.interface, "mac": a.mac, "since": a.since,
@@ -42,6 +43,9 @@ def status_body(node: str, announcements: Iterable[Announcement], live: Iterable
                        "since": iso(wall - (mono - c.first_seen))}
                       for c in sorted(conflicts, key=lambda c: c.ip)],
     }
+    if bgp is not None:
+        body["bgp"] = bgp
+    return body
 
 
 def iso(t: float) -> str:

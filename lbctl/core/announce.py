@@ -93,6 +93,7 @@ class ClusterModel:
         self.pools: dict[str, PoolSpec] = {}
         self.unready_pools: dict[str, str] = {}  # name -> the message of its Ready=False condition
         self._by_age: list[PoolSpec] | None = None  # pools oldest first, sorted once per pool change
+        self.bgp = False  # the speaker runs BGP: a pool with BGP advertisements is announced, layer 2 or not
 
     # Each apply returns True when something election-relevant may have changed.
     def apply(self, kind: str, event: str, obj: Any) -> bool:
@@ -187,7 +188,7 @@ class ClusterModel:
             return f"IPPool {pool.name} is invalid: {pool.error}"
         if pool.name in self.unready_pools:
             return f"IPPool {pool.name} is not Ready: {self.unready_pools[pool.name]}"
-        if not pool.layer2_enabled:
+        if not pool.layer2_enabled and not (self.bgp and pool.bgp):
             return f"IPPool {pool.name} is announced by BGP only (spec.layer2.enabled: false)"
         return None
 
@@ -209,6 +210,13 @@ class ClusterModel:
         return {ip: intent for ip, svcs in self._by_ip(lb_class).items()
                 if (intent := self.state_at(ip, svcs, lambda key: ready.get(key, empty))[0]) is not None}
 
+    def bgp_intents(self, lb_class: str | None) -> dict[str, IpIntent]:
+        """Every IP's BGP intent from scratch (IntentIndex.bgp keeps the same up to date)."""
+        ready = self.ready_by_service()
+        empty: set[str] = set()
+        return {ip: intent for ip, svcs in self._by_ip(lb_class).items()
+                if (intent := self.bgp_intent(ip, svcs, lambda key: ready.get(key, empty))) is not None}
+
     def state_at(self, ip: str, svcs: Iterable[ServiceRequest], ready_of: Callable[[str], Iterable[str]]
                  ) -> tuple[IpIntent | None, tuple[str, tuple[ServiceRef, ...]] | None]:
         """(intent, None) for `ip` held by `svcs` (Services that want it), or (None, (reason, Services)) when
@@ -218,6 +226,23 @@ class ClusterModel:
         reason = self._unusable(pool)
         if reason or pool is None:
             return None, (reason or "", _refs(svcs))
+        if not pool.layer2_enabled:
+            return None, None  # BGP only, and BGP is on: announced, but not by layer 2
+        return self._intent(ip, svcs, pool, ready_of), None
+
+    def bgp_intent(self, ip: str, svcs: Iterable[ServiceRequest], ready_of: Callable[[str], Iterable[str]]
+                   ) -> IpIntent | None:
+        """`ip`'s intent for BGP: when BGP is on and its pool is usable and has BGP advertisements."""
+        if not self.bgp:
+            return None
+        pool = self.pool_for(ip)
+        if pool is None or not pool.bgp or self._unusable(pool):
+            return None
+        return self._intent(ip, list(svcs), pool, ready_of)
+
+    @staticmethod
+    def _intent(ip: str, svcs: list[ServiceRequest], pool: PoolSpec, ready_of: Callable[[str], Iterable[str]]
+                ) -> IpIntent:
         sels, ifs = layer2_of(pool.layer2)
         nodes: set[str] = set()
         for s in svcs:
@@ -226,7 +251,7 @@ class ClusterModel:
             ip=ip, services=_refs(svcs), pool=pool.name, node_selectors=sels, interfaces=ifs,
             # Shared addresses: Local on any sharer confines the owner to nodes serving one of them.
             etp_local=any(s.etp_local for s in svcs), ready_nodes=frozenset(nodes),
-        ), None
+        )
 
 
 def _none(_key: str) -> Iterable[str]:

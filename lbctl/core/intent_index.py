@@ -39,6 +39,7 @@ class IntentIndex:
         self.model = ClusterModel()
         self.intents: dict[str, IpIntent] = {}  # equal to model.intents(lb_class), always
         self.withheld: dict[str, Withheld] = {}  # equal to model.withheld(lb_class), always
+        self.bgp: dict[str, IpIntent] = {}  # IPs of pools with BGP advertisements, when model.bgp is on
         self.recomputed = 0  # IPs recomputed so far (how much work the events caused)
         self._ips_of: dict[str, tuple[str, ...]] = {}  # Service key -> the IPs it holds (served Services only)
         self._at: dict[str, set[str]] = {}  # IP -> keys of the Services holding it
@@ -104,7 +105,7 @@ class IntentIndex:
         for skey, (svc_key, _) in self.model.slices.items():
             if svc_key:
                 self._slices_of.setdefault(svc_key, set()).add(skey)
-        self.intents, self.withheld = {}, {}
+        self.intents, self.withheld, self.bgp = {}, {}, {}
         self._recompute(set(self._at))
         self._changes = None
 
@@ -143,6 +144,11 @@ class IntentIndex:
                 self.withheld.pop(ip, None)
             else:
                 self.withheld[ip] = held
+            bgp = self.model.bgp_intent(ip, svcs, self._ready_of) if svcs and self.model.bgp else None
+            if bgp is None:
+                self.bgp.pop(ip, None)
+            else:
+                self.bgp[ip] = bgp
         if self._changes is not None:
             self._changes |= ips
 

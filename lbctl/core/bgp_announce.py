@@ -1,0 +1,62 @@
+"""Which addresses this node advertises by BGP, and what the status says about them (pure).
+
+Every node whose speaker runs advertises a pool's addresses by BGP (ECMP on the router), not only an elected
+owner as in layer 2: with externalTrafficPolicy Cluster every eligible node does; with Local only the nodes
+with a ready endpoint, so the last endpoint leaving a node withdraws the route from it. Eligible is what it is
+for layer 2 (lbctl.core.election.eligible_nodes): the Node is known, has a usable network and does not carry
+the exclude-from-external-load-balancers label. Which peers get an address, and from which nodes, is the
+advertisements' business (nodeSelectors, peers): bgp_plan applies those.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .announce import IpIntent
+from .bgp_plan import Announcement
+from .bgp_render import BgpConfig, _symbol
+from .election import NodeInfo, eligible_nodes
+from .pools import PoolSpec
+
+
+def announcements(node: str, intents: Mapping[str, IpIntent], pools: Mapping[str, PoolSpec],
+                  nodes: Mapping[str, NodeInfo]) -> list[Announcement]:
+    """The addresses `node` advertises: `intents` are the addresses of usable pools (layer 2 on or off)."""
+    if not eligible_nodes({node}, nodes, None, False, None):
+        return []
+    out: list[Announcement] = []
+    for ip, intent in intents.items():
+        pool = pools.get(intent.pool or "")
+        if pool is None or not pool.bgp:
+            continue
+        if intent.etp_local and node not in intent.ready_nodes:
+            continue
+        out.append(Announcement(ip, pool.bgp))
+    out.sort(key=lambda a: _ip_order(a.ip))
+    return out
+
+
+def advertised(config: BgpConfig | None, anns: Iterable[Announcement]) -> list[dict[str, Any]]:
+    """Status: each announced address with the peers it goes to (as a prefix holding it), by address."""
+    if config is None:
+        return []
+    exported = {p.name: {ipaddress.ip_network(e.prefix) for e in p.exports} for p in config.peers}
+    out = []
+    for ann in anns:
+        ip = ipaddress.ip_address(ann.ip)
+        lengths = {adv.length(ip.version) for adv in ann.advertisements}
+        nets = {ipaddress.ip_network(f"{ip}/{n}", strict=False) for n in lengths}
+        out.append({"ip": ann.ip, "peers": sorted(name for name, have in exported.items() if nets & have)})
+    return out
+
+
+def symbols(config: BgpConfig | None) -> dict[str, str]:
+    """BIRD protocol name -> BGPPeer name, to read the daemon's session table back."""
+    return {_symbol(p.name): p.name for p in config.peers} if config else {}
+
+
+def _ip_order(ip: str) -> tuple[int, int]:
+    addr = ipaddress.ip_address(ip)
+    return addr.version, int(addr)
