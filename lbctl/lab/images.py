@@ -53,7 +53,8 @@ BACKEND_TAG = "localhost/lbctl-backend:lab"
 LAB_TAGS = (LBCTL_TAG, LBCTL_NEXT_TAG, BACKEND_TAG)
 CONTENT_LABEL = "lbctl.content"
 BACKEND_PORT = 8080
-BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+# bird2: the speaker's BGP sidecar; the Dockerfile cannot apt-get it in the lab's offline (--network none) build
+BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates", "bird2")
 _BASE_DPKG_OPTS = ("path-exclude=/usr/share/doc/*", "path-include=/usr/share/doc/*/copyright",
                    "path-exclude=/usr/share/man/*", "path-exclude=/usr/share/locale/*")
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
