@@ -29,10 +29,10 @@ from typing import Any
 from lbctl import log
 from lbctl.core.announce import IpIntent
 from lbctl.core.bfdprofiles import BFDProfile, parse_bfd_profile
-from lbctl.core.bgp_announce import advertised, announcements, symbols
+from lbctl.core.bgp_announce import advertised, announcements, renderable, symbols
 from lbctl.core.bgp_fields import BGPError
 from lbctl.core.bgp_plan import Announcement, Plan, plan
-from lbctl.core.bgp_render import BgpConfig, RenderError, render
+from lbctl.core.bgp_render import RenderError, render
 from lbctl.core.bgppeers import PASSWORD_KEY, BGPPeer, judge_peers, parse_peer
 from lbctl.core.bird_status import Session, parse_protocols
 from lbctl.core.election import NodeInfo
@@ -177,7 +177,7 @@ class BgpSpeaker:
             ref = peer.password_secret
             if ref and (ref.namespace or self.namespace) == self.namespace and ref.name in self.passwords:
                 passwords[name] = self.passwords[ref.name]
-        got = plan(labels, ipv4, peers, profiles, anns, passwords, invalid)
+        got = renderable(plan(labels, ipv4, peers, profiles, anns, passwords, invalid))
         if got.config is None:
             return got, anns, BOOTSTRAP_TEXT, BOOTSTRAP_TEXT
         bare = dataclasses.replace(got.config, peers=tuple(dataclasses.replace(p, exports=())

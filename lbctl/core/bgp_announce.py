@@ -10,13 +10,14 @@ advertisements' business (nodeSelectors, peers): bgp_plan applies those.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .announce import IpIntent
-from .bgp_plan import Announcement
-from .bgp_render import BgpConfig, _symbol
+from .bgp_plan import Announcement, Plan
+from .bgp_render import BgpConfig, RenderError, _symbol, render
 from .election import NodeInfo, eligible_nodes
 from .pools import PoolSpec
 
@@ -50,6 +51,29 @@ def advertised(config: BgpConfig | None, anns: Iterable[Announcement]) -> list[d
         nets = {ipaddress.ip_network(f"{ip}/{n}", strict=False) for n in lengths}
         out.append({"ip": ann.ip, "peers": sorted(name for name, have in exported.items() if nets & have)})
     return out
+
+
+def renderable(got: Plan) -> Plan:
+    """The plan without the peers the renderer refuses (each skipped with its error), so that one bad peer (a
+    password BIRD cannot quote, say) does not hold back every other peer's changes. RenderError when the
+    config fails as a whole (no usable router ID, for one)."""
+    if got.config is None:
+        return got
+    try:
+        render(got.config)
+        return got
+    except RenderError:
+        render(dataclasses.replace(got.config, peers=()))  # fails here when the fault is not a peer's
+    skipped, kept = dict(got.skipped), []
+    for peer in got.config.peers:
+        try:
+            render(dataclasses.replace(got.config, peers=(peer,)))
+            kept.append(peer)
+        except RenderError as exc:
+            skipped[peer.name] = f"cannot be rendered: {exc}"
+    if len(kept) == len(got.config.peers):  # each alone renders, not together (two names, one symbol)
+        render(got.config)  # raises it again, for the caller to report
+    return Plan(dataclasses.replace(got.config, peers=tuple(kept)) if kept else None, skipped)
 
 
 def symbols(config: BgpConfig | None) -> dict[str, str]:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lbctl.core.announce import ClusterModel, IpIntent
 from lbctl.core.bgp_advertisements import Advertisement
-from lbctl.core.bgp_announce import advertised, announcements, symbols
+from lbctl.core.bgp_announce import advertised, announcements, renderable, symbols
 from lbctl.core.bgp_plan import plan
+from lbctl.core.bgp_render import RenderError
 from lbctl.core.bgppeers import parse_peer
 from lbctl.core.election import EXCLUDE_LB_LABEL, NodeInfo
 from lbctl.core.intent_index import IntentIndex
@@ -116,3 +118,16 @@ def test_a_node_advertises_exactly_cluster_addresses_and_local_ones_it_serves(sp
     assert got == {ip for ip, i in intents.items() if i.pool == "p" and (not i.etp_local or me in i.ready_nodes)}
     assert all(a.advertisements == p.bgp for a in announcements(me, intents, {"p": p, "q": q},
                                                                   {n: NodeInfo(n) for n in "abc"}))
+
+
+def test_renderable_leaves_out_the_peers_the_renderer_refuses() -> None:
+    good = parse_peer("good", {"myASN": 64512, "peerASN": 64513, "peerAddress": "198.18.1.1"})
+    bad = parse_peer("bad", {"myASN": 64512, "peerASN": 64513, "peerAddress": "198.18.1.9",
+                             "passwordSecret": {"name": "pw"}})
+    got = renderable(plan({}, "198.18.1.2", [good, bad], {}, [], passwords={"bad": "with\"quote"}))
+    assert got.config and [p.name for p in got.config.peers] == ["good"]
+    assert got.skipped["bad"].startswith("cannot be rendered: peer 'bad': password")
+    alone = renderable(plan({}, "198.18.1.2", [bad], {}, [], passwords={"bad": "with\"quote"}))
+    assert alone.config is None and "bad" in alone.skipped
+    with pytest.raises(RenderError):  # no peer to blame: the node has no IPv4 address for a router ID
+        renderable(plan({}, "", [good], {}, []))
