@@ -24,6 +24,7 @@ logger = log.get(__name__)
 GROUP_VERSION = "lbctl.io/v1alpha1"
 COLLECTION = f"/apis/{GROUP_VERSION}/speakerstatuses"
 MIN_GAP = 1.0
+JSON_PATCH = "application/json-patch+json"
 
 
 def status_body(node: str, announcements: Iterable[Announcement], live: Iterable[str],
@@ -80,7 +81,9 @@ class StatusWriter:
         try:
             if not self._exists:
                 await self._ensure()
-            await self.kube.patch(f"{COLLECTION}/{self.node}/status", {"status": want})
+            # Replaces the whole status: a merge patch would keep map keys that are gone (bgp.skipped entries).
+            await self.kube.patch(f"{COLLECTION}/{self.node}/status", [{"op": "add", "path": "/status", "value": want}],
+                                  JSON_PATCH)
             self._written = want
         except KubeError as exc:
             if isinstance(exc, ApiError) and exc.status == 404:

@@ -233,6 +233,28 @@ def test_a_pool_change_readvertises_without_a_session_reset(rig: Rig) -> None:
     assert rig.router_session() == (state, since) == ("Established", since)  # never reset
 
 
+def test_a_peer_that_cannot_be_rendered_is_left_out_and_the_rest_goes_on(rig: Rig) -> None:
+    state, since = rig.settled()
+    secrets = f"/api/v1/namespaces/{NS}/secrets"
+    apply(rig.kube, secrets, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "bgpt-pw"},
+                              "type": "kubernetes.io/basic-auth", "stringData": {"password": 'has"quote'}})
+    apply(rig.kube, PEERS, {"apiVersion": "lbctl.io/v1alpha1", "kind": "BGPPeer", "metadata": {"name": "bgpt-bad"},
+                            "spec": {"myASN": 64512, "peerASN": 64513, "peerAddress": "198.18.1.9",
+                                     "routerID": "198.18.1.2", "passwordSecret": {"name": "bgpt-pw"}}})
+    try:
+        skipped = wait_for(lambda: rig.bgp_status().get("skipped", {}).get("bgpt-bad"), 10, what="the reason")
+        assert skipped.startswith("cannot be rendered: peer 'bgpt-bad': password") and "quote" not in skipped
+        service(rig.kube, "Local")  # changes still reach the router meanwhile
+        wait_for(lambda: not rig.route(), 10, what="withdrawal (Local, no endpoint) beside the bad peer")
+        service(rig.kube, "Cluster")
+        wait_for(rig.route, 10, what="the route back")
+        assert rig.router_session() == (state, since)
+    finally:
+        rig.kube.delete(f"{PEERS}/bgpt-bad")
+        rig.kube.delete(f"{secrets}/bgpt-pw")
+    wait_for(lambda: rig.bgp_status().get("skipped") == {}, 10, what="the bad peer gone from the status")
+
+
 def test_local_follows_ready_endpoints_and_a_deleted_service_is_withdrawn(rig: Rig) -> None:
     state, since = rig.settled()
     service(rig.kube, "Local")  # no endpoint anywhere: not advertised
