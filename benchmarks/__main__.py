@@ -7,12 +7,13 @@ import sys
 
 ALL = ["codec", "controller", "controller_scale", "election", "simulation", "speaker_scale", "speaker_churn",
        "arp_among_peers", "status", "fuzz", "lab", "allocation_model", "random_run", "faults",
-       "upgrade", "bgp_daemons", "reliability"]  # reliability: the figures table; speaker_scale ~7 min,
+       "upgrade", "bgp_daemons", "bgp_speaker",
+       "reliability"]  # reliability: the figures table; speaker_scale ~7 min,
 # random_run ~10 min, upgrade ~6 min (the real cluster: a helm roll, then node events), bgp_daemons ~2 min
 
 MODULES = {name: f"benchmarks.{name}" for name in (
     "reliability", "simulation", "speaker_scale", "speaker_churn", "controller_scale", "arp_among_peers",
-    "allocation_model", "random_run", "faults", "upgrade", "bgp_daemons")}
+    "allocation_model", "random_run", "faults", "upgrade", "bgp_daemons", "bgp_speaker")}
 # the others are benchmarks.<name>_bench
 
 

@@ -1,4 +1,5 @@
-"""The controller's three list-watches (Services, Namespaces, IPPools) on lbctl's informer, and their health.
+"""The controller's list-watches (Services, Namespaces, IPPools; BGPPeers and BFDProfiles for their status) on
+lbctl's informer, and their health.
 
 All three feed one Reconciler, which decides nothing before every one of them has listed (one synced
 barrier). lbctl's informer relists after any failure, so a watch never ends on its own; `WatchHealth`
@@ -14,10 +15,11 @@ from typing import Any
 from lbctl import log
 from lbctl.core.pools import parse_pool
 from lbctl.core.service import read_service
-from lbctl.kube.client import Kube, KubeError
+from lbctl.kube.client import ApiError, Kube, KubeError
 from lbctl.kube.resources import IPPOOLS, NAMESPACES, SERVICES
 from lbctl.kube.watch_health import WatchHealth
 
+from .bgp_status import KINDS as BGP_KINDS, BgpStatusWriter
 from .reconciler import Reconciler
 
 logger = log.get(__name__)
@@ -49,8 +51,18 @@ def _each(kind: str, items: list[Any], convert: Callable[[Any], Any]) -> list[An
 
 
 async def _watch(kube: Kube, kind: str, path: str, health: WatchHealth, on_list: Callable[[list[Any]], None],
-                 on_event: Callable[[str, Any], None]) -> None:
+                 on_event: Callable[[str, Any], None], optional: bool = False) -> None:
+    missing = False
     async for event, obj in kube.informer(path):
+        if event == "ERROR" and optional and isinstance(obj, ApiError) and obj.status == 404:
+            # the kind's CRD is not installed (`helm upgrade` does not add CRDs): the server answers, so the
+            # watch is not failing
+            health.recovered(kind)
+            if not missing:
+                logger.warning("kind_not_served", kind=kind, path=path, retrying=True)
+            missing = True
+            continue
+        missing = False
         if event == "ERROR":
             if health.failed(kind):
                 logger.warning("watch_failed", kind=kind, error=str(obj) or repr(obj), retrying=True)
@@ -95,6 +107,12 @@ async def watch_pools(kube: Kube, reconciler: Reconciler, health: WatchHealth) -
         reconciler.pool_statuses_listed({_name(o): o.get("status") for o in items if isinstance(o, dict)})
         reconciler.pools_listed(dict(_each("IPPool", items, lambda o: (_name(o), _pool(o)))))
     await _watch(kube, "IPPool", IPPOOLS, health, listed, event)
+
+
+async def watch_bgp(kube: Kube, kind: str, writer: BgpStatusWriter, health: WatchHealth) -> None:
+    """BGPPeers or BFDProfiles, for their Valid condition (the allocator does not need them)."""
+    await _watch(kube, kind, BGP_KINDS[kind], health, lambda items: writer.listed(kind, items),
+                 lambda event, obj: writer.seen(kind, event, obj), optional=True)
 
 
 async def fresh_services(kube: Kube, reconciler: Reconciler) -> None:

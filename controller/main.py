@@ -19,7 +19,8 @@ from lbctl.kube.events import EventRecorder
 
 from lbctl.core.leader import Resume, Timing
 
-from .informer import WatchHealth, fresh_services, watch_namespaces, watch_pools, watch_services
+from .bgp_status import BgpStatusWriter
+from .informer import WatchHealth, fresh_services, watch_bgp, watch_namespaces, watch_pools, watch_services
 from .leader import FencedKube, LeaderElector, LeadershipLost
 from .metrics import Metrics
 from .reconciler import Reconciler
@@ -88,6 +89,7 @@ async def run(args: argparse.Namespace) -> None:
             writer = fenced = FencedKube(kube, elector.write_budget, elector.abandoned)
         events = EventRecorder(writer, "lbctl-controller", identity)
         reconciler = Reconciler(writer, events, metrics, args.lb_class)
+        bgp_status = BgpStatusWriter(writer, events, metrics)
         health = WatchHealth()
 
         async def lead() -> None:
@@ -98,11 +100,19 @@ async def run(args: argparse.Namespace) -> None:
                 await fresh_services(kube, reconciler)
             await reconciler.run()
 
+        async def lead_bgp() -> None:  # BGPPeer / BFDProfile conditions: leader only, as every write
+            if elector is not None:
+                await elector.leading.wait()
+            await bgp_status.run()
+
         tasks = [asyncio.create_task(lead(), name="reconciler"),
                  *([asyncio.create_task(elector.run(), name="leader-election")] if elector else []),
                  asyncio.create_task(watch_services(kube, reconciler, health), name="watch-services"),
                  asyncio.create_task(watch_namespaces(kube, reconciler, health), name="watch-namespaces"),
-                 asyncio.create_task(watch_pools(kube, reconciler, health), name="watch-ippools")]
+                 asyncio.create_task(watch_pools(kube, reconciler, health), name="watch-ippools"),
+                 asyncio.create_task(lead_bgp(), name="bgp-status"),
+                 *(asyncio.create_task(watch_bgp(kube, kind, bgp_status, health), name=f"watch-{kind.lower()}s")
+                   for kind in ("BGPPeer", "BFDProfile"))]
 
         def ready() -> bool:
             # Leader: once the table is rebuilt. Standby: once it knows who leads (it serves metrics and keeps

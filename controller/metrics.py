@@ -21,3 +21,6 @@ class Metrics:
         self.patch_seconds = Histogram("lbctl_status_patch_seconds", "Service status patch latency", registry=r,
                                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
         self.patch_errors = Counter("lbctl_status_patch_errors_total", "Failed Service status patches", registry=r)
+        self.bgp_status_writes = Counter("lbctl_bgp_status_writes_total",
+                                         "Status writes of BGPPeers and BFDProfiles (Valid condition)", ["kind"],
+                                         registry=r)

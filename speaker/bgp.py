@@ -177,12 +177,17 @@ class BgpSpeaker:
             ref = peer.password_secret
             if ref and (ref.namespace or self.namespace) == self.namespace and ref.name in self.passwords:
                 passwords[name] = self.passwords[ref.name]
-        got = renderable(plan(labels, ipv4, peers, profiles, anns, passwords, invalid))
+        got = plan(labels, ipv4, peers, profiles, anns, passwords, invalid)
+        try:
+            text = render(got.config) if got.config else BOOTSTRAP_TEXT
+        except RenderError:
+            got = renderable(got)  # without the peers the renderer refuses, or RenderError for the whole
+            text = render(got.config) if got.config else BOOTSTRAP_TEXT
         if got.config is None:
             return got, anns, BOOTSTRAP_TEXT, BOOTSTRAP_TEXT
         bare = dataclasses.replace(got.config, peers=tuple(dataclasses.replace(p, exports=())
                                                            for p in got.config.peers))
-        return got, anns, render(got.config) + TIMEFORMAT, render(bare) + TIMEFORMAT
+        return got, anns, text + TIMEFORMAT, render(bare) + TIMEFORMAT
 
     # --- applying ----------------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
+from ..core import bgp_view
 from ..core import status as core
 from ..core.allocator import Allocator, to_addr
 from ..core.announce import ClusterModel, canonical_ip
@@ -66,13 +67,21 @@ def explain(snap: Snapshot, key: str, lb_class: str | None, now: dt.datetime) ->
     [state] = core.services([svcs[key]], speakers, lb_class)
     doc["state"] = state.state
     doc["liveSpeakers"] = [s.node for s in speakers if s.alive]
+    bgp = bgp_view.read_bgp(snap.speakers)
+    alive = [s.node for s in speakers if s.alive]
+    if bgp:  # the state counts BGP advertisements too
+        [state] = core.services([svcs[key]], speakers, lb_class, bgp_view.advertisers(bgp, alive))
+        doc["state"] = state.state
     if req.current_ips:
-        announcers = _announcers(snap, speakers, lb_class)
+        model = _model(snap)
+        announcers = _announcers(model, speakers, lb_class)
         for raw, addr in zip(req.current_ips, state.addresses):
             pool = alloc.pool_of(to_addr(raw))
             doc["ips"].append({"ip": raw, "pool": pool.name if pool else None, "retained": pool is None,
                                "sharedWith": [h for h in alloc.holders(raw) if h != key], "state": addr.state,
                                "announcedBy": list(addr.nodes), **announcers.get(addr.ip, {})})
+            if bgp or (pool is not None and pool.bgp):
+                doc["ips"][-1]["bgp"] = _bgp(model, bgp, alive, req, addr.ip, pool)
         doc["error"] = outcome.error
     elif outcome.error:
         doc["pending"] = outcome.error
@@ -81,12 +90,29 @@ def explain(snap: Snapshot, key: str, lb_class: str | None, now: dt.datetime) ->
     return doc
 
 
-def _announcers(snap: Snapshot, speakers: list[core.Speaker], lb_class: str | None) -> dict[str, dict[str, Any]]:
-    """Per address, what the speakers' election gives now: eligible nodes in rank order, the winner."""
+def _model(snap: Snapshot) -> ClusterModel:
     model = ClusterModel()
     for kind, items in (("Service", snap.services), ("EndpointSlice", snap.slices), ("Node", snap.nodes),
                         ("IPPool", snap.pools)):
         model.apply(kind, "SYNC", items)
+    return model
+
+
+def _bgp(model: ClusterModel, bgp: Mapping[str, bgp_view.NodeBgp], alive: list[str], req: Any, ip: str,
+         pool: Any) -> dict[str, Any]:
+    """Per node: whether it advertises `ip` by BGP, to which peers, and why not."""
+    sharers = [r for r in model.services.values() if ip in {canonical_ip(i) for i in r.current_ips}] or [req]
+    ready = model.ready_by_service()
+    reason, answers = bgp_view.why(
+        ip, pool, {n: i.labels for n, i in model.nodes.items()}, bgp, alive,
+        etp_local=any(r.etp_local for r in sharers),
+        ready_nodes={n for r in sharers for n in ready.get(r.key, ())})
+    return {"reason": reason, "nodes": [{"node": a.node, "advertisedTo": list(a.advertised_to),
+                                         "reasons": list(a.reasons)} for a in answers]}
+
+
+def _announcers(model: ClusterModel, speakers: list[core.Speaker], lb_class: str | None) -> dict[str, dict[str, Any]]:
+    """Per address, what the speakers' election gives now: eligible nodes in rank order, the winner."""
     live = {s.node for s in speakers if s.alive}
     out = {}
     for ip, intent in model.intents(lb_class).items():
@@ -127,10 +153,26 @@ def render(doc: Mapping[str, Any]) -> str:
                      + f"; elected {i['elected'] or '-'}; announced by {', '.join(i['announcedBy']) or 'nobody'}")
         if i["notEligible"]:
             lines.append(f"      not eligible: {', '.join(i['notEligible'])}")
+    for i in doc["ips"]:
+        lines += _render_bgp(i)
     if doc["events"]:
         lines.append("  recent events:")
         lines += [f"    {e['type']} {e['reason']}: {e['message']}" for e in doc["events"]]
     return "\n".join(lines)
+
+
+def _render_bgp(i: Mapping[str, Any]) -> list[str]:
+    b = i.get("bgp")
+    if b is None:
+        return []
+    ip = canonical_ip(i["ip"]) or i["ip"]
+    if b["reason"]:
+        return [f"    {ip}: not advertised by BGP: {b['reason']}"]
+    lines = [f"    {ip} by BGP:"]
+    for n in b["nodes"]:
+        sent = f"advertises to {', '.join(n['advertisedTo'])}" if n["advertisedTo"] else "does not advertise it"
+        lines.append(f"      {n['node']}: {sent}" + (f"; {'; '.join(n['reasons'])}" if n["reasons"] else ""))
+    return lines
 
 
 def exit_code(doc: Mapping[str, Any]) -> int:

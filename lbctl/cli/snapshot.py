@@ -12,6 +12,7 @@ from ..kube.resources import IPPOOLS, NAMESPACES, NODES, SERVICES
 from .cluster import api_failure
 
 SPEAKERS = "/apis/lbctl.io/v1alpha1/speakerstatuses"
+BGPPEERS = "/apis/lbctl.io/v1alpha1/bgppeers"
 LEASES = "/apis/coordination.k8s.io/v1/leases"
 SLICES = ("/apis/discovery.k8s.io/v1/endpointslices", "/apis/discovery.k8s.io/v1beta1/endpointslices")
 # field -> (path, query, what to call it in an error)
@@ -22,7 +23,9 @@ LISTS: dict[str, tuple[str, dict[str, str], str]] = {
     "leases": (LEASES, {"labelSelector": LEASE_SELECTOR}, "speaker Leases (coordination.k8s.io/v1, all namespaces)"),
     "namespaces": (NAMESPACES, {}, "Namespaces"),
     "nodes": (NODES, {}, "Nodes"),
+    "bgppeers": (BGPPEERS, {}, "BGPPeers (lbctl.io)"),
 }
+OPTIONAL = frozenset({"bgppeers"})  # kinds a cluster without BGP's CRDs (an older chart) does not serve: empty
 
 
 @dataclass
@@ -34,6 +37,7 @@ class Snapshot:
     namespaces: list[dict[str, Any]] = field(default_factory=list)
     nodes: list[dict[str, Any]] = field(default_factory=list)
     slices: list[dict[str, Any]] = field(default_factory=list)
+    bgppeers: list[dict[str, Any]] = field(default_factory=list)
 
 
 async def _list(kube: Kube, name: str) -> list[dict[str, Any]]:
@@ -41,6 +45,8 @@ async def _list(kube: Kube, name: str) -> list[dict[str, Any]]:
     try:
         return (await kube.get(path, **query)).get("items") or []
     except ApiError as exc:
+        if exc.status == 404 and name in OPTIONAL:
+            return []
         raise api_failure(exc, f"cannot list {what}", kube.cfg) from None
 
 

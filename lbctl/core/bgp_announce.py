@@ -11,6 +11,7 @@ advertisements' business (nodeSelectors, peers): bgp_plan applies those.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -43,20 +44,25 @@ def advertised(config: BgpConfig | None, anns: Iterable[Announcement]) -> list[d
     """Status: each announced address with the peers it goes to (as a prefix holding it), by address."""
     if config is None:
         return []
-    exported = {p.name: {ipaddress.ip_network(e.prefix) for e in p.exports} for p in config.peers}
+    exported = {p.name: {e.prefix for e in p.exports} for p in config.peers}  # bgp_plan's canonical text
     out = []
     for ann in anns:
-        ip = ipaddress.ip_address(ann.ip)
-        lengths = {adv.length(ip.version) for adv in ann.advertisements}
-        nets = {ipaddress.ip_network(f"{ip}/{n}", strict=False) for n in lengths}
+        nets = {_prefix(ann.ip, adv.aggregation_length, adv.aggregation_length_v6) for adv in ann.advertisements}
         out.append({"ip": ann.ip, "peers": sorted(name for name, have in exported.items() if nets & have)})
     return out
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _prefix(ip: str, length: int, length_v6: int) -> str:
+    # As bgp_plan writes an export's prefix; cached: the status asks again for every address on every change.
+    addr = ipaddress.ip_address(ip)
+    return str(ipaddress.ip_network(f"{addr}/{length if addr.version == 4 else length_v6}", strict=False))
+
+
 def renderable(got: Plan) -> Plan:
-    """The plan without the peers the renderer refuses (each skipped with its error), so that one bad peer (a
-    password BIRD cannot quote, say) does not hold back every other peer's changes. RenderError when the
-    config fails as a whole (no usable router ID, for one)."""
+    """After a RenderError: the plan without the peers the renderer refuses (each skipped with its error), so
+    that one bad peer (a password BIRD cannot quote, say) does not hold back every other peer's changes.
+    RenderError when the config fails as a whole (no usable router ID, for one)."""
     if got.config is None:
         return got
     try:

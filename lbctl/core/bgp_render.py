@@ -15,6 +15,7 @@ A password is checked but never appears in an error message or a repr.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import re
@@ -297,7 +298,11 @@ def _address(text: object, who: str, what: str) -> IPAddress:
 
 
 def _network(text: object, who: str) -> IPNetwork:
-    return _parse(ipaddress.ip_network, text, f"{who}: prefix {text!r} is not a network (host bits must be zero)")
+    return _parse(_ip_network, text, f"{who}: prefix {text!r} is not a network (host bits must be zero)")
+
+
+# Cached: the speaker renders again on every change, mostly the same prefixes. Networks are immutable.
+_ip_network = functools.lru_cache(maxsize=1 << 16)(ipaddress.ip_network)
 
 
 def _parse(parser, text: object, message: str):

@@ -75,6 +75,7 @@ class Address:
     state: str  # ANNOUNCED, UNANNOUNCED or CONFLICT
     claims: tuple[Claim, ...]  # by live speakers only
     foreign: tuple[ForeignClaim, ...] = ()  # other MACs live speakers hear claiming it
+    bgp: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (node, peers) live speakers advertise it to by BGP
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -178,16 +179,19 @@ def speakers(statuses: Iterable[Mapping[str, Any]], leases: Iterable[Mapping[str
     return out
 
 
-def classify(claims: Iterable[Claim], foreign: Iterable[ForeignClaim] = ()) -> str:
+def classify(claims: Iterable[Claim], foreign: Iterable[ForeignClaim] = (), by_bgp: bool = False) -> str:
+    """Layer 2 allows one node per address; BGP any number (ECMP), so BGP alone is never a conflict."""
     nodes = {c.node for c in claims}
     if any(True for _ in foreign):
         return CONFLICT
-    return UNANNOUNCED if not nodes else ANNOUNCED if len(nodes) == 1 else CONFLICT
+    return (ANNOUNCED if by_bgp else UNANNOUNCED) if not nodes else ANNOUNCED if len(nodes) == 1 else CONFLICT
 
 
-def services(items: Iterable[Mapping[str, Any]], speaker_list: Iterable[Speaker],
-             lb_class: str | None = None) -> list[ServiceState]:
-    """The LoadBalancer Services lbctl handles (see ServiceRequest.wants), sorted by namespace/name."""
+def services(items: Iterable[Mapping[str, Any]], speaker_list: Iterable[Speaker], lb_class: str | None = None,
+             advertised: Mapping[str, tuple[tuple[str, tuple[str, ...]], ...]] | None = None) -> list[ServiceState]:
+    """The LoadBalancer Services lbctl handles (see ServiceRequest.wants), sorted by namespace/name.
+    `advertised`: ip -> (node, peers) of live speakers advertising it by BGP (lbctl.core.bgp_view.advertisers)."""
+    advertised = advertised or {}
     claims: dict[str, list[Claim]] = {}
     foreign: dict[str, list[ForeignClaim]] = {}
     for sp in speaker_list:
@@ -206,15 +210,17 @@ def services(items: Iterable[Mapping[str, Any]], speaker_list: Iterable[Speaker]
             ip = canonical_ip(raw) or raw
             mine = tuple(sorted(claims.get(ip, ()), key=lambda c: (c.node, c.interface)))
             others = tuple(sorted(foreign.get(ip, ()), key=lambda f: (f.mac, f.node)))
-            addrs.append(Address(ip, classify(mine, others), mine, others))
+            bgp = advertised.get(ip, ())
+            addrs.append(Address(ip, classify(mine, others, bool(bgp)), mine, others, bgp))
         state = max((a.state for a in addrs), key=SEVERITY.__getitem__, default=PENDING)
         out.append(ServiceState(req.namespace, req.name, state, tuple(addrs)))
     return sorted(out, key=lambda s: (s.namespace, s.name))
 
 
 def attention(svcs: Iterable[ServiceState], speaker_list: Iterable[Speaker],
-              pools: Iterable[Mapping[str, Any]]) -> list[str]:
-    """One line per thing a person should look at; empty when all is well."""
+              pools: Iterable[Mapping[str, Any]], bgp: Iterable[str] = ()) -> list[str]:
+    """One line per thing a person should look at; empty when all is well. `bgp`: the lines about BGP sessions
+    (lbctl.core.bgp_view.attention), last."""
     out = []
     for p in pools:
         cond = pool_ready(p)
@@ -236,7 +242,7 @@ def attention(svcs: Iterable[ServiceState], speaker_list: Iterable[Speaker],
     for sp in speaker_list:
         if not sp.alive:
             out.append(f"speaker {sp.node}: not alive ({sp.reason})")
-    return out
+    return out + list(bgp)
 
 
 def pool_ready(pool: Mapping[str, Any]) -> Mapping[str, Any]:

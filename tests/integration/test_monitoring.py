@@ -125,7 +125,7 @@ def test_lint_with_everything_on() -> None:
 def test_promtool_checks_and_unit_tests_the_rules(tmp_path: Path) -> None:
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": rule_groups()}, sort_keys=False))
     shutil.copy(RULES_TEST, tmp_path / "rules_test.yaml")
-    assert "SUCCESS: 7 rules found" in promtool("check", "rules", "rules.yaml", cwd=tmp_path)
+    assert "SUCCESS: 8 rules found" in promtool("check", "rules", "rules.yaml", cwd=tmp_path)
     assert "SUCCESS" in promtool("test", "rules", "rules_test.yaml", cwd=tmp_path)
 
 
@@ -135,7 +135,7 @@ def test_every_alert_is_tested_firing_and_quiet() -> None:
     names = set(alerts(rule_groups()))
     assert names == {"LbctlAddressConflict", "LbctlAddressConflictsRecent", "LbctlSpeakerIsolated",
                      "LbctlSpeakerPeersMissing", "LbctlPoolNearlyExhausted", "LbctlNoControllerLeader",
-                     "LbctlServicesPending"}
+                     "LbctlServicesPending", "LbctlBGPSessionDown"}
     assert {c["alertname"] for c in cases if c["exp_alerts"]} == names
     assert {c["alertname"] for c in cases if not c["exp_alerts"]} == names
 
