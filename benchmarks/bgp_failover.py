@@ -47,7 +47,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.lab_bench import HarnessError, Report, log
+from benchmarks.lab_bench import HarnessError, Report, run_reported, log
 from benchmarks.upgrade import LabHandle, helm_roll, probe_around
 from lbctl.core.connsummary import Run, overall, render, summarise
 from lbctl.lab import connprobe, images, lifecycle, probes, realcluster, realspeakers, router
@@ -398,24 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     args.only = set(args.only.split(","))
     if args.hold < 3:
         p.error("--hold: 3 s at least (BGP's minimum)")
-
-    def _term(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, _term)
-    report = Report()
-    rc = 0
-    try:
-        run(args, report)
-    except (HarnessError, RuntimeError, TimeoutError, OSError, subprocess.SubprocessError, ValueError) as exc:
-        log(f"HARNESS ERROR: {type(exc).__name__}: {exc}")
-        rc = 2
-    except KeyboardInterrupt:
-        log("interrupted")
-        rc = 130
-    finally:
-        report.print()
-    return rc
+    return run_reported(lambda report: run(args, report))
 
 
 if __name__ == "__main__":

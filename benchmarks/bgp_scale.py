@@ -49,8 +49,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bgp_failover import own_lab, pod_pids, route_changes
-from benchmarks.lab_bench import HarnessError, Report, cpu_seconds, log, pct
-from lbctl.lab import cluster, realcluster, realspeakers, router
+from benchmarks.lab_bench import HarnessError, Report, run_reported, cpu_seconds, log, pct
+from lbctl.lab import cluster, processes, realcluster, realspeakers, router
 from lbctl.lab.api import LabApi, wait_for
 from lbctl.lab.topology import CP_NS, NET4, NET6, ROUTER_IP4, ROUTER_IP6, Topology
 
@@ -171,13 +171,7 @@ class BaselineBirds:
 
     def __exit__(self, *_: Any) -> None:
         for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(5)
+            processes.terminate(p, 5)
         for netns, addr in self.addrs:
             subprocess.run(["ip", "-n", netns, "addr", "del", addr, "dev", "eth0"], capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -506,7 +500,7 @@ def run(args: argparse.Namespace, report: Report) -> None:
                   f"{f['bird_cpu']:.2f} % (pod {f['pod_cpu']:.2f}); {f['configures']:.0f} BIRD configures", "", None)
         r.add(f"baseline BIRD, {n}+{n} prefixes: RSS / idle CPU", f"{base_rss:.1f} MiB / {base_cpu:.2f} %", "", None)
         r.add(f"BIRD RSS ratio sidecar/baseline at {n} Services", f"{after['bird_rss'] / base_rss:.2f}x", "", None)
-        r.add(f"pod RSS ratio (speaker+wrapper+BIRD)/baseline BIRD", f"{after['pod_rss'] / base_rss:.2f}x", "", None)
+        r.add("pod RSS ratio (speaker+wrapper+BIRD)/baseline BIRD", f"{after['pod_rss'] / base_rss:.2f}x", "", None)
         r.add("benchmark run time", f"{time.monotonic() - started:.0f} s", "", None)
 
 
@@ -525,24 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.services <= 1700 or not 1 <= args.trials <= 254:
         # the bulk takes the pool's lowest addresses; the trials ask for ones in its last /24
         p.error("--services 1..1700 (the pool's /21 less the trials' /24), --trials 1..254")
-
-    def _term(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, _term)
-    report = Report()
-    rc = 0
-    try:
-        run(args, report)
-    except (HarnessError, RuntimeError, TimeoutError, OSError, subprocess.SubprocessError, ValueError) as exc:
-        log(f"HARNESS ERROR: {type(exc).__name__}: {exc}")
-        rc = 2
-    except KeyboardInterrupt:
-        log("interrupted")
-        rc = 130
-    finally:
-        report.print()
-    return rc
+    return run_reported(lambda report: run(args, report))
 
 
 if __name__ == "__main__":

@@ -41,13 +41,13 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from lbctl.core.heartbeat import TIMING_PRESETS
-from lbctl.lab import lifecycle, probes, prober, realcluster, realspeakers
+from lbctl.lab import lifecycle, probes, processes, prober, realcluster, realspeakers
 from lbctl.lab.api import LabApi, wait_for
 from lbctl.lab.topology import BRIDGE_NS, CLIENT_NS, PREFIX, Topology
 
@@ -65,6 +65,30 @@ HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 class HarnessError(RuntimeError):
     pass
+
+
+def run_reported(run: Callable[[Report], None], after: Callable[[], bool] = lambda: True) -> int:
+    """Run a benchmark and print its report whatever happens: 0, 2 for a harness error (or `after` failing:
+    the lab's teardown), 130 when interrupted (SIGTERM too, so `finally` tears the lab down on `kill`)."""
+    def _term(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _term)
+    report = Report()
+    rc = 0
+    try:
+        run(report)
+    except (HarnessError, RuntimeError, TimeoutError, OSError, subprocess.SubprocessError, ValueError) as exc:
+        log(f"HARNESS ERROR: {type(exc).__name__}: {exc}")
+        rc = 2
+    except KeyboardInterrupt:
+        log("interrupted")
+        rc = 130
+    finally:
+        if not after():
+            rc = rc or 2
+        report.print()
+    return rc
 
 
 def log(msg: str) -> None:
@@ -119,13 +143,7 @@ def child(argv: list[str], **kw: Any) -> Iterator[subprocess.Popen[str]]:
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(3)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(3)
+        processes.terminate(proc, 3)
 
 
 def in_client(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -582,33 +600,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="leave the lab up afterwards (for debugging)")
     p.add_argument("--timing", choices=sorted(TIMING_PRESETS), help="speakers' heartbeat timing preset")
     args = p.parse_args(argv)
-
-    def _term(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, _term)  # so `finally` tears the lab down on `kill` too
-    report = Report()
-    rc = 0
     state = {"owns_lab": False}
-    try:
-        run(args, report, state)
-    except (HarnessError, RuntimeError, TimeoutError, OSError, subprocess.SubprocessError, ValueError) as exc:
-        log(f"HARNESS ERROR: {type(exc).__name__}: {exc}")
-        rc = 2
-    except KeyboardInterrupt:
-        log("interrupted")
-        rc = 130
-    finally:
-        if state["owns_lab"] and not args.keep:
-            log("lab down")
-            try:
-                lifecycle.down(say=lambda m: log(f"  {m}"))
-            except Exception as exc:  # noqa: BLE001 - report, and make the run fail
-                log(f"lab down failed: {exc}")
-                rc = rc or 2
-        report.print()
-    return rc
 
+    def down() -> bool:
+        if not state["owns_lab"] or args.keep:
+            return True
+        log("lab down")
+        try:
+            lifecycle.down(say=lambda m: log(f"  {m}"))
+        except Exception as exc:  # noqa: BLE001 - report, and make the run fail
+            log(f"lab down failed: {exc}")
+            return False
+        return True
+    return run_reported(lambda report: run(args, report, state), down)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,21 +12,13 @@ import time
 from pathlib import Path
 
 from lbctl.lab.controlplane import RELEASE, SA_NS, ControlPlane, free_port
+from lbctl.lab.processes import terminate  # noqa: F401 - the tests import it from here
 from tests import httpget
 
 
 _ids = itertools.count()
 
 
-def terminate(proc: subprocess.Popen[bytes], grace: float) -> None:
-    """SIGTERM, then SIGKILL after `grace` seconds; safe on a process that already ended."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class ControllerProcess:

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from .topology import lab_namespaces, sh
 
@@ -41,6 +42,17 @@ def pid_of(name: str) -> int | None:
         return int((PIDS / f"{name}.pid").read_text())
     except (OSError, ValueError):
         return None
+
+
+def terminate(proc: subprocess.Popen[Any], grace: float) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds; safe on a process that already ended."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def alive(pid: int | None) -> bool:
